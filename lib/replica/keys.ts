@@ -1,0 +1,235 @@
+/**
+ * Every key and record layout of a replica's store, in one place, versioned
+ * by KEY_FORMAT so that a later layout can migrate an older store.
+ *
+ * Layout, format 1 (all integers big-endian; `s(x)` is an escaped string):
+ *
+ *   10 01                              format version        u32
+ *   10 02                              server site id        16 bytes
+ *   10 03                              last stamp issued     HLC (30)
+ *   10 04                              retention floor       HLC (30): cursors below it need a snapshot
+ *   11 s(schema) s(table)              live column versions  u64 count
+ *   20 s(schema) kind s(name) ver:u32  schema migration      stamp(30) idx(4) json
+ *   30 s(schema) s(table) s(pk) s(col) column version        hlc(30) stamp(30) idx(4) entry-json
+ *   40 s(schema) s(table) s(pk)        tombstone             hlc(30) stamp(30) idx(4) createdAt(8) entry-json
+ *   50 stamp(30) idx:u32               change log entry      site(16) txlen(1) txid kind(1) change-json
+ *   60 createdAt:u64 <40 key>          tombstone age index   (empty)
+ *
+ * A snapshot reads 10..4f through one iterator, so meta, counts and data come
+ * from a single consistent view. The change log (50) holds exactly one entry
+ * per live fact (column version, tombstone, migration): replacing a fact
+ * deletes its old entry in the same batch, so reading "changes since a
+ * cursor" is one range scan that can never return a stale value.
+ *
+ * s(x): UTF-8 bytes with 00 escaped as 00 ff, terminated by 00 01. The
+ * encoding is prefix-free and keeps components of one table contiguous.
+ * Primary keys are encoded as the JSON text of their canonical wire values.
+ */
+
+import { HLC_BYTES } from '../protocol/hlc.js';
+
+/** Version of this layout, stored at META_FORMAT. */
+export const KEY_FORMAT = 1;
+
+export const NS_META = 0x10;
+export const NS_TABLE_STATS = 0x11;
+export const NS_MIGRATION = 0x20;
+export const NS_COLUMN = 0x30;
+export const NS_TOMBSTONE = 0x40;
+export const NS_LOG = 0x50;
+export const NS_TOMBSTONE_AGE = 0x60;
+
+export const META_FORMAT = Buffer.from([NS_META, 0x01]);
+export const META_SITE_ID = Buffer.from([NS_META, 0x02]);
+export const META_LAST_STAMP = Buffer.from([NS_META, 0x03]);
+export const META_FLOOR = Buffer.from([NS_META, 0x04]);
+
+/** Log entry kinds. */
+export const LOG_CHANGE = 0x43; // 'C'
+export const LOG_MIGRATION = 0x4d; // 'M'
+
+const TERMINATOR = Buffer.from([0x00, 0x01]);
+
+/** Escaped, terminated bytes of one string component. */
+export function encodeComponent(text: string): Buffer {
+  const raw = Buffer.from(text, 'utf8');
+  if (raw.indexOf(0) === -1) {
+    const out = Buffer.allocUnsafe(raw.length + 2);
+    raw.copy(out, 0);
+    out[raw.length] = 0x00;
+    out[raw.length + 1] = 0x01;
+    return out;
+  }
+  const parts: number[] = [];
+  for (const byte of raw) {
+    parts.push(byte);
+    if (byte === 0) parts.push(0xff);
+  }
+  return Buffer.concat([Buffer.from(parts), TERMINATOR]);
+}
+
+/** Reads one component at `offset`; returns the text and the offset after it. */
+export function decodeComponent(buf: Buffer, offset: number): [string, number] {
+  let end = offset;
+  let escaped = false;
+  for (;;) {
+    end = buf.indexOf(0, end);
+    if (end === -1 || end + 1 >= buf.length) throw new Error('corrupt key: unterminated component');
+    if (buf[end + 1] === 0x01) break;
+    escaped = true;
+    end += 2;
+  }
+  let bytes = buf.subarray(offset, end);
+  if (escaped) {
+    const out: number[] = [];
+    for (let i = 0; i < bytes.length; i++) {
+      out.push(bytes[i]!);
+      if (bytes[i] === 0) i++;
+    }
+    bytes = Buffer.from(out);
+  }
+  return [bytes.toString('utf8'), end + 2];
+}
+
+/** Key prefix shared by one table's facts in namespace `ns`. */
+export function tablePrefix(ns: number, schema: string, table: string): Buffer {
+  return Buffer.concat([Buffer.of(ns), encodeComponent(schema), encodeComponent(table)]);
+}
+
+/** Key of one table's live-entry counter. */
+export function tableStatsKey(schema: string, table: string): Buffer {
+  return tablePrefix(NS_TABLE_STATS, schema, table);
+}
+
+/** Key prefix of one row's column versions. */
+export function rowColumnsPrefix(schema: string, table: string, pkKey: string): Buffer {
+  return Buffer.concat([tablePrefix(NS_COLUMN, schema, table), encodeComponent(pkKey)]);
+}
+
+/** Key of one column version. */
+export function columnKey(rowPrefix: Buffer, column: string): Buffer {
+  return Buffer.concat([rowPrefix, encodeComponent(column)]);
+}
+
+/** Key of one row's tombstone. */
+export function tombstoneKey(schema: string, table: string, pkKey: string): Buffer {
+  return Buffer.concat([tablePrefix(NS_TOMBSTONE, schema, table), encodeComponent(pkKey)]);
+}
+
+/** Key of a schema migration: (schema, kind, name, schemaVersion). */
+export function migrationKey(schema: string, kind: 'table' | 'index', name: string, version: number): Buffer {
+  const ver = Buffer.allocUnsafe(4);
+  ver.writeUInt32BE(version, 0);
+  return Buffer.concat([Buffer.of(NS_MIGRATION), encodeComponent(schema), Buffer.of(kind === 'table' ? 0x74 : 0x69), encodeComponent(name), ver]);
+}
+
+/** Key of a change log entry. */
+export function logKey(stamp: Buffer, idx: number): Buffer {
+  const key = Buffer.allocUnsafe(1 + HLC_BYTES + 4);
+  key[0] = NS_LOG;
+  stamp.copy(key, 1);
+  key.writeUInt32BE(idx, 1 + HLC_BYTES);
+  return key;
+}
+
+/** First log key strictly after every entry of `stamp`. */
+export function logKeyAfter(stamp: Buffer): Buffer {
+  return logKey(stamp, 0xffffffff);
+}
+
+/** Key of a tombstone's entry in the age index. */
+export function tombstoneAgeKey(createdAt: number, tombKey: Buffer): Buffer {
+  const key = Buffer.allocUnsafe(9 + tombKey.length);
+  key[0] = NS_TOMBSTONE_AGE;
+  writeU64(key, createdAt, 1);
+  tombKey.copy(key, 9);
+  return key;
+}
+
+/** Smallest key greater than every key that starts with `prefix`. */
+export function prefixEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i]!++;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.of(0xff, 0xff, 0xff, 0xff);
+}
+
+/** Unsigned 64-bit write of a safe integer. */
+export function writeU64(buf: Buffer, value: number, offset: number): void {
+  buf.writeUInt32BE(Math.floor(value / 0x1_0000_0000), offset);
+  buf.writeUInt32BE(value % 0x1_0000_0000, offset + 4);
+}
+
+/** Unsigned 64-bit read as a number. */
+export function readU64(buf: Buffer, offset: number): number {
+  return buf.readUInt32BE(offset) * 0x1_0000_0000 + buf.readUInt32BE(offset + 4);
+}
+
+// ---- records ----
+
+/** A column version or migration record: who wrote it and where its log entry is. */
+export interface FactRecord {
+  hlc: Buffer;
+  stamp: Buffer;
+  idx: number;
+}
+
+export const FACT_HEADER = HLC_BYTES * 2 + 4;
+export const TOMBSTONE_HEADER = FACT_HEADER + 8;
+
+/** Column version / migration record: hlc, stamp, idx, then JSON text. */
+export function encodeFact(hlc: Buffer, stamp: Buffer, idx: number, json: string, extra?: number): Buffer {
+  const header = extra === undefined ? FACT_HEADER : TOMBSTONE_HEADER;
+  const len = Buffer.byteLength(json, 'utf8');
+  const buf = Buffer.allocUnsafe(header + len);
+  hlc.copy(buf, 0);
+  stamp.copy(buf, HLC_BYTES);
+  buf.writeUInt32BE(idx, HLC_BYTES * 2);
+  if (extra !== undefined) writeU64(buf, extra, FACT_HEADER);
+  buf.write(json, header, 'utf8');
+  return buf;
+}
+
+/** Reads the header of a fact record (copies, so the value can be released). */
+export function decodeFact(buf: Buffer): FactRecord {
+  return {
+    hlc: Buffer.from(buf.subarray(0, HLC_BYTES)),
+    stamp: Buffer.from(buf.subarray(HLC_BYTES, HLC_BYTES * 2)),
+    idx: buf.readUInt32BE(HLC_BYTES * 2),
+  };
+}
+
+/** Change log entry value. */
+export function encodeLogEntry(siteId: Buffer, transactionId: string, kind: number, json: string): Buffer {
+  const txLen = Buffer.byteLength(transactionId, 'latin1');
+  const jsonLen = Buffer.byteLength(json, 'utf8');
+  const buf = Buffer.allocUnsafe(16 + 1 + txLen + 1 + jsonLen);
+  siteId.copy(buf, 0);
+  buf[16] = txLen;
+  buf.write(transactionId, 17, 'latin1');
+  buf[17 + txLen] = kind;
+  buf.write(json, 18 + txLen, 'utf8');
+  return buf;
+}
+
+/** Parts of a change log entry value. */
+export interface LogEntry {
+  siteId: Buffer;
+  transactionId: string;
+  kind: number;
+  json: string;
+}
+
+export function decodeLogEntry(buf: Buffer): LogEntry {
+  const txLen = buf[16]!;
+  return {
+    siteId: buf.subarray(0, 16),
+    transactionId: buf.toString('latin1', 17, 17 + txLen),
+    kind: buf[17 + txLen]!,
+    json: buf.toString('utf8', 18 + txLen),
+  };
+}
