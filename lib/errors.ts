@@ -26,10 +26,12 @@ export const ErrorCode = {
   ClockDrift: 'CLOCK_DRIFT',
   PayloadTooLarge: 'PAYLOAD_TOO_LARGE',
   RateLimited: 'RATE_LIMITED',
+  Lagging: 'LAGGING',
   SnapshotRequired: 'SNAPSHOT_REQUIRED',
   // Server side
   NotFound: 'NOT_FOUND',
   StoreClosed: 'STORE_CLOSED',
+  ShuttingDown: 'SHUTTING_DOWN',
   Internal: 'INTERNAL_ERROR',
 } as const;
 
@@ -39,6 +41,7 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 export const CloseCode = {
   Normal: 1000,
   GoingAway: 1001,
+  PolicyViolation: 1008,
   MessageTooBig: 1009,
   InternalError: 1011,
   TryAgainLater: 1013,

@@ -41,7 +41,8 @@ interface NativeDb {
   close(callback: Callback): void;
 }
 
-// Frozen so sharing them between calls can never leak state from one call to the next.
+// Shared by every call, so frozen: if a leveldown version ever writes to its
+// options argument, that fails loudly instead of leaking into later calls.
 const GET_OPTIONS = Object.freeze({ asBuffer: true, fillCache: true });
 const WRITE_ASYNC = Object.freeze({ sync: false });
 const WRITE_SYNC = Object.freeze({ sync: true });
@@ -76,15 +77,15 @@ export async function openLevelStore(dir: string, options: LevelStoreOptions = {
     throw notFoundError(dir);
   }
   const db = await new Promise<NativeDb>((resolve, reject) => {
-    const up: unknown = levelup(leveldown(dir) as never, { createIfMissing, errorIfExists: false }, (err?: Error | null) => {
+    levelup(leveldown(dir) as never, { createIfMissing, errorIfExists: false }, ((err: Error | null | undefined, opened: NativeDb) => {
       if (!err) {
-        resolve(up as NativeDb);
+        resolve(opened);
       } else if (/does not exist/i.test(err.message)) {
         reject(notFoundError(dir, err));
       } else {
         reject(new SyncError(ErrorCode.Internal, `cannot open LevelDB database at ${JSON.stringify(dir)}: ${err.message}`, { cause: err }));
       }
-    });
+    }) as () => void);
   });
   log('opened %s', dir);
   return new LevelStore(db, dir);
@@ -230,7 +231,7 @@ class LevelIterator implements KvIterator {
       else lte = undefined;
     }
     const limit = range.limit;
-    this.#remaining = limit === undefined || !(limit >= 0) ? Infinity : limit;
+    this.#remaining = limit === undefined || !(limit >= 0) ? Infinity : Math.floor(limit);
     this.#reverse = reverse;
     this.#gt = gt;
     this.#gte = gte;

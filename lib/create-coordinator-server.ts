@@ -1,0 +1,87 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import express, { type Express } from 'express';
+import { SERVER_DEFAULTS, type CoordinatorConfig } from './config/options.js';
+import type { CoordinatorHooks } from './service/hooks.js';
+import { createSyncRouter, type SyncRouter } from './create-sync-router.js';
+import { logs } from './log.js';
+
+const log = logs.server;
+
+/** Arguments of `createCoordinatorServer`. */
+export interface CoordinatorServerOptions {
+  /** Usually from `loadConfig()`; missing fields take the defaults. */
+  config?: Partial<CoordinatorConfig>;
+  hooks?: CoordinatorHooks;
+}
+
+/** A standalone coordinator: an Express app with the sync router, on its own http.Server. */
+export interface CoordinatorServer {
+  readonly app: Express;
+  readonly server: Server;
+  readonly router: SyncRouter;
+  readonly config: CoordinatorConfig;
+  /** Listens; resolves with the address actually bound. */
+  start(): Promise<{ host: string; port: number; url: string }>;
+  /** Graceful: stop accepting, answer in-flight applies, close sockets with 1001, close stores. */
+  stop(): Promise<void>;
+}
+
+/** Builds the standalone server the CLI runs. */
+export function createCoordinatorServer(options: CoordinatorServerOptions = {}): CoordinatorServer {
+  const config: CoordinatorConfig = { ...SERVER_DEFAULTS, ...options.config };
+  const router = createSyncRouter({
+    ...config.router,
+    path: config.basePath,
+    dataDir: config.dataDir,
+    corsOrigin: config.corsOrigin,
+    authMode: config.authMode,
+    authTokens: config.authTokens,
+    retentionHorizonMs: config.retentionHorizonMs,
+    batchSize: config.batchSize,
+    hooks: options.hooks,
+  });
+  const app = express();
+  app.disable('x-powered-by');
+  app.use(config.basePath, router);
+  app.use(function notFound(req, res) {
+    res.status(404).json({ ok: false, error: { code: 'NOT_FOUND', message: `No route for ${req.method} ${req.originalUrl}` } });
+  });
+  const server = createServer(app);
+  router.attach(server);
+  let stopping: Promise<void> | undefined;
+
+  function start(): Promise<{ host: string; port: number; url: string }> {
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.port, config.host, () => {
+        server.off('error', reject);
+        const address = server.address() as AddressInfo;
+        const shownHost = config.host === '0.0.0.0' || config.host === '::' ? 'localhost' : config.host;
+        const url = `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${address.port}${config.basePath}`;
+        log('listening on %s', url);
+        resolve({ host: config.host, port: address.port, url });
+      });
+    });
+  }
+
+  function stop(): Promise<void> {
+    if (!stopping) {
+      stopping = (async () => {
+        const closed = new Promise<void>((resolve) => {
+          if (!server.listening) return resolve();
+          server.close(() => resolve());
+        });
+        await router.close();
+        server.closeIdleConnections();
+        const force = setTimeout(() => server.closeAllConnections(), 5000);
+        await closed;
+        clearTimeout(force);
+        log('stopped');
+      })();
+    }
+    return stopping;
+  }
+
+  return { app, server, router, config, start, stop };
+}

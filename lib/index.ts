@@ -1,0 +1,15 @@
+export { createSyncRouter, type SyncRouter } from './create-sync-router.js';
+export { createCoordinatorServer, type CoordinatorServer, type CoordinatorServerOptions } from './create-coordinator-server.js';
+export { DEFAULTS, SERVER_DEFAULTS, type SyncRouterOptions, type CoordinatorConfig, type AuthMode, type CorsOrigin } from './config/options.js';
+export type { CoordinatorHooks, AuthenticateContext, Operation, ApplyDecision, ApplyContext, ClientInfo, Identity } from './service/hooks.js';
+export { SyncError, ErrorCode, CloseCode, isSyncError } from './errors.js';
+export { Coordinator } from './service/coordinator.js';
+export { Replica, type ReplicaOptions, type ApplyOutcome } from './replica/replica.js';
+export type { StampSource, StampSourceFactory } from './replica/stamps.js';
+export { openLevelStore } from './storage/leveldb.js';
+export type { KvStore } from './storage/kv.js';
+export * from './protocol/messages.js';
+export { encodeHlc, decodeHlc, hlcToWire, hlcFromWire, compareHlc, HlcClock } from './protocol/hlc.js';
+export { randomSiteId, siteIdToWire, siteIdFromWire } from './protocol/site-id.js';
+export { encodeSqlValue, decodeSqlValue, type SqlValue, type WireSqlValue } from './protocol/values.js';
+export { SyncClient, SyncClientError, type SyncClientOptions } from './client/sync-client.js';

@@ -1,0 +1,45 @@
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+
+/** The coordinator's named metrics, all registered in one (injected) registry. */
+export interface Metrics {
+  readonly registry: Registry;
+  wsConnectionsActive: Gauge;
+  wsConnectionsTotal: Counter;
+  httpRequestsTotal: Counter<'route' | 'status'>;
+  changesAppliedTotal: Counter;
+  changesReceivedTotal: Counter;
+  changesRejectedTotal: Counter;
+  changesBroadcastTotal: Counter;
+  broadcastErrorsTotal: Counter;
+  snapshotRequestsTotal: Counter;
+  snapshotChunksTotal: Counter;
+  authAttemptsTotal: Counter;
+  authFailuresTotal: Counter;
+  applyChangesDuration: Histogram;
+  getChangesDuration: Histogram;
+  changeBatchSize: Histogram;
+}
+
+/** Creates the metrics in `registry` (never the global one). */
+export function createMetrics(registry: Registry): Metrics {
+  const registers = [registry];
+  const durations = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+  return {
+    registry,
+    wsConnectionsActive: new Gauge({ name: 'sync_websocket_connections_active', help: 'Open WebSocket connections', registers }),
+    wsConnectionsTotal: new Counter({ name: 'sync_websocket_connections_total', help: 'WebSocket connections accepted', registers }),
+    httpRequestsTotal: new Counter({ name: 'sync_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['route', 'status'] as const, registers }),
+    changesAppliedTotal: new Counter({ name: 'sync_changes_applied_total', help: 'Changes that changed state', registers }),
+    changesReceivedTotal: new Counter({ name: 'sync_changes_received_total', help: 'Changes received in valid messages', registers }),
+    changesRejectedTotal: new Counter({ name: 'sync_changes_rejected_total', help: 'Changes refused by validation or hooks', registers }),
+    changesBroadcastTotal: new Counter({ name: 'sync_changes_broadcast_total', help: 'Change sets pushed to other clients', registers }),
+    broadcastErrorsTotal: new Counter({ name: 'sync_broadcast_errors_total', help: 'Pushes that could not be delivered', registers }),
+    snapshotRequestsTotal: new Counter({ name: 'sync_snapshot_requests_total', help: 'Snapshot streams started', registers }),
+    snapshotChunksTotal: new Counter({ name: 'sync_snapshot_chunks_total', help: 'Snapshot chunks sent', registers }),
+    authAttemptsTotal: new Counter({ name: 'sync_auth_attempts_total', help: 'Authentication attempts', registers }),
+    authFailuresTotal: new Counter({ name: 'sync_auth_failures_total', help: 'Failed authentication attempts', registers }),
+    applyChangesDuration: new Histogram({ name: 'sync_apply_changes_duration_seconds', help: 'Time to validate and apply one message', buckets: durations, registers }),
+    getChangesDuration: new Histogram({ name: 'sync_get_changes_duration_seconds', help: 'Time to read one page of changes', buckets: durations, registers }),
+    changeBatchSize: new Histogram({ name: 'sync_change_batch_size', help: 'Changes per applied message', buckets: [1, 5, 10, 50, 100, 500, 1000, 5000], registers }),
+  };
+}

@@ -1,0 +1,321 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { SyncError, ErrorCode, isSyncError } from '../errors.js';
+import type { Config } from '../config/options.js';
+import type { Metrics } from '../metrics/metrics.js';
+import { Hub } from '../hub/hub.js';
+import { logs } from '../log.js';
+import { validateChangeSets, validateCursor, type ValidChangeSet } from '../protocol/validate.js';
+import { siteIdFromWire } from '../protocol/site-id.js';
+import type { ApplyResult, ChangeSet } from '../protocol/messages.js';
+import { Replica } from '../replica/replica.js';
+import type { ChangesPage } from '../replica/change-log.js';
+import { openLevelStore } from '../storage/leveldb.js';
+import { databaseDirectory, validateDatabaseId } from '../storage/database-id.js';
+import { ReplicaPool } from '../storage/replica-pool.js';
+import type { AuthenticateContext, Identity, Operation } from './hooks.js';
+
+const log = logs.service;
+const authLog = logs.auth;
+
+/** Who is asking, once authenticated. */
+export interface Caller {
+  databaseId: string;
+  /** base64url site id. */
+  siteId: string;
+  identity: Identity;
+}
+
+/** Status figures for `/status`. */
+export interface CoordinatorStatus {
+  uptime: number;
+  openStores: number;
+  connectedClients: number;
+}
+
+/**
+ * The use cases shared by HTTP and WebSocket: authenticate, authorize, run
+ * the validation hooks, apply, read changes and snapshots. Knows nothing of
+ * Express or sockets.
+ */
+export class Coordinator {
+  readonly config: Config;
+  readonly metrics: Metrics;
+  readonly hub: Hub;
+  readonly pool: ReplicaPool<Replica>;
+  private readonly startedAt: number;
+  private readonly inflight = new Set<Promise<unknown>>();
+  private readonly streams = new Set<Promise<unknown>>();
+  private readonly tokenDigests: Buffer[];
+  private sweepTimer?: NodeJS.Timeout;
+  private closing?: Promise<void>;
+
+  constructor(config: Config, metrics: Metrics) {
+    this.config = config;
+    this.metrics = metrics;
+    this.hub = new Hub(metrics);
+    this.startedAt = Date.now();
+    this.tokenDigests = config.authTokens.map(digest);
+    this.pool = new ReplicaPool<Replica>({
+      maxOpen: config.maxOpenStores,
+      idleMs: config.storeIdleMs,
+      open: async (id) => {
+        const store = await openLevelStore(databaseDirectory(config.dataDir, id));
+        try {
+          return await Replica.open(store, {
+            allowResurrection: config.allowResurrection,
+            retentionHorizonMs: config.retentionHorizonMs,
+            snapshotChunkSize: config.snapshotChunkSize,
+            syncWrites: config.syncWrites,
+            now: config.now,
+          });
+        } catch (err) {
+          await store.close();
+          throw err;
+        }
+      },
+      close: (replica) => replica.close(),
+    });
+    if (config.sweepIntervalMs > 0) {
+      this.sweepTimer = setInterval(() => void this.sweepOpen(), config.sweepIntervalMs);
+      this.sweepTimer.unref();
+    }
+  }
+
+  /** Whether shutdown has begun. */
+  get isClosing(): boolean {
+    return this.closing !== undefined;
+  }
+
+  /**
+   * Checks the database id, the site id and the credentials, then asks
+   * `onAuthenticate`. Every failure is AUTH_FAILED except a malformed
+   * database id on HTTP (INVALID_DATABASE_ID), as callers map them.
+   */
+  async authenticate(ctx: AuthenticateContext): Promise<Identity> {
+    this.metrics.authAttemptsTotal.inc();
+    try {
+      if (this.config.authMode === 'token-whitelist') {
+        if (typeof ctx.token !== 'string' || ctx.token.length === 0) {
+          throw new SyncError(ErrorCode.AuthFailed, 'token: required (Authorization: Bearer <token>, or "token" in the handshake)');
+        }
+        if (!this.tokenAccepted(ctx.token)) throw new SyncError(ErrorCode.AuthFailed, 'token: not accepted');
+      }
+      const hook = this.config.hooks.onAuthenticate;
+      if (!hook) return { databaseId: ctx.databaseId, siteId: ctx.siteId };
+      let identity: Identity;
+      try {
+        identity = await hook(ctx);
+      } catch (err) {
+        throw new SyncError(ErrorCode.AuthFailed, messageOf(err));
+      }
+      if (identity === undefined || identity === null || identity === false) {
+        throw new SyncError(ErrorCode.AuthFailed, 'refused by onAuthenticate');
+      }
+      return identity;
+    } catch (err) {
+      this.metrics.authFailuresTotal.inc();
+      authLog('authentication failed for %s on %s: %s', ctx.siteId, ctx.databaseId, messageOf(err));
+      throw err;
+    }
+  }
+
+  /** Constant-time comparison against every accepted token. */
+  private tokenAccepted(token: string): boolean {
+    const d = digest(token);
+    let ok = false;
+    for (const accepted of this.tokenDigests) ok = timingSafeEqual(d, accepted) || ok;
+    return ok;
+  }
+
+  /** Asks `onAuthorize`; FORBIDDEN when it says no or throws. */
+  async authorize(caller: Caller, action: Operation['action']): Promise<void> {
+    const hook = this.config.hooks.onAuthorize;
+    if (!hook) return;
+    let allowed: boolean;
+    try {
+      allowed = await hook(caller.identity, { action, databaseId: caller.databaseId, siteId: caller.siteId });
+    } catch (err) {
+      throw new SyncError(ErrorCode.Forbidden, messageOf(err));
+    }
+    if (allowed !== true) throw new SyncError(ErrorCode.Forbidden, `${action} on ${caller.databaseId} is not allowed for this client`);
+  }
+
+  /** Tracks an operation so that shutdown can wait for it. */
+  private track<T>(work: () => Promise<T>): Promise<T> {
+    if (this.closing) return Promise.reject(new SyncError(ErrorCode.ShuttingDown, 'the coordinator is shutting down'));
+    const run = work();
+    this.inflight.add(run);
+    const done = (): void => { this.inflight.delete(run); };
+    run.then(done, done);
+    return run;
+  }
+
+  /** Opens (or finds) a database's replica for the length of a session. */
+  openDatabase(databaseId: string) {
+    validateDatabaseId(databaseId);
+    return this.track(() => this.pool.acquire(databaseId));
+  }
+
+  /**
+   * Validates `changes` in full, runs `onBeforeApplyChanges`, applies what is
+   * approved as one atomic write, pushes the accepted change sets to the
+   * database's other sites and runs `onAfterApplyChanges`.
+   */
+  applyChanges(caller: Caller, changes: unknown): Promise<ApplyResult> {
+    return this.track(async () => {
+      const timer = this.metrics.applyChangesDuration.startTimer();
+      let sets: ValidChangeSet[];
+      try {
+        sets = validateChangeSets(changes, { now: this.config.now(), maxDriftMs: this.config.maxDriftMs });
+      } catch (err) {
+        this.metrics.changesRejectedTotal.inc(countChanges(changes));
+        throw err;
+      }
+      const received = sets.reduce((n, s) => n + s.changes.length + s.migrations.length, 0);
+      this.metrics.changesReceivedTotal.inc(received);
+      let rejected: ApplyResult['rejected'];
+      const hook = this.config.hooks.onBeforeApplyChanges;
+      if (hook) {
+        const ctx = { databaseId: caller.databaseId, siteId: caller.siteId };
+        let decision;
+        try {
+          decision = await hook(caller.identity, sets.map((s) => s.wire), ctx);
+        } catch (err) {
+          this.metrics.changesRejectedTotal.inc(received);
+          throw new SyncError(ErrorCode.Forbidden, messageOf(err));
+        }
+        if (!decision || !Array.isArray(decision.approved)) {
+          throw new SyncError(ErrorCode.ApplyChangesError, 'onBeforeApplyChanges must return { approved: ChangeSet[], rejected?: [] }');
+        }
+        try {
+          sets = validateChangeSets(decision.approved, { now: this.config.now(), maxDriftMs: this.config.maxDriftMs }, 'approved');
+        } catch (err) {
+          throw new SyncError(ErrorCode.ApplyChangesError, `onBeforeApplyChanges returned an invalid change set: ${messageOf(err)}`);
+        }
+        if (decision.rejected && decision.rejected.length > 0) {
+          rejected = decision.rejected.map((r) => ({
+            reason: String(r.reason),
+            ...(r.code !== undefined ? { code: String(r.code) } : {}),
+            ...(r.table !== undefined ? { table: String(r.table) } : {}),
+            ...(r.column !== undefined ? { column: String(r.column) } : {}),
+          }));
+          const kept = sets.reduce((n, s) => n + s.changes.length + s.migrations.length, 0);
+          this.metrics.changesRejectedTotal.inc(Math.max(received - kept, rejected.length));
+        }
+      }
+      const outcome = await this.pool.use(caller.databaseId, (replica) => replica.apply(sets));
+      this.metrics.changesAppliedTotal.inc(outcome.applied);
+      this.metrics.changeBatchSize.observe(received);
+      timer();
+      this.hub.publish(caller.databaseId, caller.siteId, outcome.accepted);
+      const result: ApplyResult = {
+        applied: outcome.applied, skipped: outcome.skipped, conflicts: outcome.conflicts, transactions: outcome.transactions,
+        ...(rejected ? { rejected } : {}),
+      };
+      const after = this.config.hooks.onAfterApplyChanges;
+      if (after) {
+        try {
+          await after(caller.identity, result, outcome.accepted, { databaseId: caller.databaseId, siteId: caller.siteId });
+        } catch (err) {
+          log('onAfterApplyChanges failed: %s', messageOf(err));
+        }
+      }
+      return result;
+    });
+  }
+
+  /** One page of changes after `sinceHLC` (validated here) for the caller's site. */
+  getChanges(caller: Caller, sinceHLC: unknown): Promise<ChangesPage> {
+    return this.track(async () => {
+      const cursor = validateCursor(sinceHLC);
+      const timer = this.metrics.getChangesDuration.startTimer();
+      const site = siteIdFromWire(caller.siteId);
+      const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, this.config.batchSize));
+      timer();
+      return page;
+    });
+  }
+
+  /**
+   * A snapshot stream (JSON chunk texts). The database stays open until the
+   * stream ends or is abandoned (`return()`); a bad checkpoint rejects on the
+   * first `next()`, before anything is sent.
+   */
+  async *snapshot(caller: Caller, checkpoint?: unknown): AsyncGenerator<string, void, undefined> {
+    this.metrics.snapshotRequestsTotal.inc();
+    const lease = await this.openDatabase(caller.databaseId);
+    let finish!: () => void;
+    const done = new Promise<void>((resolve) => { finish = resolve; });
+    this.streams.add(done);
+    try {
+      for await (const chunk of lease.resource.snapshot(checkpoint === undefined ? {} : { checkpoint })) {
+        this.metrics.snapshotChunksTotal.inc();
+        yield chunk;
+      }
+    } finally {
+      lease.release();
+      this.streams.delete(done);
+      finish();
+    }
+  }
+
+  /** Sweeps retention on every open database. */
+  async sweepOpen(): Promise<void> {
+    for (const id of this.pool.openIds()) {
+      try {
+        const result = await this.pool.use(id, (replica) => replica.sweep());
+        if (result.swept > 0) log('swept %d tombstones from %s', result.swept, id);
+      } catch (err) {
+        log('sweep of %s failed: %s', id, messageOf(err));
+      }
+    }
+  }
+
+  status(): CoordinatorStatus {
+    return {
+      uptime: (Date.now() - this.startedAt) / 1000,
+      openStores: this.pool.size,
+      connectedClients: this.hub.size,
+    };
+  }
+
+  /**
+   * Refuses new work, waits for in-flight applies and reads (so they are
+   * answered), runs `afterDrain` (the transports close their sockets there,
+   * which ends snapshot streams), then closes every store.
+   */
+  close(afterDrain?: () => Promise<void>): Promise<void> {
+    if (!this.closing) {
+      this.closing = (async () => {
+        if (this.sweepTimer) clearInterval(this.sweepTimer);
+        while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+        if (afterDrain) await afterDrain();
+        while (this.streams.size > 0) await Promise.allSettled([...this.streams]);
+        await this.pool.close();
+      })();
+    }
+    return this.closing;
+  }
+}
+
+function digest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+/** The message of an error, or its text. */
+export function messageOf(err: unknown): string {
+  if (isSyncError(err) || err instanceof Error) return err.message;
+  return String(err);
+}
+
+function countChanges(changes: unknown): number {
+  if (!Array.isArray(changes)) return 0;
+  let n = 0;
+  for (const set of changes) {
+    const list = (set as { changes?: unknown } | null)?.changes;
+    n += Array.isArray(list) ? list.length : 0;
+  }
+  return n;
+}
+
+export type { ChangeSet };

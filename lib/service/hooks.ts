@@ -1,0 +1,65 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import type { ApplyResult, ChangeSet, Rejection } from '../protocol/messages.js';
+
+/** Who a client is, as returned by `onAuthenticate` (any value but null/undefined/false). */
+export type Identity = unknown;
+
+/** What `onAuthenticate` sees. */
+export interface AuthenticateContext {
+  databaseId: string;
+  /** The client's site id (base64url). */
+  siteId: string;
+  /** Bearer token (HTTP) or handshake token (WebSocket), if sent. */
+  token?: string;
+  transport: 'http' | 'websocket';
+  remoteAddress?: string;
+  headers: IncomingHttpHeaders;
+}
+
+/** An action a client wants to take, passed to `onAuthorize`. */
+export interface Operation {
+  action: 'connect' | 'get_changes' | 'apply_changes' | 'get_snapshot';
+  databaseId: string;
+  siteId: string;
+}
+
+/** What `onBeforeApplyChanges` decides. */
+export interface ApplyDecision {
+  /** Change sets to apply (may be trimmed copies of the input; they are validated again). */
+  approved: ChangeSet[];
+  /** What was refused; returned to the client in `apply_result.rejected`. */
+  rejected?: Rejection[];
+}
+
+/** Context of apply hooks. */
+export interface ApplyContext {
+  databaseId: string;
+  siteId: string;
+}
+
+/** A connected WebSocket client. */
+export interface ClientInfo {
+  databaseId: string;
+  siteId: string;
+  connectionId: string;
+  remoteAddress?: string;
+}
+
+/**
+ * Optional async hooks. A hook that throws refuses that one action with its
+ * message; it never takes the server down.
+ */
+export interface CoordinatorHooks {
+  /** Returns the identity of a client, or throws / returns a falsy value to refuse (AUTH_FAILED). */
+  onAuthenticate?(ctx: AuthenticateContext): Promise<Identity> | Identity;
+  /** Returns false to refuse an operation (FORBIDDEN). */
+  onAuthorize?(identity: Identity, operation: Operation): Promise<boolean> | boolean;
+  /** Filters incoming change sets; rejections reach the client in `apply_result.rejected`. */
+  onBeforeApplyChanges?(identity: Identity, changeSets: ChangeSet[], ctx: ApplyContext): Promise<ApplyDecision> | ApplyDecision;
+  /** Runs after a successful apply; errors are logged and ignored (the changes are stored). */
+  onAfterApplyChanges?(identity: Identity, result: ApplyResult, changeSets: ChangeSet[], ctx: ApplyContext): Promise<void> | void;
+  /** Returns false to refuse a WebSocket client after authentication. */
+  onClientConnect?(identity: Identity, client: ClientInfo): Promise<boolean | void> | boolean | void;
+  /** Runs when a WebSocket client goes away; errors are logged and ignored. */
+  onClientDisconnect?(identity: Identity, client: ClientInfo): Promise<void> | void;
+}
