@@ -1,0 +1,233 @@
+import { expect } from 'chai';
+import { startTestServer, type TestServer } from '../helpers/server.js';
+import { TestSite } from '../helpers/changes.js';
+import { SyncClient, SyncClientError } from '../../lib/client/sync-client.js';
+import { randomSiteId, siteIdToWire } from '../../lib/protocol/site-id.js';
+import type { ChangeSet, ErrorMessage, SnapshotChunk } from '../../lib/protocol/messages.js';
+
+const DB = 'acme:notes-42';
+
+function siteOf(client: SyncClient): TestSite {
+  return new TestSite(Buffer.from(client.options.siteId, 'base64url'));
+}
+
+/** Applies the change sets a client received, to a plain map (a minimal client-side replica). */
+function rowsFrom(changeSets: ChangeSet[]): Map<string, unknown> {
+  const rows = new Map<string, unknown>();
+  for (const set of changeSets) {
+    for (const c of set.changes) {
+      const row = JSON.stringify([c.table, c.pk]);
+      if (c.type === 'delete') {
+        for (const key of [...rows.keys()]) if (key.startsWith(row.slice(0, -1))) rows.delete(key);
+      } else rows.set(JSON.stringify([c.table, c.pk, c.column]).replace(/]$/, ''), c.value);
+    }
+  }
+  return rows;
+}
+
+function nextPush(client: SyncClient): Promise<ChangeSet[]> {
+  return new Promise((resolve) => client.once('push', resolve));
+}
+
+describe('ws session', () => {
+  let server: TestServer;
+  beforeEach(async () => { server = await startTestServer({ batchSize: 50 }); });
+  afterEach(() => server.close());
+
+  describe('handshake', () => {
+    it('acknowledges with the database, server site id, connection id and version', async () => {
+      const client = await server.connect(DB);
+      expect(client.serverSiteId).to.match(/^[A-Za-z0-9_-]{22}$/);
+      expect(client.connectionId).to.be.a('string').and.not.equal('');
+      const other = await server.connect(DB);
+      expect(other.serverSiteId).to.equal(client.serverSiteId);
+    });
+
+    async function refused(overrides: Record<string, unknown>): Promise<{ error: ErrorMessage; code: number }> {
+      const client = await SyncClient.open({ url: server.wsUrl, databaseId: DB, siteId: siteIdToWire(randomSiteId()) });
+      const error = client.expect('error');
+      client.send({ type: 'handshake', databaseId: DB, siteId: client.options.siteId, protocolVersion: 1, ...overrides });
+      return { error: (await error) as ErrorMessage, code: await client.closed() };
+    }
+
+    it('checks the version first: v2 and a missing version close with 4003', async () => {
+      const v2 = await refused({ protocolVersion: 2, databaseId: undefined });
+      expect(v2.error).to.include({ code: 'PROTOCOL_VERSION_MISMATCH', fatal: true });
+      expect(v2.error.message).to.contain('client speaks v2');
+      expect(v2.code).to.equal(4003);
+      const none = await refused({ protocolVersion: undefined });
+      expect(none.error.message).to.contain('client sent none');
+      expect(none.code).to.equal(4003);
+    });
+
+    it('closes with 4002 without a databaseId and 4001 for a bad database or site id', async () => {
+      const missing = await refused({ databaseId: undefined });
+      expect(missing.error).to.include({ code: 'MISSING_DATABASE_ID', fatal: true });
+      expect(missing.code).to.equal(4002);
+      const badDb = await refused({ databaseId: 'bad id/with spaces' });
+      expect(badDb.error).to.include({ code: 'AUTH_FAILED', fatal: true });
+      expect(badDb.error.message).to.contain('bad id/with spaces');
+      expect(badDb.code).to.equal(4001);
+      const badSite = await refused({ siteId: 'abc' });
+      expect(badSite.error.code).to.equal('AUTH_FAILED');
+      expect(badSite.error.message).to.contain('siteId');
+      expect(badSite.code).to.equal(4001);
+    });
+
+    it('answers messages before the handshake with NOT_AUTHENTICATED and keeps the socket', async () => {
+      const client = await SyncClient.open({ url: server.wsUrl, databaseId: DB, siteId: siteIdToWire(randomSiteId()) });
+      const err = await client.request('error', { type: 'get_changes' }) as ErrorMessage;
+      expect(err).to.deep.equal({ type: 'error', code: 'NOT_AUTHENTICATED', message: 'Must handshake first', fatal: false });
+      await client.handshake();
+      expect((await client.getChanges()).changeSets).to.deep.equal([]);
+      await client.close();
+    });
+
+    it('refuses a second handshake as ALREADY_AUTHENTICATED (fatal)', async () => {
+      const client = await server.connect(DB);
+      const err = await client.request('error', { type: 'handshake', databaseId: DB, siteId: client.options.siteId, protocolVersion: 1 }) as ErrorMessage;
+      expect(err).to.include({ code: 'ALREADY_AUTHENTICATED', fatal: true });
+    });
+  });
+
+  describe('bad messages', () => {
+    it('keeps the session through junk, unknown types and invalid batches, storing nothing of them', async () => {
+      const client = await server.connect(DB);
+      const site = siteOf(client);
+      client.send('{"type": "get_changes", oops');
+      expect(await client.expect('error')).to.include({ code: 'MESSAGE_ERROR', fatal: false });
+      expect(await client.request('error', { type: 'frobnicate' })).to.deep.include({ code: 'UNKNOWN_MESSAGE', message: 'Unknown message type: frobnicate' });
+      expect(await client.request('error', { hello: 'world' })).to.deep.include({ code: 'UNKNOWN_MESSAGE', message: 'Unknown message type: undefined' });
+      expect(await client.request('error', { type: 'get_changes', sinceHLC: 'not-an-hlc' })).to.include({ code: 'INVALID_HLC', fatal: false });
+      const good = site.txn([{ pk: [1], value: 'ok' }]);
+      const bad = site.txn([{ pk: [2], value: 'x' }]);
+      (bad.changes[0] as { hlc: string }).hlc = 'AAAA';
+      const err = await client.request('error', { type: 'apply_changes', requestId: 'b', changes: [good, bad] }) as ErrorMessage;
+      expect(err.code).to.equal('INVALID_HLC');
+      expect(err.message).to.match(/^changes\[1\]\.changes\[0\]\.hlc/);
+      expect(await client.request('error', { type: 'apply_changes', changes: 'nope' })).to.include({ code: 'INVALID_MESSAGE' });
+      expect(await client.request('error', { type: 'apply_changes', requestId: 5, changes: [] })).to.include({ code: 'INVALID_MESSAGE' });
+      await client.ping();
+      // Nothing of the refused batch, including its valid first change set, was stored.
+      expect((await client.getChanges()).changeSets).to.deep.equal([]);
+      const reader = await server.connect(DB);
+      expect((await reader.getChanges()).changeSets).to.deep.equal([]);
+    });
+
+    it('refuses a far-future HLC anywhere in the message with CLOCK_DRIFT', async () => {
+      const client = await server.connect(DB);
+      const site = siteOf(client);
+      const set = site.txn([{ pk: [1], value: 'future' }], [], { wall: Date.now() + 3_600_000 });
+      set.hlc = site.txn([], [], { wall: Date.now() }).hlc;
+      const err = await client.request('error', { type: 'apply_changes', changes: [set] }) as ErrorMessage;
+      expect(err).to.include({ code: 'CLOCK_DRIFT', fatal: false });
+      expect(err.message).to.contain('changes[0].changes[0].hlc');
+    });
+  });
+
+  describe('sync', () => {
+    it('makes two sites converge: column writes, deletes, migrations, blobs and bigints', async () => {
+      const a = await server.connect(DB);
+      const b = await server.connect(DB);
+      const sa = siteOf(a);
+      const sb = siteOf(b);
+      const pushedToB = nextPush(b);
+      const r1 = await a.apply([sa.txn([
+        { pk: [1], column: 'title', value: 'hello' },
+        { pk: [1], column: 'body', value: { __bin: 'AQID/w==' } },
+        { pk: [2], column: 'title', value: { __bigint: '9223372036854775807' } },
+      ], [{ table: 'notes', ddl: 'create table notes (id integer primary key, title, body)' }])], 'req-1');
+      expect(r1).to.deep.equal({ type: 'apply_result', requestId: 'req-1', applied: 4, skipped: 0, conflicts: 0, transactions: 1 });
+      expect((await pushedToB)[0]!.changes).to.have.length(3);
+      const pushedToA = nextPush(a);
+      await b.apply([sb.txn([{ pk: [1], column: 'title', value: 'edited' }, { pk: [2], delete: true }], [], { wall: Date.now() })]);
+      await pushedToA;
+      const fromA = await a.catchUp();
+      const fromB = await b.catchUp();
+      // Each side receives exactly the other's changes, never its own.
+      expect(fromA.changeSets.every((s) => s.siteId === sb.wire)).to.equal(true);
+      expect(fromB.changeSets.every((s) => s.siteId === sa.wire)).to.equal(true);
+      const state = rowsFrom([...fromB.changeSets, ...fromA.changeSets].sort((x, y) => (x.hlc < y.hlc ? -1 : 1)));
+      expect([...state.values()]).to.have.deep.members(['edited', { __bin: 'AQID/w==' }]);
+      const schema = fromB.changeSets.flatMap((s) => s.schemaMigrations);
+      expect(schema.map((m) => m.table)).to.deep.equal(['notes']);
+    });
+
+    it('lets a late third site join by snapshot and by paged get_changes', async () => {
+      const a = await server.connect(DB);
+      const sa = siteOf(a);
+      for (let i = 0; i < 6; i++) {
+        await a.apply([sa.txn(Array.from({ length: 20 }, (_, j) => ({ pk: [i * 20 + j], value: `v${i * 20 + j}` })))]);
+      }
+      await a.apply([sa.txn([{ pk: [0], delete: true }])]);
+      const late = await server.connect(DB);
+      const chunks = await late.snapshot();
+      const header = chunks[0] as Extract<SnapshotChunk, { type: 'header' }>;
+      expect(header.siteId).to.equal(late.serverSiteId);
+      const entries = chunks.flatMap((c) => (c.type === 'column-versions' ? c.entries : []));
+      expect(entries).to.have.length(119);
+      expect(chunks.at(-1)).to.include({ type: 'footer', totalEntries: 119 });
+      // Nothing after the snapshot's stamp yet.
+      expect((await late.getChanges(header.hlc)).changeSets).to.deep.equal([]);
+      const paged = await late.catchUp();
+      const values = paged.changeSets.flatMap((s) => s.changes).filter((c) => c.type === 'column');
+      expect(values).to.have.length(119);
+      let pages = 0;
+      let cursor: string | undefined;
+      for (;;) {
+        const page = await late.getChanges(cursor);
+        pages++;
+        if (!page.hasMore) break;
+        cursor = page.changeSets.at(-1)!.hlc;
+      }
+      expect(pages).to.be.greaterThan(1);
+    });
+
+    it("never pushes to the writer's site and never to other databases", async () => {
+      const a = await server.connect(DB);
+      const sameSite = await server.connect(DB, { siteId: a.options.siteId });
+      const other = await server.connect(DB);
+      const elsewhere = await server.connect('another-db');
+      const got: Record<string, number> = { a: 0, same: 0, other: 0, elsewhere: 0 };
+      a.on('push', () => got.a!++);
+      sameSite.on('push', () => got.same!++);
+      elsewhere.on('push', () => got.elsewhere!++);
+      const pushed = nextPush(other);
+      await a.apply([siteOf(a).txn([{ pk: [1], value: 'x' }])]);
+      await pushed;
+      // A round trip on each socket: any push sent before it has arrived.
+      await Promise.all([a.ping(), sameSite.ping(), elsewhere.ping()]);
+      expect(got).to.deep.equal({ a: 0, same: 0, other: 0, elsewhere: 0 });
+      expect((await elsewhere.getChanges()).changeSets).to.deep.equal([]);
+    });
+
+    it('pushes only what changed state, and nothing for a duplicate', async () => {
+      const a = await server.connect(DB);
+      const b = await server.connect(DB);
+      const set = siteOf(a).txn([{ pk: [1], value: 'x' }]);
+      const first = nextPush(b);
+      await a.apply([set]);
+      await first;
+      let pushes = 0;
+      b.on('push', () => pushes++);
+      expect(await a.apply([set])).to.include({ applied: 0, skipped: 1 });
+      await b.ping();
+      expect(pushes).to.equal(0);
+    });
+
+    it('answers resume_snapshot and refuses a bad checkpoint without ending the session', async () => {
+      const a = await server.connect(DB);
+      await a.apply([siteOf(a).txn([{ pk: [1], value: 'x' }, { table: 'tags', pk: [1], value: 't' }])]);
+      const chunks = await a.snapshot();
+      const header = chunks[0] as Extract<SnapshotChunk, { type: 'header' }>;
+      const resumed = await a.snapshot({
+        snapshotId: header.snapshotId, siteId: header.siteId, hlc: header.hlc, lastTableIndex: 0, lastEntryIndex: 0,
+        completedTables: ['main.notes'], entriesProcessed: 1, createdAt: Date.now(),
+      });
+      expect(resumed.filter((c) => c.type === 'table-start').map((c) => (c as { table: string }).table)).to.deep.equal(['tags']);
+      await a.snapshot({ ...(header as never), completedTables: ['main.missing'], lastTableIndex: 0, lastEntryIndex: 0, entriesProcessed: 0, createdAt: 1 } as never)
+        .then(() => expect.fail('should refuse'), (err: SyncClientError) => expect(err.code).to.equal('INVALID_CHECKPOINT'));
+      await a.ping();
+    });
+  });
+});
