@@ -1,0 +1,168 @@
+import { expect } from 'chai';
+import request from 'supertest';
+import { startTestServer, type TestServer } from '../helpers/server.js';
+import { TestSite } from '../helpers/changes.js';
+import type { SnapshotChunk } from '../../lib/protocol/messages.js';
+
+const DB = 'acme:notes-42';
+const PATH = `/${encodeURIComponent(DB)}`;
+
+describe('http routes', () => {
+  let server: TestServer;
+  const site = new TestSite();
+  const reader = new TestSite();
+  afterEach(() => server.close());
+
+  describe('without auth', () => {
+    beforeEach(async () => { server = await startTestServer({ batchSize: 2 }); });
+
+    it('GET /status reports uptime, open stores and connected clients', async () => {
+      await server.connect(DB);
+      const res = await request(server.app).get('/sync/status').expect(200).expect('content-type', /json/);
+      expect(res.body.ok).to.equal(true);
+      expect(res.body.data).to.include({ openStores: 1, connectedClients: 1 });
+      expect(res.body.data.uptime).to.be.a('number');
+    });
+
+    it('POST then GET changes round-trips, excluding the caller and paging with hasMore', async () => {
+      const body = { changes: [site.txn([{ pk: [1], value: 'a' }, { pk: [2], value: { __bin: 'AQID' } }]), site.txn([{ pk: [3], value: 'c' }, { pk: [4], value: 'd' }])] };
+      const post = await request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send(body).expect(200);
+      expect(post.body).to.deep.equal({ ok: true, data: { applied: 4, skipped: 0, conflicts: 0, transactions: 2 } });
+      const own = await request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).expect(200);
+      expect(own.body.data.changes).to.deep.equal([]);
+      const first = await request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', reader.wire).expect(200);
+      expect(first.body.data.changes).to.have.length(1);
+      expect(first.body.data.hasMore).to.equal(true);
+      const cursor = first.body.data.changes[0].hlc;
+      const second = await request(server.app).get(`/sync${PATH}/changes`).query({ sinceHLC: cursor }).set('X-Site-Id', reader.wire).expect(200);
+      expect(second.body.data.changes.map((s: { transactionId: string }) => s.transactionId)).to.deep.equal([body.changes[1]!.transactionId]);
+      expect(second.body.data.hasMore).to.equal(false);
+    });
+
+    it('pushes HTTP writes to WebSocket subscribers', async () => {
+      const client = await server.connect(DB);
+      const pushed = new Promise((resolve) => client.once('push', resolve));
+      await request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send({ changes: [site.txn([{ pk: [9], value: 'x' }])] }).expect(200);
+      expect(await pushed).to.have.length(1);
+    });
+
+    it('streams a snapshot as NDJSON in chunk order', async () => {
+      await request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire)
+        .send({ changes: [site.txn([{ pk: [1], value: 'a' }, { pk: [2], delete: true }], [{ table: 'notes' }])] }).expect(200);
+      const res = await request(server.app).get(`/sync${PATH}/snapshot`).set('X-Site-Id', reader.wire).buffer(true).parse((r, cb) => {
+        let text = '';
+        r.on('data', (d: Buffer) => { text += d.toString(); });
+        r.on('end', () => cb(null, text));
+      }).expect(200).expect('content-type', /application\/x-ndjson/);
+      const chunks = (res.body as string).trim().split('\n').map((line) => JSON.parse(line) as SnapshotChunk);
+      expect(chunks.map((c) => c.type)).to.deep.equal(['header', 'schema-migration', 'table-start', 'column-versions', 'table-end', 'tombstone', 'footer']);
+    });
+
+    it('answers bad input with the error envelope and fitting status', async () => {
+      const cases: [request.Test, number, string][] = [
+        [request(server.app).get(`/sync${PATH}/changes`), 401, 'AUTH_FAILED'],
+        [request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', 'short'), 400, 'INVALID_SITE_ID'],
+        [request(server.app).get('/sync/bad%20id/changes').set('X-Site-Id', reader.wire), 400, 'INVALID_DATABASE_ID'],
+        [request(server.app).get(`/sync${PATH}/changes`).query({ sinceHLC: 'nope' }).set('X-Site-Id', reader.wire), 400, 'INVALID_HLC'],
+        [request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send({ nope: 1 }), 400, 'INVALID_BODY'],
+        [request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).set('content-type', 'application/json').send('{"changes": ['), 400, 'INVALID_BODY'],
+        [request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send({ changes: [{ ...site.txn([{ pk: [1] }]), siteId: 'x' }] }), 400, 'INVALID_SITE_ID'],
+        [request(server.app).get(`/sync${PATH}/snapshot`), 401, 'AUTH_FAILED'],
+        [request(server.app).get('/sync/a/b/c'), 404, 'NOT_FOUND'],
+      ];
+      for (const [req, status, code] of cases) {
+        const res = await req;
+        expect(res.status, code).to.equal(status);
+        expect(res.body.ok, code).to.equal(false);
+        expect(res.body.error.code).to.equal(code);
+        expect(res.body.error.message).to.be.a('string').and.not.equal('');
+      }
+    });
+
+    it('answers 410 SNAPSHOT_REQUIRED for a cursor behind the retention floor', async () => {
+      await server.close();
+      let now = Date.now();
+      server = await startTestServer({ retentionHorizonMs: 1000, now: () => now, sweepIntervalMs: 0 });
+      await request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send({ changes: [site.txn([{ pk: [1], value: 'a' }])] }).expect(200);
+      const first = await request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', reader.wire).expect(200);
+      await request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send({ changes: [site.txn([{ pk: [1], delete: true }])] }).expect(200);
+      now += 10_000;
+      await server.sync.coordinator.sweepOpen();
+      const res = await request(server.app).get(`/sync${PATH}/changes`).query({ sinceHLC: first.body.data.changes[0].hlc }).set('X-Site-Id', reader.wire).expect(410);
+      expect(res.body.error.code).to.equal('SNAPSHOT_REQUIRED');
+    });
+
+    it('answers 413 for a body over maxMessageBytes and stays up', async () => {
+      await server.close();
+      server = await startTestServer({ maxMessageBytes: 2048 });
+      const big = site.txn(Array.from({ length: 40 }, (_, i) => ({ pk: [i], value: 'x'.repeat(100) })));
+      const res = await request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send({ changes: [big] }).expect(413);
+      expect(res.body.error.code).to.equal('PAYLOAD_TOO_LARGE');
+      await request(server.app).get('/sync/status').expect(200);
+    });
+  });
+
+  describe('with token-whitelist auth', () => {
+    beforeEach(async () => { server = await startTestServer({ authMode: 'token-whitelist', authTokens: ['s3cret', 'other'] }); });
+
+    it('requires a whitelisted Bearer token', async () => {
+      const noToken = await request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', reader.wire).expect(401);
+      expect(noToken.body.error.code).to.equal('AUTH_FAILED');
+      await request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', reader.wire).set('Authorization', 'Bearer wrong').expect(401);
+      await request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', reader.wire).set('Authorization', 'Bearer other').expect(200);
+    });
+
+    it('closes WebSocket handshakes with a wrong token with 4001', async () => {
+      await server.connect(DB, { token: 's3cret' });
+      await server.connect(DB, { token: 'nope' }).then(() => expect.fail('should refuse'), (err: Error) => expect(err.message).to.equal('token: not accepted'));
+    });
+  });
+
+  describe('metrics', () => {
+    beforeEach(async () => { server = await startTestServer(); });
+
+    it('exposes the named metrics with values that follow the traffic', async () => {
+      const a = await server.connect(DB);
+      const b = await server.connect(DB);
+      const pushed = new Promise((resolve) => b.once('push', resolve));
+      await a.apply([new TestSite(Buffer.from(a.options.siteId, 'base64url')).txn([{ pk: [1], value: 'x' }, { pk: [2], value: 'y' }])]);
+      await pushed;
+      await b.snapshot();
+      await request(server.app).get('/sync/status').expect(200);
+      const text = (await request(server.app).get('/sync/metrics').expect(200).expect('content-type', /text\/plain/)).text;
+      const value = (name: string): number => Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text)?.[1]);
+      expect(value('sync_websocket_connections_active')).to.equal(2);
+      expect(value('sync_websocket_connections_total')).to.equal(2);
+      expect(value('sync_changes_received_total')).to.equal(2);
+      expect(value('sync_changes_applied_total')).to.equal(2);
+      expect(value('sync_changes_broadcast_total')).to.equal(1);
+      expect(value('sync_snapshot_requests_total')).to.equal(1);
+      expect(value('sync_snapshot_chunks_total')).to.be.greaterThan(3);
+      expect(value('sync_auth_attempts_total')).to.equal(2);
+      expect(value('sync_auth_failures_total')).to.equal(0);
+      expect(value('sync_apply_changes_duration_seconds_count')).to.equal(1);
+      expect(value('sync_change_batch_size_count')).to.equal(1);
+      expect(text).to.match(/sync_http_requests_total\{route="\/status",status="200"\} 1/);
+      for (const name of ['sync_changes_rejected_total', 'sync_broadcast_errors_total', 'sync_get_changes_duration_seconds_count']) {
+        expect(text).to.contain(name);
+      }
+      await a.close();
+      await b.close();
+      // The gauge falls back once the sockets are gone.
+      for (let i = 0; i < 50 && server.sync.coordinator.hub.size > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      const after = (await request(server.app).get('/sync/metrics')).text;
+      expect(after).to.match(/^sync_websocket_connections_active 0$/m);
+    });
+
+    it('keeps two routers in one process apart (own registries)', async () => {
+      const second = await startTestServer();
+      try {
+        await second.connect(DB);
+        const text = (await request(server.app).get('/sync/metrics')).text;
+        expect(text).to.match(/^sync_websocket_connections_total 0$/m);
+      } finally {
+        await second.close();
+      }
+    });
+  });
+});
