@@ -31,6 +31,8 @@ const chat = new WebSocketServer({ noServer: true });
 chat.on('connection', (socket) => {
   socket.on('message', (data, isBinary) => socket.send(data, { binary: isBinary }));
 });
+// Every listener sees every upgrade, so each must ignore paths that are not its own.
+// (An upgrade that no listener takes is left hanging until the client gives up.)
 server.on('upgrade', (req, socket, head) => {
   if (new URL(req.url ?? '/', 'http://localhost').pathname !== '/chat') return;
   chat.handleUpgrade(req, socket, head, (ws) => chat.emit('connection', ws, req));

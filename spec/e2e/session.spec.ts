@@ -225,7 +225,7 @@ describe('ws session', () => {
         completedTables: ['main.notes'], entriesProcessed: 1, createdAt: Date.now(),
       });
       expect(resumed.filter((c) => c.type === 'table-start').map((c) => (c as { table: string }).table)).to.deep.equal(['tags']);
-      await a.snapshot({ ...(header as never), completedTables: ['main.missing'], lastTableIndex: 0, lastEntryIndex: 0, entriesProcessed: 0, createdAt: 1 } as never)
+      await a.snapshot({ ...(header as unknown as Record<string, unknown>), completedTables: ['main.missing'], lastTableIndex: 0, lastEntryIndex: 0, entriesProcessed: 0, createdAt: 1 } as never)
         .then(() => expect.fail('should refuse'), (err: SyncClientError) => expect(err.code).to.equal('INVALID_CHECKPOINT'));
       await a.ping();
     });

@@ -1,0 +1,335 @@
+/**
+ * `npm run bench`: starts the coordinator as users run it (the built CLI, in
+ * its own process, on a temp data dir), drives it over real WebSockets from
+ * this process, runs the same traffic through a trivial `ws` relay (the
+ * transport ceiling of this machine), and prints figures plus their ratio to
+ * the ceiling. Writes bench/results/latest.json. Figures, never pass/fail.
+ *
+ * Options: --quick (smoke run), --messages N, --subscribers N, --catchup N,N,
+ * --window N, --out FILE.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+import { TestSite } from '../spec/helpers/changes.js';
+import { randomSiteId, siteIdToWire } from '../lib/protocol/site-id.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(2);
+const flag = (name: string): boolean => args.includes(`--${name}`);
+const option = (name: string, fallback: string): string => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 && args[i + 1] ? args[i + 1]! : fallback;
+};
+const QUICK = flag('quick');
+const SUBSCRIBERS = Number(option('subscribers', '10'));
+const WINDOW = Number(option('window', '16'));
+const MESSAGES_50 = Number(option('messages', QUICK ? '40' : '600'));
+const MESSAGES_1 = QUICK ? 200 : 4000;
+const CATCHUP = option('catchup', QUICK ? '2000' : '10000,100000').split(',').map(Number);
+const OUT = option('out', join(ROOT, 'bench', 'results', 'latest.json'));
+
+interface Proc { child: ChildProcess; url: string; pid: number }
+
+function startProcess(command: string, argv: string[], pattern: RegExp): Promise<Proc> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'inherit'], cwd: ROOT });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = pattern.exec(out);
+      if (m) resolve({ child, url: m[1]!, pid: child.pid! });
+    });
+    child.once('exit', (code) => reject(new Error(`${command} exited with ${code} before listening`)));
+  });
+}
+
+async function stopProcess(proc: Proc): Promise<void> {
+  if (proc.child.exitCode !== null) return;
+  const exited = new Promise((resolve) => proc.child.once('exit', resolve));
+  proc.child.kill('SIGTERM');
+  await exited;
+}
+
+async function rssKb(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+}
+
+/** Samples RSS until stopped; returns the peak in MB. */
+function rssSampler(pid: number): { stop(): Promise<number> } {
+  let peak = 0;
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      try { peak = Math.max(peak, await rssKb(pid)); } catch { /* process gone */ }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  return { async stop() { running = false; await loop; return peak / 1024; } };
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+function open(url: string): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { perMessageDeflate: false });
+    ws.once('open', () => resolve(ws));
+    ws.once('error', reject);
+  });
+}
+
+function nextMessage(ws: WebSocket, type: string): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const onMessage = (data: Buffer): void => {
+      const msg = JSON.parse(data.toString());
+      if (msg.type === type) { ws.off('message', onMessage); resolve(msg); }
+      else if (msg.type === 'error') { ws.off('message', onMessage); reject(new Error(`${msg.code}: ${msg.message}`)); }
+    };
+    ws.on('message', onMessage);
+  });
+}
+
+async function connect(url: string, databaseId: string, siteId = siteIdToWire(randomSiteId())): Promise<WebSocket> {
+  const ws = await open(url);
+  const ack = nextMessage(ws, 'handshake_ack');
+  ws.send(JSON.stringify({ type: 'handshake', databaseId, siteId, protocolVersion: 1 }));
+  await ack;
+  return ws;
+}
+
+interface ApplyFigures {
+  changesPerSec: number;
+  messagesPerSec: number;
+  ackP50: number; ackP99: number; ackMax: number;
+  pushP50: number; pushP99: number; pushMax: number;
+  pushesReceived: number;
+  peakRssMb?: number;
+}
+
+/** One writer sending `messages` messages of `perMessage` changes, `window` in flight, to `subscribers` listeners. */
+async function applyRun(url: string, databaseId: string, perMessage: number, messages: number, window: number, pid?: number): Promise<ApplyFigures> {
+  const siteBytes = randomSiteId();
+  const site = new TestSite(siteBytes, Date.now() - 30_000);
+  const frames: string[] = [];
+  const txIds: string[] = [];
+  for (let i = 0; i < messages; i++) {
+    const set = site.txn(Array.from({ length: perMessage }, (_, j) => ({ pk: [i, j], column: 'title', value: `value ${i}/${j}` })));
+    txIds.push(set.transactionId);
+    frames.push(JSON.stringify({ type: 'apply_changes', requestId: String(i), changes: [set] }));
+  }
+  const subs = await Promise.all(Array.from({ length: SUBSCRIBERS }, () => connect(url, databaseId)));
+  const writer = await connect(url, databaseId, siteIdToWire(siteBytes));
+  const sentAt = new Map<string, number>();
+  const pushLatencies: number[] = [];
+  let pushes = 0;
+  const expectedPushes = messages * SUBSCRIBERS;
+  let allPushed!: () => void;
+  const pushedAll = new Promise<void>((resolve) => { allPushed = resolve; });
+  for (const sub of subs) {
+    sub.on('message', (data: Buffer) => {
+      const text = data.toString();
+      const at = text.indexOf('"transactionId":"');
+      if (at < 0 || !text.startsWith('{"type":"push_changes"')) return;
+      const id = text.slice(at + 17, text.indexOf('"', at + 17));
+      const t = sentAt.get(id);
+      if (t !== undefined) pushLatencies.push(performance.now() - t);
+      if (++pushes === expectedPushes) allPushed();
+    });
+  }
+  const ackLatencies: number[] = [];
+  const sampler = pid ? rssSampler(pid) : undefined;
+  const started = performance.now();
+  await new Promise<void>((resolve, reject) => {
+    let next = 0;
+    let done = 0;
+    const sendOne = (): void => {
+      const i = next++;
+      sentAt.set(txIds[i]!, performance.now());
+      writer.send(frames[i]!);
+    };
+    writer.on('message', (data: Buffer) => {
+      const text = data.toString();
+      if (!text.startsWith('{"type":"apply_result"')) {
+        if (text.includes('"type":"error"')) reject(new Error(text));
+        return;
+      }
+      const id = Number(/"requestId":"(\d+)"/.exec(text)![1]);
+      ackLatencies.push(performance.now() - sentAt.get(txIds[id]!)!);
+      done++;
+      if (done === messages) resolve();
+      else if (next < messages) sendOne();
+    });
+    for (let k = 0; k < Math.min(window, messages); k++) sendOne();
+  });
+  const acked = performance.now();
+  await Promise.race([pushedAll, new Promise((r) => setTimeout(r, 30_000))]);
+  const elapsed = (acked - started) / 1000;
+  const peakRssMb = sampler ? await sampler.stop() : undefined;
+  for (const ws of [...subs, writer]) ws.close();
+  ackLatencies.sort((a, b) => a - b);
+  pushLatencies.sort((a, b) => a - b);
+  return {
+    changesPerSec: (messages * perMessage) / elapsed,
+    messagesPerSec: messages / elapsed,
+    ackP50: percentile(ackLatencies, 50), ackP99: percentile(ackLatencies, 99), ackMax: ackLatencies.at(-1)!,
+    pushP50: percentile(pushLatencies, 50), pushP99: percentile(pushLatencies, 99), pushMax: pushLatencies.at(-1)!,
+    pushesReceived: pushes,
+    ...(peakRssMb !== undefined ? { peakRssMb } : {}),
+  };
+}
+
+/** Fills a database with `count` changes (pipelined messages of 1000), returns nothing. */
+async function fill(url: string, databaseId: string, count: number): Promise<void> {
+  await applyRunQuiet(url, databaseId, Math.min(1000, count), Math.ceil(count / 1000));
+}
+
+async function applyRunQuiet(url: string, databaseId: string, perMessage: number, messages: number): Promise<void> {
+  const site = new TestSite(randomSiteId(), Date.now() - 30_000);
+  const writer = await connect(url, databaseId, site.wire);
+  let pending = 0;
+  for (let i = 0; i < messages; i++) {
+    const set = site.txn(Array.from({ length: perMessage }, (_, j) => ({ pk: [i, j], column: 'title', value: `value ${i}/${j}` })));
+    const ack = nextMessage(writer, 'apply_result');
+    writer.send(JSON.stringify({ type: 'apply_changes', requestId: String(i), changes: [set] }));
+    pending++;
+    if (pending >= 4 || i === messages - 1) { await ack; pending = 0; }
+  }
+  // Wait for the last acks to land.
+  await new Promise((r) => setTimeout(r, 200));
+  writer.close();
+}
+
+async function catchUp(url: string, databaseId: string): Promise<{ ms: number; changes: number; pages: number }> {
+  const ws = await connect(url, databaseId);
+  const started = performance.now();
+  let cursor: string | undefined;
+  let changes = 0;
+  let pages = 0;
+  for (;;) {
+    const reply = nextMessage(ws, 'changes');
+    ws.send(JSON.stringify(cursor ? { type: 'get_changes', sinceHLC: cursor } : { type: 'get_changes' }));
+    const page = await reply as { changeSets: { hlc: string; changes: unknown[] }[]; hasMore?: boolean };
+    pages++;
+    for (const set of page.changeSets) changes += set.changes.length;
+    if (page.changeSets.length > 0) cursor = page.changeSets.at(-1)!.hlc;
+    if (!page.hasMore) break;
+  }
+  const ms = performance.now() - started;
+  ws.close();
+  return { ms, changes, pages };
+}
+
+async function snapshotWs(url: string, databaseId: string): Promise<{ ms: number; entries: number; entriesPerSec: number }> {
+  const ws = await connect(url, databaseId);
+  let entries = 0;
+  const started = performance.now();
+  await new Promise<void>((resolve) => {
+    ws.on('message', (data: Buffer) => {
+      const text = data.toString();
+      if (text.startsWith('{"type":"snapshot_complete"')) resolve();
+      else if (text.includes('"type":"footer"')) entries = Number(/"totalEntries":(\d+)/.exec(text)![1]);
+    });
+    ws.send('{"type":"get_snapshot"}');
+  });
+  const ms = performance.now() - started;
+  ws.close();
+  return { ms, entries, entriesPerSec: entries / (ms / 1000) };
+}
+
+async function snapshotHttp(baseUrl: string, databaseId: string): Promise<{ ms: number; entries: number; entriesPerSec: number }> {
+  const started = performance.now();
+  const res = await fetch(`${baseUrl}/${encodeURIComponent(databaseId)}/snapshot`, { headers: { 'X-Site-Id': siteIdToWire(randomSiteId()) } });
+  const text = await res.text();
+  const ms = performance.now() - started;
+  const entries = Number(/"totalEntries":(\d+)/.exec(text)?.[1] ?? 0);
+  return { ms, entries, entriesPerSec: entries / (ms / 1000) };
+}
+
+const fmt = (n: number | undefined, digits = 0): string => (n === undefined || Number.isNaN(n) ? '-' : n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }));
+
+async function main(): Promise<void> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'sync-bench-'));
+  const cli = join(ROOT, 'dist', 'cli', 'sync-coordinator.js');
+  const coordinator = await startProcess(process.execPath, [cli, '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir], /listening on (http:\/\/\S+)/);
+  const relay = await startProcess(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'relay.ts')], /listening on (ws:\/\/\S+)/);
+  const baseUrl = coordinator.url;
+  const wsUrl = `${baseUrl.replace(/^http/, 'ws')}/ws`;
+  const results: Record<string, unknown> = {
+    date: new Date().toISOString(),
+    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGb: Math.round(totalmem() / 2 ** 30), node: process.version },
+    options: { quick: QUICK, subscribers: SUBSCRIBERS, window: WINDOW, messages50: MESSAGES_50, messages1: MESSAGES_1 },
+  };
+  try {
+    await new Promise((r) => setTimeout(r, 500));
+    const idleRssMb = (await rssKb(coordinator.pid)) / 1024;
+    const scenarios: [string, number, number, number][] = [
+      ['50/msg serial', 50, MESSAGES_50, 1],
+      ['50/msg window 16', 50, MESSAGES_50, WINDOW],
+      ['1/msg serial', 1, MESSAGES_1, 1],
+      ['1/msg window 16', 1, MESSAGES_1, WINDOW],
+    ];
+    const apply: Record<string, { coordinator: ApplyFigures; relay: ApplyFigures }> = {};
+    let run = 0;
+    for (const [name, per, count, window] of scenarios) {
+      // Warm up both servers so JIT and caches do not count against the first scenario.
+      if (run === 0) {
+        await applyRun(wsUrl, 'warmup', per, Math.min(count, 50), window);
+        await applyRun(relay.url, 'warmup', per, Math.min(count, 50), window);
+      }
+      const ours = await applyRun(wsUrl, `bench-${run}`, per, count, window, coordinator.pid);
+      const theirs = await applyRun(relay.url, `bench-${run}`, per, count, window);
+      apply[name] = { coordinator: ours, relay: theirs };
+      run++;
+    }
+    results.apply = apply;
+    const catchup: Record<string, unknown> = {};
+    const snapshot: Record<string, unknown> = {};
+    for (const n of CATCHUP) {
+      const db = `catchup-${n}`;
+      await fill(wsUrl, db, n);
+      catchup[String(n)] = await catchUp(wsUrl, db);
+      snapshot[String(n)] = { websocket: await snapshotWs(wsUrl, db), http: await snapshotHttp(baseUrl, db) };
+    }
+    results.catchup = catchup;
+    results.snapshot = snapshot;
+    results.memory = { idleRssMb, peakRssMbDuring50Serial: apply['50/msg serial']!.coordinator.peakRssMb, finalRssMb: (await rssKb(coordinator.pid)) / 1024 };
+
+    const lines: string[] = [];
+    lines.push(`sync-coordinator bench (${QUICK ? 'quick' : 'full'}), ${SUBSCRIBERS} subscribers, node ${process.version}, ${cpus().length} cores`);
+    lines.push('');
+    lines.push('| load | changes/s | ratio to relay | ack p50/p99 ms | push p50/p99/max ms | relay changes/s | relay push p99 ms |');
+    lines.push('|---|---|---|---|---|---|---|');
+    for (const [name, { coordinator: c, relay: r }] of Object.entries(apply)) {
+      lines.push(`| ${name} | ${fmt(c.changesPerSec)} | ${fmt(c.changesPerSec / r.changesPerSec, 2)} | ${fmt(c.ackP50, 2)} / ${fmt(c.ackP99, 2)} | ${fmt(c.pushP50, 2)} / ${fmt(c.pushP99, 2)} / ${fmt(c.pushMax, 1)} | ${fmt(r.changesPerSec)} | ${fmt(r.pushP99, 2)} |`);
+    }
+    lines.push('');
+    lines.push('| data | catch-up ms (pages) | snapshot WS entries/s | snapshot HTTP entries/s |');
+    lines.push('|---|---|---|---|');
+    for (const n of CATCHUP) {
+      const c = catchup[String(n)] as { ms: number; pages: number };
+      const s = snapshot[String(n)] as { websocket: { entriesPerSec: number }; http: { entriesPerSec: number } };
+      lines.push(`| ${fmt(n)} changes | ${fmt(c.ms, 1)} (${c.pages}) | ${fmt(s.websocket.entriesPerSec)} | ${fmt(s.http.entriesPerSec)} |`);
+    }
+    lines.push('');
+    const mem = results.memory as { idleRssMb: number; peakRssMbDuring50Serial?: number; finalRssMb: number };
+    lines.push(`memory: idle RSS ${fmt(mem.idleRssMb, 1)} MB, peak during 50/msg serial ${fmt(mem.peakRssMbDuring50Serial, 1)} MB, at the end ${fmt(mem.finalRssMb, 1)} MB`);
+    process.stdout.write(`${lines.join('\n')}\n`);
+    results.table = lines;
+    await mkdir(dirname(OUT), { recursive: true });
+    await writeFile(OUT, `${JSON.stringify(results, null, 2)}\n`);
+    process.stdout.write(`\nwrote ${OUT}\n`);
+  } finally {
+    await stopProcess(coordinator);
+    await stopProcess(relay);
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+await main();

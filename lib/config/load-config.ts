@@ -1,0 +1,427 @@
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { resolve } from 'node:path';
+import { describeValue } from '../errors.js';
+import { logs } from '../log.js';
+import { SERVER_DEFAULTS, type AuthMode, type CoordinatorConfig, type CorsOrigin } from './options.js';
+
+const log = logs.config;
+
+/** File looked up in the working directory when no config file is named. */
+const DEFAULT_CONFIG_FILE = 'sync-coordinator.json';
+
+/** Arguments of `loadConfig`. */
+export interface LoadConfigOptions {
+  /** Values from the CLI (see `parseCliOverrides`); they win over everything else. `undefined` fields are ignored. */
+  overrides?: Partial<CoordinatorConfig>;
+  /** Environment to read `SYNC_*` variables from. @default process.env */
+  env?: Record<string, string | undefined>;
+  /**
+   * JSON config file, relative to `cwd`. When given it must exist; when not,
+   * `sync-coordinator.json` in `cwd` is read only if it exists.
+   */
+  configFile?: string;
+  /** Base for relative paths (`configFile`, `dataDir`). @default process.cwd() */
+  cwd?: string;
+}
+
+/**
+ * A setting has a bad value. `message` is one line naming where the setting
+ * came from (`SYNC_PORT`, `--port`, `sync-coordinator.json: port`) and the
+ * offending value, so the CLI can print it as is.
+ */
+export class ConfigError extends Error {
+  /** Where the value came from: an env var, a CLI flag, or `<file>: <key>`. */
+  readonly setting: string;
+  /** The offending value as it was given (raw text for env vars and flags). */
+  readonly value: unknown;
+
+  constructor(setting: string, value: unknown, problem: string, options?: { cause?: unknown }) {
+    // One line, always: the CLI prints the message verbatim as its only output.
+    super(`${setting}: ${problem}`.replace(/\s*[\r\n]+\s*/g, ' '), options);
+    this.name = 'ConfigError';
+    this.setting = setting;
+    this.value = value;
+  }
+}
+
+/** The settings that have an env var, a CLI flag and a config file key. */
+export type ConfigSettingKey = Exclude<keyof CoordinatorConfig, 'router'>;
+
+/** Text forms of settings, keyed by setting, as CLI flags carry them. */
+export type ConfigText = Partial<Record<ConfigSettingKey, string>>;
+
+/** Thrown by the value checkers; turned into a ConfigError once the source is known. */
+class Invalid extends Error {}
+
+interface SettingSpec<K extends ConfigSettingKey> {
+  readonly env: string;
+  readonly flag: string;
+  /** Parses the text form (env var, CLI flag). */
+  readonly fromText: (text: string) => CoordinatorConfig[K];
+  /** Checks a typed value (config file, programmatic overrides). */
+  readonly fromValue: (value: unknown) => CoordinatorConfig[K];
+  /** Values that must never be echoed in messages (tokens). */
+  readonly secret?: boolean;
+}
+
+type SettingSpecs = { readonly [K in ConfigSettingKey]: SettingSpec<K> };
+
+const PORT_EXPECTED = 'an integer 0-65535';
+const PATH_EXPECTED = 'a path like "/sync" (starts with "/", no trailing "/", segments of letters, digits, "-", ".", "_", "~")';
+const HOST_EXPECTED = 'an IP address or a host name';
+const CORS_EXPECTED = 'true, false, "*" or origins like "https://app.example.com"';
+const AUTH_MODE_EXPECTED = '"none" or "token-whitelist"';
+
+function got(value: unknown): string {
+  return `got ${describeValue(value)}`;
+}
+
+function fail(expected: string, value: unknown): never {
+  throw new Invalid(`expected ${expected}, ${got(value)}`);
+}
+
+function checkString(value: unknown, expected: string): string {
+  if (typeof value !== 'string' || value.length === 0) fail(expected, value);
+  return value;
+}
+
+function checkHost(value: unknown): string {
+  const host = checkString(value, HOST_EXPECTED);
+  if (isIP(host) !== 0) return host;
+  // Underscores are tolerated because container service names use them.
+  const label = /^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
+  if (host.length > 253 || !host.split('.').every((part) => label.test(part))) fail(HOST_EXPECTED, value);
+  return host;
+}
+
+function checkIntInRange(value: unknown, min: number, max: number, expected: string): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) fail(expected, value);
+  return value;
+}
+
+function parseIntText(text: string, min: number, max: number, expected: string): number {
+  // Number() alone would accept "", " 1", "1e3", "0x10" and "1.0".
+  const value = Number(text);
+  // The message quotes the text as typed, so a range error shows "65536" rather than 65536.
+  if (!/^[0-9]+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) fail(expected, text);
+  return value;
+}
+
+function checkBasePath(value: unknown): string {
+  const path = checkString(value, PATH_EXPECTED);
+  // Express 5 route syntax gives ":", "*", "(", "{" ... a meaning, so only plain segments are let through.
+  const plain = path === '/' || /^(\/[A-Za-z0-9._~-]+)+$/.test(path);
+  if (!plain || path.split('/').some((segment) => segment === '.' || segment === '..')) fail(PATH_EXPECTED, value);
+  return path;
+}
+
+function checkDataDir(value: unknown): string {
+  const dir = checkString(value, 'a directory path');
+  if (dir.includes('\0')) fail('a directory path', value);
+  return dir;
+}
+
+function checkOrigin(value: unknown): string {
+  // Browsers send the origin as scheme://host[:port] with no path; anything else would never match.
+  // Custom schemes (capacitor://, app://) are allowed because app shells send them.
+  if (typeof value !== 'string' || !/^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#\s,]+$/.test(value)) fail(CORS_EXPECTED, value);
+  return value;
+}
+
+function parseCorsText(text: string): CorsOrigin {
+  if (text === 'true' || text === '*') return true;
+  if (text === 'false') return false;
+  return text.split(',').map((part) => checkOrigin(part.trim()));
+}
+
+function checkCors(value: unknown): CorsOrigin {
+  if (typeof value === 'boolean') return value;
+  if (value === '*') return true;
+  if (typeof value === 'string') return [checkOrigin(value)];
+  if (Array.isArray(value) && value.length > 0) return value.map(checkOrigin);
+  fail(CORS_EXPECTED, value);
+}
+
+function checkAuthMode(value: unknown): AuthMode {
+  if (value !== 'none' && value !== 'token-whitelist') fail(AUTH_MODE_EXPECTED, value);
+  return value;
+}
+
+function checkTokens(tokens: readonly unknown[]): string[] {
+  // The tokens are secrets: problems are reported by position only.
+  tokens.forEach((token, i) => {
+    const where = `token ${i + 1} of ${tokens.length}`;
+    if (typeof token !== 'string') throw new Invalid(`${where} is not a string (${typeof token})`);
+    if (token.length === 0) throw new Invalid(`${where} is empty`);
+    if (/[\s,]/.test(token)) throw new Invalid(`${where} contains whitespace or a comma`);
+  });
+  return [...(tokens as string[])];
+}
+
+function checkTokenList(value: unknown): string[] {
+  if (!Array.isArray(value)) throw new Invalid(`expected an array of token strings, got ${typeof value === 'string' ? 'a string' : describeValue(value)}`);
+  return checkTokens(value);
+}
+
+const SETTINGS: SettingSpecs = {
+  host: { env: 'SYNC_HOST', flag: '--host', fromText: checkHost, fromValue: checkHost },
+  port: {
+    env: 'SYNC_PORT',
+    flag: '--port',
+    fromText: (text) => parseIntText(text, 0, 65535, PORT_EXPECTED),
+    fromValue: (value) => checkIntInRange(value, 0, 65535, PORT_EXPECTED),
+  },
+  basePath: { env: 'SYNC_BASE_PATH', flag: '--base-path', fromText: checkBasePath, fromValue: checkBasePath },
+  dataDir: { env: 'SYNC_DATA_DIR', flag: '--data-dir', fromText: checkDataDir, fromValue: checkDataDir },
+  corsOrigin: { env: 'SYNC_CORS_ORIGIN', flag: '--cors-origin', fromText: parseCorsText, fromValue: checkCors },
+  authMode: { env: 'SYNC_AUTH_MODE', flag: '--auth-mode', fromText: checkAuthMode, fromValue: checkAuthMode },
+  authTokens: {
+    env: 'SYNC_AUTH_TOKENS',
+    flag: '--auth-tokens',
+    fromText: (text) => checkTokens(text.split(',').map((token) => token.trim())),
+    fromValue: checkTokenList,
+    secret: true,
+  },
+  retentionHorizonMs: {
+    env: 'SYNC_RETENTION_HORIZON_MS',
+    flag: '--retention-horizon-ms',
+    fromText: (text) => parseIntText(text, 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1 (milliseconds)'),
+    fromValue: (value) => checkIntInRange(value, 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1 (milliseconds)'),
+  },
+  batchSize: {
+    env: 'SYNC_BATCH_SIZE',
+    flag: '--batch-size',
+    fromText: (text) => parseIntText(text, 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1'),
+    fromValue: (value) => checkIntInRange(value, 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1'),
+  },
+};
+
+const SETTING_KEYS = Object.keys(SETTINGS) as ConfigSettingKey[];
+
+/** Env var and CLI flag of each setting, for help texts and docs. */
+export const CONFIG_SETTINGS: Readonly<Record<ConfigSettingKey, { readonly env: string; readonly flag: string }>> = Object.freeze(
+  Object.fromEntries(SETTING_KEYS.map((key) => [key, Object.freeze({ env: SETTINGS[key].env, flag: SETTINGS[key].flag })])) as Record<
+    ConfigSettingKey,
+    { readonly env: string; readonly flag: string }
+  >,
+);
+
+/**
+ * Router options a config file may set under `router`, with their checks.
+ * The limits mirror parseOptions() so that a bad file value is reported with
+ * its file and key at load time, not as a TypeError when the server is built.
+ */
+const ROUTER_INTS: Readonly<Record<string, number>> = {
+  sweepIntervalMs: 0,
+  maxDriftMs: 0,
+  snapshotChunkSize: 1,
+  maxOpenStores: 1,
+  storeIdleMs: 0,
+  maxMessageBytes: 1024,
+  handshakeTimeoutMs: 0,
+  heartbeatIntervalMs: 0,
+};
+const ROUTER_BOOLS: ReadonlySet<string> = new Set(['allowResurrection', 'syncWrites']);
+/** Not expressible in JSON, so only programmatic overrides may carry them; the router checks them. */
+const ROUTER_OBJECTS: ReadonlySet<string> = new Set(['registry', 'now']);
+
+type RouterConfig = NonNullable<CoordinatorConfig['router']>;
+
+/** Suggests the intended key for a misspelt one: same letters ignoring case, "-" and "_". */
+function hintFor(key: string, known: Iterable<string>): string {
+  const squash = (s: string): string => s.toLowerCase().replace(/[-_]/g, '');
+  const match = [...known].find((k) => squash(k) === squash(key));
+  return match ? ` (did you mean "${match}"?)` : '';
+}
+
+function checkRouter(value: unknown, name: (key: string) => string, allowObjects: boolean): RouterConfig {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ConfigError(name(''), value, `expected an object of router options, ${got(value)}`);
+  }
+  const router: Record<string, unknown> = {};
+  for (const [key, item] of Object.entries(value)) {
+    if (item === undefined) continue;
+    const setting = name(key);
+    if (key in ROUTER_INTS) {
+      const min = ROUTER_INTS[key]!;
+      router[key] = named(setting, item, () => checkIntInRange(item, min, Number.MAX_SAFE_INTEGER, `an integer >= ${min}`));
+    } else if (ROUTER_BOOLS.has(key)) {
+      if (typeof item !== 'boolean') throw new ConfigError(setting, item, `expected true or false, ${got(item)}`);
+      router[key] = item;
+    } else if (allowObjects && ROUTER_OBJECTS.has(key)) {
+      router[key] = item;
+    } else {
+      const topLevel = key === 'path' ? 'basePath' : (SETTING_KEYS as string[]).includes(key) ? key : undefined;
+      const hint = topLevel
+        ? ` (set "${topLevel}" at the top level instead)`
+        : hintFor(key, [...Object.keys(ROUTER_INTS), ...ROUTER_BOOLS, ...(allowObjects ? ROUTER_OBJECTS : [])]);
+      throw new ConfigError(setting, item, `unknown router option "${key}"${hint}`);
+    }
+  }
+  return router as RouterConfig;
+}
+
+/** Runs a checker and names the source in its failure. */
+function named<T>(setting: string, value: unknown, check: () => T, secret = false): T {
+  try {
+    return check();
+  } catch (err) {
+    if (!(err instanceof Invalid)) throw err;
+    // Secret checkers already avoid the value; the rest say "got <value>" themselves.
+    throw new ConfigError(setting, secret ? '[redacted]' : value, err.message);
+  }
+}
+
+/** One layer's values, each with the name of where it came from. */
+type Layer = { [K in ConfigSettingKey]?: { value: CoordinatorConfig[K]; setting: string } };
+
+function setLayer<K extends ConfigSettingKey>(layer: Layer, key: K, value: CoordinatorConfig[K], setting: string): void {
+  (layer as Record<K, { value: CoordinatorConfig[K]; setting: string }>)[key] = { value, setting };
+}
+
+/**
+ * Parses CLI flag texts (as typed by the user) into `loadConfig` overrides.
+ * Errors name the flag, e.g. `--port: expected an integer 0-65535, got "abc"`.
+ * Undefined texts are skipped so that flags not given do not override.
+ */
+export function parseCliOverrides(texts: ConfigText): Partial<CoordinatorConfig> {
+  const overrides: Record<string, unknown> = {};
+  for (const [key, text] of Object.entries(texts)) {
+    if (text === undefined) continue;
+    const spec = (SETTINGS as Record<string, SettingSpec<ConfigSettingKey>>)[key];
+    if (!spec) throw new ConfigError(key, text, `unknown setting${hintFor(key, SETTING_KEYS)}`);
+    overrides[key] = named(spec.flag, text, () => spec.fromText(text), spec.secret);
+  }
+  return overrides as Partial<CoordinatorConfig>;
+}
+
+function overridesLayer(overrides: Partial<CoordinatorConfig>): { layer: Layer; router?: RouterConfig } {
+  const layer: Layer = {};
+  let router: RouterConfig | undefined;
+  for (const [key, value] of Object.entries(overrides)) {
+    if (value === undefined) continue;
+    if (key === 'router') {
+      router = checkRouter(value, (k) => (k ? `router.${k}` : 'router'), true);
+      continue;
+    }
+    const spec = (SETTINGS as Record<string, SettingSpec<ConfigSettingKey>>)[key];
+    if (!spec) throw new ConfigError(`overrides.${key}`, value, `unknown setting${hintFor(key, [...SETTING_KEYS, 'router'])}`);
+    setLayer(layer, key as ConfigSettingKey, named(spec.flag, value, () => spec.fromValue(value), spec.secret), spec.flag);
+  }
+  return { layer, router };
+}
+
+function envLayer(env: Record<string, string | undefined>): Layer {
+  const layer: Layer = {};
+  const known = new Set<string>();
+  for (const key of SETTING_KEYS) {
+    const spec = SETTINGS[key] as SettingSpec<ConfigSettingKey>;
+    known.add(spec.env);
+    const text = env[spec.env];
+    // Empty means unset: deployment templates often render `SYNC_PORT=` for "not configured".
+    if (text === undefined || text.trim() === '') continue;
+    setLayer(layer, key, named(spec.env, text, () => spec.fromText(text), spec.secret), spec.env);
+  }
+  for (const name of Object.keys(env)) {
+    // S3_* is reserved for storage backends that are not implemented yet.
+    if (name.startsWith('SYNC_') && !known.has(name)) log('ignoring unknown environment variable %s', name);
+  }
+  return layer;
+}
+
+function readConfigFile(cwd: string, configFile: string | undefined): { label: string; data: Record<string, unknown> } | undefined {
+  const label = configFile ?? DEFAULT_CONFIG_FILE;
+  const path = resolve(cwd, label);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (configFile === undefined && code === 'ENOENT') return undefined;
+    const reason = code === 'ENOENT' ? 'not found' : code === 'EISDIR' ? 'is a directory' : `cannot be read (${code ?? (err as Error).message})`;
+    throw new ConfigError('config file', configFile ?? path, `${JSON.stringify(label)} ${reason}${label === path ? '' : ` (looked at ${path})`}`, { cause: err });
+  }
+  let data: unknown;
+  try {
+    // Editors on Windows like to prepend a BOM, which JSON.parse rejects.
+    data = JSON.parse(text.replace(/^\uFEFF/, ''));
+  } catch (err) {
+    throw new ConfigError(label, path, `invalid JSON (${(err as Error).message})`, { cause: err });
+  }
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+    throw new ConfigError(label, data, `expected a JSON object of settings, ${got(data)}`);
+  }
+  log('read config file %s', path);
+  return { label, data: data as Record<string, unknown> };
+}
+
+function fileLayer(file: { label: string; data: Record<string, unknown> }): { layer: Layer; router?: RouterConfig } {
+  const layer: Layer = {};
+  let router: RouterConfig | undefined;
+  for (const [key, value] of Object.entries(file.data)) {
+    const setting = `${file.label}: ${key}`;
+    if (key === 'router') {
+      router = checkRouter(value, (k) => `${file.label}: router${k ? `.${k}` : ''}`, false);
+      continue;
+    }
+    const spec = (SETTINGS as Record<string, SettingSpec<ConfigSettingKey>>)[key];
+    if (!spec) throw new ConfigError(setting, value, `unknown key "${key}"${hintFor(key, [...SETTING_KEYS, 'router'])}`);
+    setLayer(layer, key as ConfigSettingKey, named(setting, value, () => spec.fromValue(value), spec.secret), setting);
+  }
+  return { layer, router };
+}
+
+/**
+ * Builds the standalone server's configuration from, highest precedence
+ * first: `overrides` (the CLI), `SYNC_*` env vars, the JSON config file and
+ * SERVER_DEFAULTS. Every value from every source is checked; a bad one is a
+ * ConfigError naming its source and value. `dataDir` comes back absolute.
+ * Returns a fresh object the caller may mutate.
+ */
+export function loadConfig(options: LoadConfigOptions = {}): CoordinatorConfig {
+  const cwd = options.cwd ?? process.cwd();
+  const env = options.env ?? process.env;
+  const file = readConfigFile(cwd, options.configFile);
+  const fromFile = file ? fileLayer(file) : { layer: {} as Layer };
+  const fromEnv = envLayer(env);
+  const fromOverrides = overridesLayer(options.overrides ?? {});
+  const layers = [fromOverrides.layer, fromEnv, fromFile.layer];
+
+  const pick = <K extends ConfigSettingKey>(key: K): { value: CoordinatorConfig[K]; setting: string } => {
+    for (const layer of layers) {
+      const entry = layer[key];
+      if (entry) return entry as { value: CoordinatorConfig[K]; setting: string };
+    }
+    return { value: SERVER_DEFAULTS[key], setting: 'default' };
+  };
+
+  const authMode = pick('authMode');
+  const authTokens = pick('authTokens');
+  if (authMode.value === 'token-whitelist' && authTokens.value.length === 0) {
+    throw new ConfigError(
+      authMode.setting,
+      authMode.value,
+      `"token-whitelist" needs at least one token (set ${SETTINGS.authTokens.env}, ${SETTINGS.authTokens.flag} or "authTokens" in the config file)`,
+    );
+  }
+
+  const corsOrigin = pick('corsOrigin').value;
+  const config: CoordinatorConfig = {
+    host: pick('host').value,
+    port: pick('port').value,
+    basePath: pick('basePath').value,
+    dataDir: resolve(cwd, pick('dataDir').value),
+    corsOrigin: Array.isArray(corsOrigin) ? [...corsOrigin] : corsOrigin,
+    authMode: authMode.value,
+    authTokens: [...authTokens.value],
+    retentionHorizonMs: pick('retentionHorizonMs').value,
+    batchSize: pick('batchSize').value,
+  };
+  if (fromFile.router || fromOverrides.router) config.router = { ...fromFile.router, ...fromOverrides.router };
+
+  for (const key of SETTING_KEYS) {
+    if (!SETTINGS[key].secret) log('%s = %o (from %s)', key, config[key], pick(key).setting);
+  }
+  return config;
+}
