@@ -65,8 +65,8 @@ async function main(): Promise<void> {
     .option('retention-horizon-ms', { type: 'string', description: describe('retentionHorizonMs', 'Tombstone retention in ms (30 days)') })
     .option('config', { type: 'string', description: 'JSON config file [default: ./sync-coordinator.json if it exists]' })
     .option('debug', { type: 'string', description: `Enable debug logging to stderr for these namespaces [default when given: ${DEFAULT_DEBUG}]` })
-    // Last one wins, as with most CLIs, instead of an array no setting accepts.
-    .parserConfiguration({ 'duplicate-arguments-array': false })
+    // Last one wins, as with most CLIs, instead of an array no setting accepts; "--no-port" is an unknown flag, not port=false.
+    .parserConfiguration({ 'duplicate-arguments-array': false, 'boolean-negation': false })
     .strict()
     .version(packageVersion())
     .help()

@@ -26,6 +26,8 @@ export interface KvRange {
 export interface KvIterator {
   /** The next entry, or undefined at the end of the range. */
   next(): Promise<[Buffer, Buffer] | undefined>;
+  /** Up to `max` next entries (at least one unless the range is done; [] at the end). */
+  nextBatch(max: number): Promise<[Buffer, Buffer][]>;
   /** Moves to the first key at or after `target` (at or before, in reverse). */
   seek(target: Buffer): void;
   /** Releases the view. Safe to call twice. */

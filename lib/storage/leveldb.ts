@@ -34,6 +34,12 @@ interface NativeIterator {
   end(callback: Callback): void;
 }
 
+/** leveldown's own methods, called directly on the hot path (see LevelStore). */
+interface RawDown {
+  _getMany(keys: Buffer[], options: object, callback: (err: Error | null | undefined, values: (Buffer | undefined)[]) => void): void;
+  _batch(ops: KvOp[], options: object, callback: Callback): void;
+}
+
 interface NativeDb {
   getMany(keys: Buffer[], options: object, callback: (err: Error | null | undefined, values: (Buffer | undefined)[]) => void): void;
   batch(ops: KvOp[], options: object, callback: Callback): void;
@@ -76,8 +82,9 @@ export async function openLevelStore(dir: string, options: LevelStoreOptions = {
     // files) even when it then refuses to create the database.
     throw notFoundError(dir);
   }
+  const down = leveldown(dir) as RawDown;
   const db = await new Promise<NativeDb>((resolve, reject) => {
-    levelup(leveldown(dir) as never, { createIfMissing, errorIfExists: false }, ((err: Error | null | undefined, opened: NativeDb) => {
+    levelup(down as never, { createIfMissing, errorIfExists: false }, ((err: Error | null | undefined, opened: NativeDb) => {
       if (!err) {
         resolve(opened);
       } else if (/does not exist/i.test(err.message)) {
@@ -88,7 +95,7 @@ export async function openLevelStore(dir: string, options: LevelStoreOptions = {
     }) as () => void);
   });
   log('opened %s', dir);
-  return new LevelStore(db, dir);
+  return new LevelStore(db, down, dir);
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -111,13 +118,21 @@ function storeClosedError(): SyncError {
 
 class LevelStore implements KvStore {
   readonly #db: NativeDb;
+  /**
+   * The leveldown instance under levelup. Reads and writes of the replica go
+   * straight to its native methods: keys and values are always Buffers here,
+   * so levelup's and abstract-leveldown's per-operation checks and copies
+   * only cost time on the hot path.
+   */
+  readonly #down: RawDown;
   readonly #dir: string;
   /** Iterators the store must end before the native close (see file comment). */
   readonly #iterators = new Set<LevelIterator>();
   #closing: Promise<void> | undefined;
 
-  constructor(db: NativeDb, dir: string) {
+  constructor(db: NativeDb, down: RawDown, dir: string) {
     this.#db = db;
+    this.#down = down;
     this.#dir = dir;
   }
 
@@ -130,7 +145,7 @@ class LevelStore implements KvStore {
     // getMany reports a missing key as undefined; get() would build and throw
     // a NotFound error per miss, which is costly for a common outcome.
     return new Promise((resolve, reject) => {
-      this.#db.getMany([key], GET_OPTIONS, (err, values) => {
+      this.#down._getMany([key], GET_OPTIONS, (err, values) => {
         if (err) reject(err);
         else resolve(values[0]);
       });
@@ -140,7 +155,7 @@ class LevelStore implements KvStore {
   getMany(keys: Buffer[]): Promise<(Buffer | undefined)[]> {
     if (this.#closing) return Promise.reject(storeClosedError());
     return new Promise((resolve, reject) => {
-      this.#db.getMany(keys, GET_OPTIONS, (err, values) => {
+      this.#down._getMany(keys, GET_OPTIONS, (err, values) => {
         if (err) reject(err);
         else resolve(values);
       });
@@ -149,8 +164,17 @@ class LevelStore implements KvStore {
 
   write(ops: KvOp[], options?: KvWriteOptions): Promise<void> {
     if (this.#closing) return Promise.reject(storeClosedError());
+    // The native batch skips abstract-leveldown's checks, so refuse a
+    // malformed op here: the whole batch must then write nothing.
+    for (let i = 0; i < ops.length; i++) {
+      const op = ops[i]!;
+      if (!Buffer.isBuffer(op.key) || op.key.length === 0 || (op.type === 'put' ? !Buffer.isBuffer(op.value) : op.type !== 'del')) {
+        return Promise.reject(new TypeError(`batch op ${i}: expected a put with Buffer key and value or a del with a Buffer key`));
+      }
+    }
     return new Promise((resolve, reject) => {
-      this.#db.batch(ops, options?.sync === true ? WRITE_SYNC : WRITE_ASYNC, (err) => {
+      if (ops.length === 0) return resolve();
+      this.#down._batch(ops, options?.sync === true ? WRITE_SYNC : WRITE_ASYNC, (err) => {
         if (err) reject(err);
         else resolve();
       });
@@ -264,6 +288,28 @@ class LevelIterator implements KvIterator {
       this.#reject = reject;
       this.#it!.next(this.#onNext);
     });
+  }
+
+  /**
+   * The next entries, at least one unless the range is done: after one
+   * native read, whatever leveldown already holds in its read-ahead cache is
+   * taken synchronously, so a scan costs one promise per batch, not per entry.
+   */
+  async nextBatch(max: number): Promise<[Buffer, Buffer][]> {
+    const first = await this.next();
+    if (first === undefined) return [];
+    const out: [Buffer, Buffer][] = [first];
+    // leveldown keeps read-ahead entries as a reversed [.., value, key] array.
+    const native = this.#it as unknown as { cache?: Buffer[] | null };
+    const cache = native.cache;
+    if (!cache) return out;
+    while (out.length < max && this.#remaining > 0 && cache.length >= 2 && this.#state === 'open') {
+      const key = cache.pop()!;
+      const value = cache.pop()!;
+      this.#remaining--;
+      out.push([key, value]);
+    }
+    return out;
   }
 
   // One bound handler per iterator instead of a closure per next().

@@ -240,6 +240,36 @@ export function kvSuite(name: string, open: (dir: string) => Promise<KvStore>): 
       });
     });
 
+    describe('#iterator nextBatch', () => {
+      it('returns every entry of the range once, in order, in batches, honouring limit, skip and seek', async () => {
+        const keys = Array.from({ length: 3000 }, (_, i) => `k${String(i).padStart(5, '0')}`);
+        await store.write(keys.map((k) => put(k, `v-${k}`)));
+        const collect = async (range: KvRange, max: number, seekTo?: string): Promise<string[]> => {
+          const it = store.iterator(range);
+          if (seekTo) it.seek(b(seekTo));
+          const out: string[] = [];
+          try {
+            for (let batch = await it.nextBatch(max); batch.length > 0; batch = await it.nextBatch(max)) {
+              expect(batch.length).to.be.at.most(max);
+              for (const [k, v] of batch) {
+                expect(v.toString()).to.equal(`v-${k.toString()}`);
+                out.push(k.toString());
+              }
+            }
+            expect(await it.nextBatch(max)).to.deep.equal([]);
+          } finally {
+            await it.close();
+          }
+          return out;
+        };
+        expect(await collect({}, 500)).to.deep.equal(keys);
+        expect(await collect({ limit: 1234 }, 100)).to.deep.equal(keys.slice(0, 1234));
+        expect(await collect({ gt: b('k00010'), lt: b('k02000') }, 7)).to.deep.equal(keys.slice(11, 2000));
+        expect(await collect({ reverse: true, lt: b('k00100') }, 33)).to.deep.equal(keys.slice(0, 100).reverse());
+        expect(await collect({}, 1000, 'k02990')).to.deep.equal(keys.slice(2990));
+      });
+    });
+
     describe('#iterator seek', () => {
       beforeEach(async () => {
         await store.write(['b', 'd', 'f', 'h'].map((k) => put(k, k)));
