@@ -2,23 +2,34 @@ import { SyncError, ErrorCode } from '../errors.js';
 import { HLC_BYTES, compareHlc, hlcToWire } from '../protocol/hlc.js';
 import type { ChangeSet } from '../protocol/messages.js';
 import { siteIdToWire } from '../protocol/site-id.js';
-import { META_FLOOR, NS_LOG, LOG_MIGRATION, logKeyAfter, decodeLogEntry } from './keys.js';
+import { META_FLOOR, NS_LOG, LOG_MIGRATION, logKeyAfter } from './keys.js';
 import type { ReplicaContext } from './replica.js';
+
+/** Bytes per native read: about one default page of changes. */
+const PAGE_READ_AHEAD = 256 * 1024;
 
 /** One page of `changesSince`. */
 export interface ChangesPage {
-  /** Whole transactions in cursor order; `hlc` is each one's stamp. */
-  changeSets: ChangeSet[];
+  /** Whole transactions in cursor order; `hlc` is each one's stamp (parsed on access). */
+  readonly changeSets: ChangeSet[];
+  /** The same change sets as JSON text of an array, ready to send. */
+  readonly json: string;
   /** Whether more transactions follow the last one returned. */
-  hasMore: boolean;
+  readonly hasMore: boolean;
   /** Column changes and migrations in the page. */
-  changeCount: number;
+  readonly changeCount: number;
+  /** Transactions in the page. */
+  readonly transactionCount: number;
+  /** `hlc` of the last change set: the cursor after this page. */
+  readonly lastHlc?: string;
 }
 
 /**
  * Reads the change log after `cursor` (PROTOCOL.md §5). Transactions are
  * added whole until their changes reach `batchSize`, so the last one may
  * overshoot it. The log only ever holds live facts, so nothing is stale.
+ * The page is assembled as JSON text from the stored entries, which are
+ * already the canonical wire form: nothing is parsed or re-serialized.
  */
 export async function readChangesSince(
   replica: ReplicaContext,
@@ -27,7 +38,7 @@ export async function readChangesSince(
   batchSize: number,
 ): Promise<ChangesPage> {
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new TypeError(`batchSize must be a positive integer, got ${batchSize}`);
-  const it = replica.store.iterator({ gt: cursor ? logKeyAfter(cursor) : Buffer.of(NS_LOG), lt: Buffer.of(NS_LOG + 1) });
+  const it = replica.store.iterator({ gt: cursor ? logKeyAfter(cursor) : Buffer.of(NS_LOG), lt: Buffer.of(NS_LOG + 1), readAhead: PAGE_READ_AHEAD });
   try {
     if (cursor) {
       // Read the floor through a point get: it only ever rises, and a floor
@@ -37,47 +48,49 @@ export async function readChangesSince(
         throw new SyncError(ErrorCode.SnapshotRequired, `sinceHLC: cursor ${hlcToWire(cursor)} is older than the retention horizon; bootstrap from a snapshot`);
       }
     }
-    const changeSets: ChangeSet[] = [];
+    const sets: string[] = [];
     let count = 0;
-    let current: ChangeSet | undefined;
-    let currentStamp: Buffer | undefined;
     let hasMore = false;
-    for (let entry = await it.next(); entry; entry = await it.next()) {
-      const [key, value] = entry;
-      if (askingSite && value.subarray(0, 16).equals(askingSite)) continue;
-      const stamp = key.subarray(1, 1 + HLC_BYTES);
-      if (!currentStamp || !stamp.equals(currentStamp)) {
-        if (current) {
-          changeSets.push(current);
-          count += current.changes.length + current.schemaMigrations.length;
-          if (count >= batchSize) { hasMore = true; current = undefined; break; }
+    let stampOf: Buffer | undefined;
+    let head = '';
+    let lastHlc: string | undefined;
+    let changes: string[] = [];
+    let migrations: string[] = [];
+    const finish = (): void => {
+      sets.push(`${head}"changes":[${changes.join(',')}],"schemaMigrations":[${migrations.join(',')}]}`);
+      count += changes.length + migrations.length;
+    };
+    scan: for (let batch = await it.nextBatch(512); batch.length > 0; batch = await it.nextBatch(512)) {
+      for (const [key, value] of batch) {
+        if (askingSite && value.compare(askingSite, 0, 16, 0, 16) === 0) continue;
+        // Entry: site(16) txlen(1) txid kind(1) json — see keys.ts.
+        const txLen = value[16]!;
+        const kind = value[17 + txLen];
+        const json = value.toString('utf8', 18 + txLen);
+        if (!stampOf || key.compare(stampOf, 0, HLC_BYTES, 1, 1 + HLC_BYTES) !== 0) {
+          const previousHlc = lastHlc;
+          if (stampOf) {
+            finish();
+            if (count >= batchSize) { hasMore = true; stampOf = undefined; lastHlc = previousHlc; break scan; }
+          }
+          stampOf = Buffer.from(key.subarray(1, 1 + HLC_BYTES));
+          lastHlc = hlcToWire(stampOf);
+          head = `{"siteId":"${siteIdToWire(value.subarray(0, 16))}","transactionId":${JSON.stringify(value.toString('latin1', 17, 17 + txLen))},"hlc":"${lastHlc}",`;
+          changes = [];
+          migrations = [];
         }
-        const decoded = decodeLogEntry(value);
-        currentStamp = Buffer.from(stamp);
-        current = {
-          siteId: siteIdToWire(decoded.siteId),
-          transactionId: decoded.transactionId,
-          hlc: hlcToWire(currentStamp),
-          changes: [],
-          schemaMigrations: [],
-        };
-        pushEntry(current, decoded.kind, decoded.json);
-      } else {
-        const decoded = decodeLogEntry(value);
-        pushEntry(current!, decoded.kind, decoded.json);
+        if (kind === LOG_MIGRATION) migrations.push(json);
+        else changes.push(json);
       }
     }
-    if (current) {
-      changeSets.push(current);
-      count += current.changes.length + current.schemaMigrations.length;
-    }
-    return { changeSets, hasMore, changeCount: count };
+    if (stampOf) finish();
+    const json = `[${sets.join(',')}]`;
+    let parsed: ChangeSet[] | undefined;
+    return {
+      get changeSets() { return (parsed ??= JSON.parse(json) as ChangeSet[]); },
+      json, hasMore, changeCount: count, transactionCount: sets.length, ...(lastHlc ? { lastHlc } : {}),
+    };
   } finally {
     await it.close();
   }
-}
-
-function pushEntry(set: ChangeSet, kind: number, json: string): void {
-  if (kind === LOG_MIGRATION) set.schemaMigrations.push(JSON.parse(json));
-  else set.changes.push(JSON.parse(json));
 }

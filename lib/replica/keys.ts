@@ -215,21 +215,3 @@ export function encodeLogEntry(siteId: Buffer, transactionId: string, kind: numb
   buf.write(json, 18 + txLen, 'utf8');
   return buf;
 }
-
-/** Parts of a change log entry value. */
-export interface LogEntry {
-  siteId: Buffer;
-  transactionId: string;
-  kind: number;
-  json: string;
-}
-
-export function decodeLogEntry(buf: Buffer): LogEntry {
-  const txLen = buf[16]!;
-  return {
-    siteId: buf.subarray(0, 16),
-    transactionId: buf.toString('latin1', 17, 17 + txLen),
-    kind: buf[17 + txLen]!,
-    json: buf.toString('utf8', 18 + txLen),
-  };
-}

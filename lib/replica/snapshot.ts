@@ -12,6 +12,9 @@ import {
 } from './keys.js';
 import type { ReplicaContext } from './replica.js';
 
+/** Bytes per native read of a long scan: fewer thread hops per entry. */
+export const SCAN_READ_AHEAD = 512 * 1024;
+
 /** Options of a snapshot stream. */
 export interface SnapshotOptions {
   /** Resume an interrupted download: untrusted, validated here. */
@@ -37,23 +40,25 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
   const checkpoint: (SnapshotCheckpoint & { hlcBytes: Buffer; siteIdBytes: Buffer }) | undefined =
     options.checkpoint === undefined ? undefined : validateCheckpoint(options.checkpoint);
   const chunkSize = replica.snapshotChunkSize;
-  const it = replica.store.iterator({ gte: Buffer.of(NS_META), lt: Buffer.of(NS_LOG) });
+  const it = replica.store.iterator({ gte: Buffer.of(NS_META), lt: Buffer.of(NS_LOG), readAhead: SCAN_READ_AHEAD });
+  const reader = new Reader(it);
+  const step = async (): Promise<[Buffer, Buffer] | undefined> => { reader.advance(); return reader.current(); };
   try {
-    let entry = await it.next();
+    let entry = await reader.current();
     let lastStamp: Buffer | undefined;
     let floor: Buffer | undefined;
-    for (; entry && entry[0][0] === NS_META; entry = await it.next()) {
+    for (; entry && entry[0][0] === NS_META; entry = await step()) {
       if (entry[0].equals(META_LAST_STAMP)) lastStamp = Buffer.from(entry[1]);
       else if (entry[0].equals(META_FLOOR)) floor = Buffer.from(entry[1]);
     }
     const tables: TableInfo[] = [];
-    for (; entry && entry[0][0] === NS_TABLE_STATS; entry = await it.next()) {
+    for (; entry && entry[0][0] === NS_TABLE_STATS; entry = await step()) {
       const [schema, next] = decodeComponent(entry[0], 1);
       const [table] = decodeComponent(entry[0], next);
       tables.push({ schema, table, count: readU64(entry[1], 0), name: `${schema}.${table}` });
     }
     const migrations: { hlc: Buffer; json: string }[] = [];
-    for (; entry && entry[0][0] === NS_MIGRATION; entry = await it.next()) {
+    for (; entry && entry[0][0] === NS_MIGRATION; entry = await step()) {
       migrations.push({ hlc: Buffer.from(entry[1].subarray(0, HLC_BYTES)), json: entry[1].toString('utf8', FACT_HEADER) });
     }
     // Replaying DDL needs causal order, which the HLC gives.
@@ -93,7 +98,7 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
     migrations.length = 0;
 
     // Skip to the column versions (past any migrations already read).
-    if (entry && entry[0][0] < NS_COLUMN) entry = await seekAndRead(it, Buffer.of(NS_COLUMN));
+    if (entry && entry[0][0] < NS_COLUMN) entry = await reader.seek(Buffer.of(NS_COLUMN));
     const counts = new Map(tables.map((t) => [t.name, t.count]));
     let totalTables = 0;
     let totalEntries = 0;
@@ -103,14 +108,14 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
       const prefix = Buffer.from(entry[0].subarray(0, afterTable));
       const name = `${schema}.${table}`;
       if (skip.has(name)) {
-        entry = await seekAndRead(it, prefixEnd(prefix));
+        entry = await reader.seek(prefixEnd(prefix));
         continue;
       }
       const head = `{"type":"column-versions","schema":${JSON.stringify(schema)},"table":${JSON.stringify(table)},"entries":[`;
       yield JSON.stringify({ type: 'table-start', schema, table, estimatedEntries: counts.get(name) ?? 0 });
       let written = 0;
       let batch: string[] = [];
-      for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = await it.next()) {
+      for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = await step()) {
         batch.push(entry[1].toString('utf8', FACT_HEADER));
         if (batch.length >= chunkSize) {
           yield `${head}${batch.join(',')}]}`;
@@ -127,14 +132,14 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
       totalEntries += written;
     }
 
-    if (entry && entry[0][0] < NS_TOMBSTONE) entry = await seekAndRead(it, Buffer.of(NS_TOMBSTONE));
+    if (entry && entry[0][0] < NS_TOMBSTONE) entry = await reader.seek(Buffer.of(NS_TOMBSTONE));
     while (entry && entry[0][0] === NS_TOMBSTONE) {
       const [schema, afterSchema] = decodeComponent(entry[0], 1);
       const [table, afterTable] = decodeComponent(entry[0], afterSchema);
       const prefix = Buffer.from(entry[0].subarray(0, afterTable));
       const head = `{"type":"tombstone","schema":${JSON.stringify(schema)},"table":${JSON.stringify(table)},"entries":[`;
       let batch: string[] = [];
-      for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = await it.next()) {
+      for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = await step()) {
         batch.push(entry[1].toString('utf8', TOMBSTONE_HEADER));
         if (batch.length >= chunkSize) {
           yield `${head}${batch.join(',')}]}`;
@@ -150,9 +155,35 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
   }
 }
 
-async function seekAndRead(it: KvIterator, target: Buffer): Promise<[Buffer, Buffer] | undefined> {
-  it.seek(target);
-  return it.next();
+/** Entry-at-a-time view over an iterator that reads in batches. */
+class Reader {
+  private readonly it: KvIterator;
+  private buffer: [Buffer, Buffer][] = [];
+  private pos = 0;
+
+  constructor(it: KvIterator) {
+    this.it = it;
+  }
+
+  async current(): Promise<[Buffer, Buffer] | undefined> {
+    if (this.pos >= this.buffer.length) {
+      this.buffer = await this.it.nextBatch(1024);
+      this.pos = 0;
+    }
+    return this.buffer[this.pos];
+  }
+
+  advance(): void {
+    this.pos++;
+  }
+
+  /** Moves to `target` and returns the entry there. */
+  seek(target: Buffer): Promise<[Buffer, Buffer] | undefined> {
+    this.it.seek(target);
+    this.buffer = [];
+    this.pos = 0;
+    return this.current();
+  }
 }
 
 function startsWith(key: Buffer, prefix: Buffer): boolean {

@@ -16,6 +16,8 @@ export interface KvRange {
   reverse?: boolean;
   /** Maximum number of entries; absent or -1 means no limit. */
   limit?: number;
+  /** Bytes to read ahead per native call, for long scans. @default 16 KiB */
+  readAhead?: number;
 }
 
 /**

@@ -275,7 +275,8 @@ class LevelIterator implements KvIterator {
     else if (lt !== undefined) options.lt = lt;
     // Read ahead roughly as much as the limit can use (assuming ~64-byte
     // entries) so a small limited scan does not copy 16 KiB it will discard.
-    if (this.#remaining !== Infinity) options.highWaterMark = Math.min(READ_AHEAD_BYTES, this.#remaining * 64);
+    if (this.#remaining !== Infinity) options.highWaterMark = Math.min(range.readAhead ?? READ_AHEAD_BYTES, this.#remaining * 64);
+    else if (range.readAhead !== undefined && range.readAhead > 0) options.highWaterMark = range.readAhead;
     this.#it = db.iterator(options);
   }
 

@@ -137,6 +137,19 @@ describe('merge (property)', function () {
         ['shuffled, one per message', shuffled.map((s) => [s])],
         ['shuffled inside and out, random batches', rng.split(inner, 6)],
       ];
+      // Group commit: messages queued together must each get the outcome they get alone.
+      {
+        const messages = orders[2]![1];
+        const { replica: alone } = await fixture.create({ allowResurrection });
+        const sequential = [];
+        for (const message of messages) sequential.push(await alone.apply(valid(message)));
+        const { replica: grouped } = await fixture.create({ allowResurrection });
+        const concurrent = await Promise.all(messages.map((message) => grouped.apply(valid(message))));
+        const counts = (o: { applied: number; skipped: number; conflicts: number; accepted: unknown[] }[]) => o.map((x) => [x.applied, x.skipped, x.conflicts, x.accepted]);
+        expect(counts(concurrent), `group commit counts of history ${h}`).to.deep.equal(counts(sequential));
+        expect(await stateOf(grouped), `group commit state of history ${h}`).to.deep.equal(expected);
+        expect(await logState(grouped), `group commit log of history ${h}`).to.deep.equal(expected);
+      }
       for (const [label, messages] of orders) {
         const { replica } = await fixture.create({ allowResurrection });
         await applyAll(replica, messages);

@@ -1,0 +1,363 @@
+/**
+ * Applying messages to a replica's store: planning, one read of every record
+ * the messages touch, resolution (merge.ts) and the write ops, for a GROUP of
+ * messages at once. Messages in a group are resolved one after another
+ * against an in-memory view of the group's own writes, so each message gets
+ * exactly the outcome it would get alone; the group is then stored with one
+ * atomic LevelDB batch (group commit): one read round trip and one write per
+ * group instead of per message.
+ */
+
+import { HLC_BYTES } from '../protocol/hlc.js';
+import type { ValidChange, ValidChangeSet, ValidMigration } from '../protocol/validate.js';
+import type { ChangeSet, ColumnChange, DeleteChange } from '../protocol/messages.js';
+import type { KvOp, KvStore } from '../storage/kv.js';
+import {
+  NS_COLUMN, NS_TOMBSTONE, NS_TABLE_STATS, LOG_CHANGE, LOG_MIGRATION, FACT_HEADER,
+  encodeComponent, decodeComponent, tablePrefix, migrationKey, logKey, tombstoneAgeKey, prefixEnd,
+  encodeFact, encodeLogEntry, readU64, writeU64,
+} from './keys.js';
+import { resolveSlot, resolveDeletes, tombstoneBlocks, type Candidate } from './merge.js';
+import type { StampSource } from './stamps.js';
+
+/** Live column-version count of one table. */
+export interface TableStats { schema: string; table: string; count: number }
+
+/** Precomputed key prefixes of one table. */
+export interface TableKeys {
+  /** Injective string id of (schema, table). */
+  id: string;
+  schema: string;
+  table: string;
+  colBase: Buffer;
+  tombBase: Buffer;
+  statsKey: Buffer;
+}
+
+/** Builds TableKeys, length-prefixing the names so the id is injective. */
+export function makeTableKeys(schema: string, table: string): TableKeys {
+  const statsKey = tablePrefix(NS_TABLE_STATS, schema, table);
+  const colBase = Buffer.from(statsKey);
+  colBase[0] = NS_COLUMN;
+  const tombBase = Buffer.from(statsKey);
+  tombBase[0] = NS_TOMBSTONE;
+  return { id: `${schema.length}:${table.length}:${schema}${table}`, schema, table, colBase, tombBase, statsKey };
+}
+
+/** What one message did. */
+export interface MessageOutcome {
+  applied: number;
+  skipped: number;
+  conflicts: number;
+  transactions: number;
+  accepted: ChangeSet[];
+  stamps: Buffer[];
+}
+
+/** Everything a group needs from its replica. */
+export interface ApplyContext {
+  store: KvStore;
+  siteId: Buffer;
+  allowResurrection: boolean;
+  now: () => number;
+  stamps: StampSource;
+  tables: ReadonlyMap<string, TableStats>;
+  tableKeys(schema: string, table: string): TableKeys;
+}
+
+/** Result of a group: per-message outcomes, the ops to write, the new table counts. */
+export interface GroupResult {
+  outcomes: MessageOutcome[];
+  ops: KvOp[];
+  counts: Map<string, TableStats>;
+  lastStamp?: Buffer;
+}
+
+interface ChangeItem { change: ValidChange; applied: boolean }
+interface MigrationItem { migration: ValidMigration; applied: boolean }
+
+interface RowPlan {
+  id: string;
+  tk: TableKeys;
+  tombKey: Buffer;
+  colPrefix: Buffer;
+  deletes: Candidate<ChangeItem>[];
+}
+
+interface CellPlan { id: string; key: Buffer; row: RowPlan; candidates: Candidate<ChangeItem>[] }
+interface MigrationPlan { id: string; key: Buffer; candidates: Candidate<MigrationItem>[] }
+
+interface MessagePlan {
+  sets: ValidChangeSet[];
+  changeItems: ChangeItem[][];
+  migrationItems: MigrationItem[][];
+  rows: RowPlan[];
+  cells: CellPlan[];
+  migrations: MigrationPlan[];
+  ownSkipped: number;
+}
+
+/** Plans one message: which slots each of its facts competes for. Pure. */
+function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
+  const own = ctx.siteId;
+  const rows = new Map<string, RowPlan>();
+  const cells = new Map<string, CellPlan>();
+  const migrations = new Map<string, MigrationPlan>();
+  const changeItems: ChangeItem[][] = [];
+  const migrationItems: MigrationItem[][] = [];
+  let ownSkipped = 0;
+  for (const set of sets) {
+    const items: ChangeItem[] = new Array(set.changes.length);
+    changeItems.push(items);
+    for (let i = 0; i < set.changes.length; i++) {
+      const change = set.changes[i]!;
+      const item: ChangeItem = { change, applied: false };
+      items[i] = item;
+      // The coordinator's own site never writes through a client.
+      if (change.hlc.compare(own, 0, 16, 10, 26) === 0) { ownSkipped++; continue; }
+      const wire = change.wire;
+      const tk = ctx.tableKeys(wire.schema, wire.table);
+      const pkKey = JSON.stringify(wire.pk);
+      const rowId = tk.id + pkKey;
+      let row = rows.get(rowId);
+      if (!row) {
+        const encPk = encodeComponent(pkKey);
+        row = { id: rowId, tk, tombKey: Buffer.concat([tk.tombBase, encPk]), colPrefix: Buffer.concat([tk.colBase, encPk]), deletes: [] };
+        rows.set(rowId, row);
+      }
+      if (wire.type === 'delete') {
+        row.deletes.push({ hlc: change.hlc, item });
+      } else {
+        const cellId = `${rowId}\u0001${wire.column}`;
+        let cell = cells.get(cellId);
+        if (!cell) {
+          cell = { id: cellId, key: Buffer.concat([row.colPrefix, encodeComponent(wire.column)]), row, candidates: [] };
+          cells.set(cellId, cell);
+        }
+        cell.candidates.push({ hlc: change.hlc, item });
+      }
+    }
+    const mItems: MigrationItem[] = new Array(set.migrations.length);
+    migrationItems.push(mItems);
+    for (let i = 0; i < set.migrations.length; i++) {
+      const migration = set.migrations[i]!;
+      const item: MigrationItem = { migration, applied: false };
+      mItems[i] = item;
+      if (migration.hlc.compare(own, 0, 16, 10, 26) === 0) { ownSkipped++; continue; }
+      const key = migrationKey(migration.wire.schema, migration.kind, migration.name, migration.wire.schemaVersion);
+      const id = `m${key.toString('latin1')}`;
+      let plan = migrations.get(id);
+      if (!plan) { plan = { id, key, candidates: [] }; migrations.set(id, plan); }
+      plan.candidates.push({ hlc: migration.hlc, item });
+    }
+  }
+  return { sets, changeItems, migrationItems, rows: [...rows.values()], cells: [...cells.values()], migrations: [...migrations.values()], ownSkipped };
+}
+
+/**
+ * Resolves and stages a group of messages. The caller writes `ops` in one
+ * batch and, once written, adopts `counts`. Nothing is written here.
+ */
+export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]): Promise<GroupResult> {
+  const plans = messages.map((sets) => planMessage(ctx, sets));
+
+  // The records as the group has left them so far: absent = never looked up,
+  // undefined = known to be missing.
+  const records = new Map<string, Buffer | undefined>();
+  const keys: Buffer[] = [];
+  const ids: string[] = [];
+  const want = (id: string, key: Buffer): void => {
+    if (records.has(id)) return;
+    records.set(id, undefined);
+    ids.push(id);
+    keys.push(key);
+  };
+  for (const plan of plans) {
+    for (const r of plan.rows) want(`t${r.id}`, r.tombKey);
+    for (const c of plan.cells) want(`c${c.id}`, c.key);
+    for (const m of plan.migrations) want(m.id, m.key);
+  }
+  if (keys.length > 0) {
+    const values = await ctx.store.getMany(keys);
+    for (let i = 0; i < ids.length; i++) records.set(ids[i]!, values[i]);
+  }
+
+  const ops: KvOp[] = [];
+  const counts = new Map<string, TableStats>();
+  const bump = (tk: TableKeys, by: number): void => {
+    let stats = counts.get(tk.id);
+    if (!stats) {
+      stats = { schema: tk.schema, table: tk.table, count: ctx.tables.get(tk.id)?.count ?? 0 };
+      counts.set(tk.id, stats);
+    }
+    stats.count += by;
+  };
+  // Cells each row gained inside the group, which a later delete in the group must also see.
+  const rowCells = new Map<string, Map<string, Buffer>>();
+  const outcomes: MessageOutcome[] = [];
+  let lastStamp: Buffer | undefined;
+
+  for (const plan of plans) {
+    let applied = 0;
+    let skipped = plan.ownSkipped;
+    let conflicts = 0;
+
+    // Tombstones first: a row's final tombstone decides which writes it blocks.
+    const tombstoneOf = new Map<RowPlan, Buffer | undefined>();
+    const raised: RowPlan[] = [];
+    const raisedBy = new Map<RowPlan, Candidate<ChangeItem>>();
+    for (const r of plan.rows) {
+      const stored = records.get(`t${r.id}`);
+      const storedHlc = stored ? stored.subarray(0, HLC_BYTES) : undefined;
+      const out = resolveDeletes(r.deletes, storedHlc);
+      applied += out.applied;
+      skipped += out.skipped;
+      if (out.winner) {
+        out.winner.item.applied = true;
+        raised.push(r);
+        raisedBy.set(r, out.winner);
+        tombstoneOf.set(r, out.winner.hlc);
+      } else {
+        tombstoneOf.set(r, storedHlc);
+      }
+    }
+
+    // A raised tombstone removes the row's column versions it now blocks:
+    // those in the store and those written earlier in this group.
+    for (const r of raised) {
+      const tomb = tombstoneOf.get(r);
+      const candidates = new Map<string, Buffer>(rowCells.get(r.id));
+      const it = ctx.store.iterator({ gte: r.colPrefix, lt: prefixEnd(r.colPrefix) });
+      try {
+        for (let batch = await it.nextBatch(256); batch.length > 0; batch = await it.nextBatch(256)) {
+          for (const [key, value] of batch) {
+            const [column] = decodeComponent(key, r.colPrefix.length);
+            const id = `c${r.id}\u0001${column}`;
+            // The group's own writes are newer than the store's view.
+            if (!records.has(id)) records.set(id, Buffer.from(value));
+            candidates.set(id, Buffer.from(key));
+          }
+        }
+      } finally {
+        await it.close();
+      }
+      for (const [id, key] of candidates) {
+        const record = records.get(id);
+        if (!record || !tombstoneBlocks(tomb, record.subarray(0, HLC_BYTES), ctx.allowResurrection)) continue;
+        ops.push({ type: 'del', key }, { type: 'del', key: logKey(record.subarray(HLC_BYTES, HLC_BYTES * 2), record.readUInt32BE(HLC_BYTES * 2)) });
+        records.set(id, undefined);
+        bump(r.tk, -1);
+      }
+    }
+
+    const cellWinners: { cell: CellPlan; stored?: Buffer; winner: Candidate<ChangeItem> }[] = [];
+    for (const cell of plan.cells) {
+      const stored = records.get(`c${cell.id}`);
+      const tomb = tombstoneOf.get(cell.row);
+      const out = resolveSlot(cell.candidates, stored ? stored.subarray(0, HLC_BYTES) : undefined, (hlc) => tombstoneBlocks(tomb, hlc, ctx.allowResurrection));
+      applied += out.applied;
+      skipped += out.skipped;
+      conflicts += out.conflicts;
+      if (out.winner) {
+        out.winner.item.applied = true;
+        cellWinners.push({ cell, stored, winner: out.winner });
+      }
+    }
+
+    const migrationWinners: { plan: MigrationPlan; stored?: Buffer; winner: Candidate<MigrationItem> }[] = [];
+    for (const m of plan.migrations) {
+      const stored = records.get(m.id);
+      const out = resolveSlot(m.candidates, stored ? stored.subarray(0, HLC_BYTES) : undefined);
+      applied += out.applied;
+      skipped += out.skipped;
+      conflicts += out.conflicts;
+      if (out.winner) {
+        out.winner.item.applied = true;
+        migrationWinners.push({ plan: m, stored, winner: out.winner });
+      }
+    }
+
+    // Stamp each change set that changed something, in message order, and
+    // give each applied fact its place in the log.
+    const accepted: ChangeSet[] = [];
+    const stamps: Buffer[] = [];
+    const place = new Map<ChangeItem | MigrationItem, { stamp: Buffer; idx: number }>();
+    for (let cs = 0; cs < plan.sets.length; cs++) {
+      const set = plan.sets[cs]!;
+      const mApplied = plan.migrationItems[cs]!.filter((m) => m.applied);
+      const cApplied = plan.changeItems[cs]!.filter((c) => c.applied);
+      if (mApplied.length === 0 && cApplied.length === 0) continue;
+      const stamp = ctx.stamps.next();
+      stamps.push(stamp);
+      lastStamp = stamp;
+      let idx = 0;
+      for (const m of mApplied) {
+        place.set(m, { stamp, idx });
+        ops.push({ type: 'put', key: logKey(stamp, idx++), value: encodeLogEntry(set.siteId, set.wire.transactionId, LOG_MIGRATION, JSON.stringify(m.migration.wire)) });
+      }
+      for (const c of cApplied) {
+        place.set(c, { stamp, idx });
+        ops.push({ type: 'put', key: logKey(stamp, idx++), value: encodeLogEntry(set.siteId, set.wire.transactionId, LOG_CHANGE, JSON.stringify(c.change.wire)) });
+      }
+      accepted.push({
+        siteId: set.wire.siteId,
+        transactionId: set.wire.transactionId,
+        hlc: set.wire.hlc,
+        changes: cApplied.map((c) => c.change.wire),
+        schemaMigrations: mApplied.map((m) => m.migration.wire),
+      });
+    }
+
+    const now = ctx.now();
+    for (const r of raised) {
+      const winner = raisedBy.get(r)!;
+      const where = place.get(winner.item)!;
+      const wire = winner.item.change.wire as DeleteChange;
+      const entry = wire.priorRow === undefined
+        ? { pk: wire.pk, hlc: wire.hlc, createdAt: now }
+        : { pk: wire.pk, hlc: wire.hlc, createdAt: now, priorRow: wire.priorRow };
+      const stored = records.get(`t${r.id}`);
+      if (stored) {
+        ops.push({ type: 'del', key: logKey(stored.subarray(HLC_BYTES, HLC_BYTES * 2), stored.readUInt32BE(HLC_BYTES * 2)) });
+        ops.push({ type: 'del', key: tombstoneAgeKey(readU64(stored, FACT_HEADER), r.tombKey) });
+      }
+      const record = encodeFact(winner.hlc, where.stamp, where.idx, JSON.stringify(entry), now);
+      ops.push({ type: 'put', key: r.tombKey, value: record });
+      ops.push({ type: 'put', key: tombstoneAgeKey(now, r.tombKey), value: Buffer.alloc(0) });
+      records.set(`t${r.id}`, record);
+    }
+    for (const { cell, stored, winner } of cellWinners) {
+      const where = place.get(winner.item)!;
+      const wire = winner.item.change.wire as ColumnChange;
+      if (stored) ops.push({ type: 'del', key: logKey(stored.subarray(HLC_BYTES, HLC_BYTES * 2), stored.readUInt32BE(HLC_BYTES * 2)) });
+      else bump(cell.row.tk, 1);
+      const entry = `{"column":${JSON.stringify(wire.column)},"hlc":"${wire.hlc}","value":${JSON.stringify(wire.value)},"pk":${JSON.stringify(wire.pk)}}`;
+      const record = encodeFact(winner.hlc, where.stamp, where.idx, entry);
+      ops.push({ type: 'put', key: cell.key, value: record });
+      records.set(`c${cell.id}`, record);
+      let touched = rowCells.get(cell.row.id);
+      if (!touched) rowCells.set(cell.row.id, (touched = new Map()));
+      touched.set(`c${cell.id}`, cell.key);
+    }
+    for (const { plan: m, stored, winner } of migrationWinners) {
+      const where = place.get(winner.item)!;
+      if (stored) ops.push({ type: 'del', key: logKey(stored.subarray(HLC_BYTES, HLC_BYTES * 2), stored.readUInt32BE(HLC_BYTES * 2)) });
+      const record = encodeFact(winner.hlc, where.stamp, where.idx, JSON.stringify(winner.item.migration.wire));
+      ops.push({ type: 'put', key: m.key, value: record });
+      records.set(m.id, record);
+    }
+    outcomes.push({ applied, skipped, conflicts, transactions: plan.sets.length, accepted, stamps });
+  }
+
+  for (const stats of counts.values()) {
+    if (stats.count < 0) throw new Error(`table count of ${stats.schema}.${stats.table} went negative`);
+    const key = tablePrefix(NS_TABLE_STATS, stats.schema, stats.table);
+    if (stats.count === 0) ops.push({ type: 'del', key });
+    else {
+      const value = Buffer.allocUnsafe(8);
+      writeU64(value, stats.count, 0);
+      ops.push({ type: 'put', key, value });
+    }
+  }
+  return { outcomes, ops, counts, lastStamp };
+}
