@@ -31,6 +31,9 @@ const MESSAGES_50 = Number(option('messages', QUICK ? '40' : '600'));
 const MESSAGES_1 = QUICK ? 200 : 4000;
 const CATCHUP = option('catchup', QUICK ? '2000' : '10000,100000').split(',').map(Number);
 const OUT = option('out', join(ROOT, 'bench', 'results', 'latest.json'));
+// --profile DIR: run the coordinator under --cpu-prof, profiles written to DIR.
+const PROFILE = option('profile', '');
+const ONLY = option('only', '');
 
 interface Proc { child: ChildProcess; url: string; pid: number }
 
@@ -132,12 +135,17 @@ async function applyRun(url: string, databaseId: string, perMessage: number, mes
   const expectedPushes = messages * SUBSCRIBERS;
   let allPushed!: () => void;
   const pushedAll = new Promise<void>((resolve) => { allPushed = resolve; });
+  // Subscribers only locate the transaction id in the frame: the load
+  // generator must stay far lighter than the server it measures.
+  const PUSH_PREFIX = Buffer.from('{"type":"push_changes"');
+  const TX_MARK = Buffer.from('"transactionId":"');
   for (const sub of subs) {
     sub.on('message', (data: Buffer) => {
-      const text = data.toString();
-      const at = text.indexOf('"transactionId":"');
-      if (at < 0 || !text.startsWith('{"type":"push_changes"')) return;
-      const id = text.slice(at + 17, text.indexOf('"', at + 17));
+      if (data.compare(PUSH_PREFIX, 0, PUSH_PREFIX.length, 0, PUSH_PREFIX.length) !== 0) return;
+      const at = data.indexOf(TX_MARK);
+      if (at < 0) return;
+      const start = at + TX_MARK.length;
+      const id = data.toString('latin1', start, data.indexOf(0x22, start));
       const t = sentAt.get(id);
       if (t !== undefined) pushLatencies.push(performance.now() - t);
       if (++pushes === expectedPushes) allPushed();
@@ -155,9 +163,9 @@ async function applyRun(url: string, databaseId: string, perMessage: number, mes
       writer.send(frames[i]!);
     };
     writer.on('message', (data: Buffer) => {
-      const text = data.toString();
+      const text = data.toString('latin1', 0, 64);
       if (!text.startsWith('{"type":"apply_result"')) {
-        if (text.includes('"type":"error"')) reject(new Error(text));
+        if (text.includes('"type":"error"')) reject(new Error(data.toString()));
         return;
       }
       const id = Number(/"requestId":"(\d+)"/.exec(text)![1]);
@@ -193,16 +201,13 @@ async function fill(url: string, databaseId: string, count: number): Promise<voi
 async function applyRunQuiet(url: string, databaseId: string, perMessage: number, messages: number): Promise<void> {
   const site = new TestSite(randomSiteId(), Date.now() - 30_000);
   const writer = await connect(url, databaseId, site.wire);
-  let pending = 0;
   for (let i = 0; i < messages; i++) {
     const set = site.txn(Array.from({ length: perMessage }, (_, j) => ({ pk: [i, j], column: 'title', value: `value ${i}/${j}` })));
     const ack = nextMessage(writer, 'apply_result');
     writer.send(JSON.stringify({ type: 'apply_changes', requestId: String(i), changes: [set] }));
-    pending++;
-    if (pending >= 4 || i === messages - 1) { await ack; pending = 0; }
+    // nextMessage rejects on an error frame, so a refused fill stops the bench.
+    await ack;
   }
-  // Wait for the last acks to land.
-  await new Promise((r) => setTimeout(r, 200));
   writer.close();
 }
 
@@ -257,7 +262,8 @@ const fmt = (n: number | undefined, digits = 0): string => (n === undefined || N
 async function main(): Promise<void> {
   const dataDir = await mkdtemp(join(tmpdir(), 'sync-bench-'));
   const cli = join(ROOT, 'dist', 'cli', 'sync-coordinator.js');
-  const coordinator = await startProcess(process.execPath, [cli, '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir], /listening on (http:\/\/\S+)/);
+  const profileArgs = PROFILE ? ['--cpu-prof', '--cpu-prof-dir', PROFILE] : [];
+  const coordinator = await startProcess(process.execPath, [...profileArgs, cli, '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir], /listening on (http:\/\/\S+)/);
   const relay = await startProcess(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'relay.ts')], /listening on (ws:\/\/\S+)/);
   const baseUrl = coordinator.url;
   const wsUrl = `${baseUrl.replace(/^http/, 'ws')}/ws`;
@@ -277,7 +283,7 @@ async function main(): Promise<void> {
     ];
     const apply: Record<string, { coordinator: ApplyFigures; relay: ApplyFigures }> = {};
     let run = 0;
-    for (const [name, per, count, window] of scenarios) {
+    for (const [name, per, count, window] of scenarios.filter(([n]) => !ONLY || n === ONLY)) {
       // Warm up both servers so JIT and caches do not count against the first scenario.
       if (run === 0) {
         await applyRun(wsUrl, 'warmup', per, Math.min(count, 50), window);
@@ -291,15 +297,17 @@ async function main(): Promise<void> {
     results.apply = apply;
     const catchup: Record<string, unknown> = {};
     const snapshot: Record<string, unknown> = {};
-    for (const n of CATCHUP) {
+    for (const n of ONLY ? [] : CATCHUP) {
       const db = `catchup-${n}`;
       await fill(wsUrl, db, n);
-      catchup[String(n)] = await catchUp(wsUrl, db);
+      const figures = await catchUp(wsUrl, db);
+      if (figures.changes !== n) throw new Error(`catch-up of ${n} returned ${figures.changes} changes`);
+      catchup[String(n)] = figures;
       snapshot[String(n)] = { websocket: await snapshotWs(wsUrl, db), http: await snapshotHttp(baseUrl, db) };
     }
     results.catchup = catchup;
     results.snapshot = snapshot;
-    results.memory = { idleRssMb, peakRssMbDuring50Serial: apply['50/msg serial']!.coordinator.peakRssMb, finalRssMb: (await rssKb(coordinator.pid)) / 1024 };
+    results.memory = { idleRssMb, peakRssMbDuring50Serial: apply['50/msg serial']?.coordinator.peakRssMb, finalRssMb: (await rssKb(coordinator.pid)) / 1024 };
 
     const lines: string[] = [];
     lines.push(`sync-coordinator bench (${QUICK ? 'quick' : 'full'}), ${SUBSCRIBERS} subscribers, node ${process.version}, ${cpus().length} cores`);
@@ -312,7 +320,7 @@ async function main(): Promise<void> {
     lines.push('');
     lines.push('| data | catch-up ms (pages) | snapshot WS entries/s | snapshot HTTP entries/s |');
     lines.push('|---|---|---|---|');
-    for (const n of CATCHUP) {
+    for (const n of ONLY ? [] : CATCHUP) {
       const c = catchup[String(n)] as { ms: number; pages: number };
       const s = snapshot[String(n)] as { websocket: { entriesPerSec: number }; http: { entriesPerSec: number } };
       lines.push(`| ${fmt(n)} changes | ${fmt(c.ms, 1)} (${c.pages}) | ${fmt(s.websocket.entriesPerSec)} | ${fmt(s.http.entriesPerSec)} |`);
