@@ -1,0 +1,39 @@
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+// The benchmark prints figures, never pass/fail: CI only checks that a smoke
+// run completes and writes its report. No figure is asserted.
+describe('bench', function () {
+  this.timeout(300_000);
+
+  it('runs with --quick and writes a report with every section', async () => {
+    const dir = await makeTempDir('bench-');
+    try {
+      const out = join(dir, 'report.json');
+      const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'run.ts'), '--quick', '--subscribers', '3', '--out', out], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+      child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+      const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+      expect(code, stderr).to.equal(0);
+      expect(stdout).to.contain('ratio to relay');
+      const report = JSON.parse(await readFile(out, 'utf8'));
+      expect(Object.keys(report.apply)).to.deep.equal(['50/msg serial', '50/msg window 16', '1/msg serial', '1/msg window 16']);
+      for (const figures of Object.values(report.apply) as { coordinator: { changesPerSec: number; pushesReceived: number } }[]) {
+        expect(figures.coordinator.changesPerSec).to.be.greaterThan(0);
+        expect(figures.coordinator.pushesReceived).to.be.greaterThan(0);
+      }
+      expect(report.catchup).to.have.property('2000');
+      expect(report.memory.idleRssMb).to.be.greaterThan(0);
+    } finally {
+      await removeTempDir(dir);
+    }
+  });
+});
