@@ -262,7 +262,7 @@ const fmt = (n: number | undefined, digits = 0): string => (n === undefined || N
 async function main(): Promise<void> {
   const dataDir = await mkdtemp(join(tmpdir(), 'sync-bench-'));
   const cli = join(ROOT, 'dist', 'cli', 'sync-coordinator.js');
-  const profileArgs = PROFILE ? ['--cpu-prof', '--cpu-prof-dir', PROFILE] : [];
+  const profileArgs = [...(PROFILE ? ['--cpu-prof', '--cpu-prof-dir', PROFILE] : []), ...(option('node-args', '') ? option('node-args', '').split(' ') : [])];
   const coordinator = await startProcess(process.execPath, [...profileArgs, cli, '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir], /listening on (http:\/\/\S+)/);
   const relay = await startProcess(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'relay.ts')], /listening on (ws:\/\/\S+)/);
   const baseUrl = coordinator.url;
