@@ -63,6 +63,8 @@ export interface ApplyContext {
   stamps: StampSource;
   tables: ReadonlyMap<string, TableStats>;
   tableKeys(schema: string, table: string): TableKeys;
+  /** False when a column-version or tombstone key is certainly not stored (skips its read). */
+  mightExist(key: Buffer): boolean;
 }
 
 /** Result of a group: per-message outcomes, the ops to write, the new table counts. */
@@ -172,9 +174,13 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     ids.push(id);
     keys.push(key);
   };
+  const wantIfStored = (id: string, key: Buffer): void => {
+    if (ctx.mightExist(key)) want(id, key);
+    else if (!records.has(id)) records.set(id, undefined);
+  };
   for (const plan of plans) {
-    for (const r of plan.rows) want(`t${r.id}`, r.tombKey);
-    for (const c of plan.cells) want(`c${c.id}`, c.key);
+    for (const r of plan.rows) wantIfStored(`t${r.id}`, r.tombKey);
+    for (const c of plan.cells) wantIfStored(`c${c.id}`, c.key);
     for (const m of plan.migrations) want(m.id, m.key);
   }
   if (keys.length > 0) {

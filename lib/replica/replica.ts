@@ -4,8 +4,9 @@ import { randomSiteId, siteIdToWire } from '../protocol/site-id.js';
 import type { ValidChangeSet } from '../protocol/validate.js';
 import type { ApplyResult, ChangeSet } from '../protocol/messages.js';
 import type { KvStore } from '../storage/kv.js';
-import { KEY_FORMAT, META_FORMAT, META_SITE_ID, META_LAST_STAMP, NS_TABLE_STATS, decodeComponent, readU64 } from './keys.js';
+import { KEY_FORMAT, META_FORMAT, META_SITE_ID, META_LAST_STAMP, NS_TABLE_STATS, NS_COLUMN, NS_TOMBSTONE, decodeComponent, readU64 } from './keys.js';
 import { applyGroup, makeTableKeys, type ApplyContext, type GroupResult, type TableKeys, type TableStats } from './apply.js';
+import { KeyFilter } from './key-filter.js';
 import { localStampSource, type StampSource, type StampSourceFactory } from './stamps.js';
 import { readChangesSince, type ChangesPage } from './change-log.js';
 import { streamSnapshot, type SnapshotOptions } from './snapshot.js';
@@ -66,6 +67,8 @@ interface PendingApply {
 
 /** Most changes committed in one group (one LevelDB batch). */
 const MAX_GROUP_CHANGES = 5000;
+/** Above this many keys a database reads instead of keeping a key filter (about 1.2 MiB per million keys). */
+const MAX_FILTER_KEYS = 4_000_000;
 /** Bound of the table key cache (tables are few; this only guards against abuse). */
 const MAX_CACHED_TABLES = 4096;
 
@@ -89,6 +92,10 @@ export class Replica implements ReplicaContext {
   private readonly pending: PendingApply[] = [];
   private readonly applyContext: ApplyContext;
   private draining = false;
+  /** Column-version and tombstone keys, to skip reads of keys never stored; ready once the initial scan is done. */
+  private filter?: KeyFilter = new KeyFilter();
+  private filterReady = false;
+  private filterBuild: Promise<void> = Promise.resolve();
   private queue: Promise<unknown> = Promise.resolve();
   private closing?: Promise<void>;
 
@@ -106,7 +113,9 @@ export class Replica implements ReplicaContext {
     this.applyContext = {
       store, siteId, allowResurrection: this.allowResurrection, now: this.now, stamps: this.stamps, tables,
       tableKeys: (schema, table) => this.tableKeys(schema, table),
+      mightExist: (key) => !this.filterReady || this.filter === undefined || this.filter.mightContain(key),
     };
+    this.filterBuild = this.buildFilter();
   }
 
   /**
@@ -153,6 +162,36 @@ export class Replica implements ReplicaContext {
   }
 
   /**
+   * Fills the key filter from the store in the background. Keys committed
+   * meanwhile are added by the write path, and the scan's view covers
+   * everything committed before it, so when it ends the filter is complete.
+   */
+  private async buildFilter(): Promise<void> {
+    const it = this.store.iterator({ gte: Buffer.of(NS_COLUMN), lt: Buffer.of(NS_TOMBSTONE + 1), values: false, readAhead: 256 * 1024 });
+    try {
+      for (let batch = await it.nextBatch(1024); batch.length > 0; batch = await it.nextBatch(1024)) {
+        if (!this.filter || this.closing) return;
+        for (const [key] of batch) if (key[0] === NS_COLUMN || key[0] === NS_TOMBSTONE) this.filter.add(key);
+        if (this.filter.size > MAX_FILTER_KEYS) {
+          this.filter = undefined;
+          return;
+        }
+      }
+      this.filterReady = true;
+    } catch (err) {
+      log('key filter disabled: %s', (err as Error).message);
+      this.filter = undefined;
+    } finally {
+      await it.close().catch(() => undefined);
+    }
+  }
+
+  /** Resolves once the initial key-filter scan has ended (built, or given up for a huge database). */
+  whenFilterReady(): Promise<void> {
+    return this.filterBuild;
+  }
+
+  /**
    * Merges validated change sets as one atomic write (PROTOCOL.md §3). Either
    * every effect of the message is stored, or (on error) none is. Messages
    * that queue up while a write is in flight are committed together (group
@@ -193,6 +232,13 @@ export class Replica implements ReplicaContext {
       result = await applyGroup(this.applyContext, group.map((p) => p.sets));
       if (result.lastStamp) result.ops.push({ type: 'put', key: META_LAST_STAMP, value: result.lastStamp });
       await this.store.write(result.ops, { sync: this.syncWrites });
+      const filter = this.filter;
+      if (filter) {
+        for (const op of result.ops) {
+          if (op.type === 'put' && (op.key[0] === NS_COLUMN || op.key[0] === NS_TOMBSTONE)) filter.add(op.key);
+        }
+        if (filter.size > MAX_FILTER_KEYS) this.filter = undefined;
+      }
     } catch (err) {
       if (group.length > 1) {
         // Isolate the failure: every other message gets its own chance.
@@ -257,7 +303,7 @@ export class Replica implements ReplicaContext {
   /** Waits for queued writes, then closes the store. */
   close(): Promise<void> {
     if (!this.closing) {
-      const pending = this.queue;
+      const pending = Promise.all([this.queue, this.filterBuild]);
       this.closing = pending.then(() => this.store.close());
     }
     return this.closing;

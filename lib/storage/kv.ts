@@ -18,6 +18,8 @@ export interface KvRange {
   limit?: number;
   /** Bytes to read ahead per native call, for long scans. @default 16 KiB */
   readAhead?: number;
+  /** Read values too; when false, entries carry empty values. @default true */
+  values?: boolean;
 }
 
 /**

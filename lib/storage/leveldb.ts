@@ -53,6 +53,7 @@ const GET_OPTIONS = Object.freeze({ asBuffer: true, fillCache: true });
 const WRITE_ASYNC = Object.freeze({ sync: false });
 const WRITE_SYNC = Object.freeze({ sync: true });
 const DONE: Promise<undefined> = Promise.resolve(undefined);
+const EMPTY = Buffer.alloc(0);
 
 /** leveldown's default read-ahead per native call, in bytes. */
 const READ_AHEAD_BYTES = 16 * 1024;
@@ -268,7 +269,7 @@ class LevelIterator implements KvIterator {
       this.#it = null;
       return;
     }
-    const options: Record<string, unknown> = { keyAsBuffer: true, valueAsBuffer: true, reverse, limit: -1 };
+    const options: Record<string, unknown> = { keyAsBuffer: true, valueAsBuffer: true, reverse, limit: -1, values: range.values !== false };
     if (gt !== undefined) options.gt = gt;
     if (gte !== undefined) options.gte = gte;
     if (this.#lte !== undefined) options.lte = this.#lte;
@@ -306,7 +307,7 @@ class LevelIterator implements KvIterator {
     if (!cache) return out;
     while (out.length < max && this.#remaining > 0 && cache.length >= 2 && this.#state === 'open') {
       const key = cache.pop()!;
-      const value = cache.pop()!;
+      const value = cache.pop() ?? EMPTY;
       this.#remaining--;
       out.push([key, value]);
     }
@@ -327,7 +328,7 @@ class LevelIterator implements KvIterator {
       }
     }
     this.#remaining--;
-    this.#settle([key, value!], undefined);
+    this.#settle([key, value ?? EMPTY], undefined);
   };
 
   #settle(entry: [Buffer, Buffer] | undefined, err: Error | undefined): void {

@@ -327,6 +327,24 @@ describe('replica', () => {
       }
     });
 
+    it('after a reopen, recognizes stored cells and tombstones (the key filter is rebuilt from the store)', async () => {
+      const { replica, dir } = await fixture.create();
+      const a = new TestSite();
+      const writes = a.txn(Array.from({ length: 200 }, (_, i) => ({ pk: [i], value: `v${i}` })));
+      const del = a.txn([{ pk: [500], delete: true }]);
+      await replica.apply(valid([writes, del]));
+      await replica.close();
+      const again = await Replica.open(await openLevelStore(dir));
+      try {
+        await again.whenFilterReady();
+        expect(await again.apply(valid([writes, del]))).to.include({ applied: 0, skipped: 201 });
+        expect(await again.apply(valid([a.txn([{ pk: [500], value: 'zombie' }])]))).to.include({ applied: 0, skipped: 1 });
+        expect(again.tableStats()).to.deep.equal([{ schema: 'main', table: 'notes', count: 200 }]);
+      } finally {
+        await again.close();
+      }
+    });
+
     it('persists the server site id with the data', async () => {
       const { replica, dir } = await fixture.create();
       const siteId = Buffer.from(replica.siteId);
