@@ -67,8 +67,8 @@ interface PendingApply {
 
 /** Most changes committed in one group (one LevelDB batch). */
 const MAX_GROUP_CHANGES = 5000;
-/** Above this many keys a database reads instead of keeping a key filter (about 1.2 MiB per million keys). */
-const MAX_FILTER_KEYS = 4_000_000;
+/** Above this many keys a database reads instead of keeping a key filter (which stays under ~2.5 MiB). */
+const MAX_FILTER_KEYS = 1_000_000;
 /** Bound of the table key cache (tables are few; this only guards against abuse). */
 const MAX_CACHED_TABLES = 4096;
 
