@@ -6,6 +6,7 @@ import { parseOptions, type Config, type SyncRouterOptions } from './config/opti
 import { createMetrics, type Metrics } from './metrics/metrics.js';
 import { Coordinator } from './service/coordinator.js';
 import { mountRoutes } from './http/routes.js';
+import { createLimits } from './service/limits.js';
 import { createUpgradeHandler } from './ws/upgrade.js';
 import { logs } from './log.js';
 
@@ -35,10 +36,11 @@ export interface SyncRouter extends Router {
 export function createSyncRouter(options: SyncRouterOptions = {}): SyncRouter {
   const config = parseOptions(options);
   const metrics = createMetrics(config.registry);
-  const coordinator = new Coordinator(config, metrics);
-  const upgrades = createUpgradeHandler(config, coordinator, metrics);
+  const limits = createLimits(config);
+  const coordinator = new Coordinator(config, metrics, limits);
+  const upgrades = createUpgradeHandler(config, coordinator, metrics, limits);
   const router = express.Router();
-  mountRoutes(router, { config, coordinator, metrics });
+  const routes = mountRoutes(router, { config, coordinator, metrics, limits });
   const attached = new Set<Server>();
 
   function handleSyncUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
@@ -57,7 +59,10 @@ export function createSyncRouter(options: SyncRouterOptions = {}): SyncRouter {
     for (const server of attached) server.off('upgrade', handleSyncUpgrade);
     attached.clear();
     logs.server('closing sync router');
-    return coordinator.close(() => upgrades.close());
+    return coordinator.close(async function closeTransports() {
+      routes.close();
+      await upgrades.close();
+    });
   }
 
   const sync = Object.assign(router, {

@@ -221,8 +221,20 @@ const ROUTER_INTS: Readonly<Record<string, number>> = {
   maxMessageBytes: 1024,
   handshakeTimeoutMs: 0,
   heartbeatIntervalMs: 0,
+  maxChangesPerMessage: 1,
+  maxJsonDepth: 8,
+  maxConnections: 0,
+  maxConnectionsPerIp: 0,
+  messagesPerSecond: 0,
+  messageBurst: 1,
+  messagesPerSecondPerIp: 0,
+  messageBurstPerIp: 1,
+  pushHighWaterBytes: 1024,
+  sendHighWaterBytes: 1024,
+  sendHardLimitBytes: 1024,
+  sendHardLimitMs: 0,
 };
-const ROUTER_BOOLS: ReadonlySet<string> = new Set(['allowResurrection', 'syncWrites']);
+const ROUTER_BOOLS: ReadonlySet<string> = new Set(['allowResurrection', 'syncWrites', 'trustProxy']);
 /** Not expressible in JSON, so only programmatic overrides may carry them; the router checks them. */
 const ROUTER_OBJECTS: ReadonlySet<string> = new Set(['registry', 'now']);
 

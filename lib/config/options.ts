@@ -45,6 +45,53 @@ export interface SyncRouterOptions {
   handshakeTimeoutMs?: number;
   /** Interval of server WebSocket pings; a socket that misses one is terminated. 0 disables. @default 30000 */
   heartbeatIntervalMs?: number;
+  /**
+   * Most changes plus schema migrations in one message (an empty change set
+   * counts as one); more is refused whole with PAYLOAD_TOO_LARGE (HTTP 413).
+   * Bounds the memory one message can take once parsed. @default 50000
+   */
+  maxChangesPerMessage?: number;
+  /** Deepest JSON nesting accepted in a frame or body; deeper is INVALID_MESSAGE. Protocol messages need 7. @default 32 */
+  maxJsonDepth?: number;
+  /** Open WebSocket connections at most; further upgrades get 503. 0 disables. @default 10000 */
+  maxConnections?: number;
+  /** Open WebSocket connections per client address; further upgrades get 429. 0 disables. @default 500 */
+  maxConnectionsPerIp?: number;
+  /** Sustained messages per second per WebSocket; more get RATE_LIMITED. 0 disables. @default 1000 */
+  messagesPerSecond?: number;
+  /** Messages a WebSocket may send at once before `messagesPerSecond` applies. @default 5000 */
+  messageBurst?: number;
+  /**
+   * Sustained messages per second per client address, over WebSocket frames,
+   * upgrades and HTTP requests together (429 with Retry-After over HTTP).
+   * 0 disables. @default 5000
+   */
+  messagesPerSecondPerIp?: number;
+  /** Messages a client address may send at once before `messagesPerSecondPerIp` applies. @default 20000 */
+  messageBurstPerIp?: number;
+  /**
+   * Above this many bytes queued on a socket, pushes are skipped: the session
+   * lags, and once its buffer drains it gets a LAGGING error telling it to
+   * `get_changes` from its cursor. @default 8388608 (8 MiB)
+   */
+  pushHighWaterBytes?: number;
+  /** Above this many bytes queued on a socket, replies and snapshot chunks wait for it to drain. @default 1048576 (1 MiB) */
+  sendHighWaterBytes?: number;
+  /** A socket with more than this many bytes queued for `sendHardLimitMs` is closed with 1013. @default 16777216 (16 MiB) */
+  sendHardLimitBytes?: number;
+  /**
+   * How long a socket may stay over `sendHardLimitBytes` (WebSocket), or an
+   * HTTP snapshot may wait for its client to read, before it is closed. 0
+   * disables. @default 30000
+   */
+  sendHardLimitMs?: number;
+  /**
+   * Take the client address from the last `X-Forwarded-For` entry (the one
+   * your reverse proxy appended) instead of the socket, for the per-address
+   * limits and `remoteAddress` in hooks. Only enable behind a proxy that sets
+   * it. @default false
+   */
+  trustProxy?: boolean;
   /** Prometheus registry for the metrics. @default a new Registry */
   registry?: Registry;
   /** Wall clock in ms, for tests. @default Date.now */
@@ -71,6 +118,19 @@ export interface Config {
   readonly maxMessageBytes: number;
   readonly handshakeTimeoutMs: number;
   readonly heartbeatIntervalMs: number;
+  readonly maxChangesPerMessage: number;
+  readonly maxJsonDepth: number;
+  readonly maxConnections: number;
+  readonly maxConnectionsPerIp: number;
+  readonly messagesPerSecond: number;
+  readonly messageBurst: number;
+  readonly messagesPerSecondPerIp: number;
+  readonly messageBurstPerIp: number;
+  readonly pushHighWaterBytes: number;
+  readonly sendHighWaterBytes: number;
+  readonly sendHardLimitBytes: number;
+  readonly sendHardLimitMs: number;
+  readonly trustProxy: boolean;
   readonly registry: Registry;
   readonly now: () => number;
 }
@@ -94,6 +154,19 @@ export const DEFAULTS = Object.freeze({
   maxMessageBytes: 16 * 1024 * 1024,
   handshakeTimeoutMs: 10_000,
   heartbeatIntervalMs: 30_000,
+  maxChangesPerMessage: 50_000,
+  maxJsonDepth: 32,
+  maxConnections: 10_000,
+  maxConnectionsPerIp: 500,
+  messagesPerSecond: 1000,
+  messageBurst: 5000,
+  messagesPerSecondPerIp: 5000,
+  messageBurstPerIp: 20_000,
+  pushHighWaterBytes: 8 * 1024 * 1024,
+  sendHighWaterBytes: 1024 * 1024,
+  sendHardLimitBytes: 16 * 1024 * 1024,
+  sendHardLimitMs: 30_000,
+  trustProxy: false,
 });
 
 const KNOWN = new Set<string>([...Object.keys(DEFAULTS), 'hooks', 'registry', 'now']);
@@ -161,8 +234,21 @@ export function parseOptions(options: SyncRouterOptions = {}): Config {
     maxOpenStores: intOption(o, 'maxOpenStores', DEFAULTS.maxOpenStores, 1),
     storeIdleMs: intOption(o, 'storeIdleMs', DEFAULTS.storeIdleMs, 0),
     maxMessageBytes: intOption(o, 'maxMessageBytes', DEFAULTS.maxMessageBytes, 1024),
-    handshakeTimeoutMs: intOption(o, 'handshakeTimeoutMs', DEFAULTS.handshakeTimeoutMs, 0),
-    heartbeatIntervalMs: intOption(o, 'heartbeatIntervalMs', DEFAULTS.heartbeatIntervalMs, 0),
+    handshakeTimeoutMs: timerOption(o, 'handshakeTimeoutMs', DEFAULTS.handshakeTimeoutMs),
+    heartbeatIntervalMs: timerOption(o, 'heartbeatIntervalMs', DEFAULTS.heartbeatIntervalMs),
+    maxChangesPerMessage: intOption(o, 'maxChangesPerMessage', DEFAULTS.maxChangesPerMessage, 1),
+    maxJsonDepth: intOption(o, 'maxJsonDepth', DEFAULTS.maxJsonDepth, 8),
+    maxConnections: intOption(o, 'maxConnections', DEFAULTS.maxConnections, 0),
+    maxConnectionsPerIp: intOption(o, 'maxConnectionsPerIp', DEFAULTS.maxConnectionsPerIp, 0),
+    messagesPerSecond: intOption(o, 'messagesPerSecond', DEFAULTS.messagesPerSecond, 0),
+    messageBurst: intOption(o, 'messageBurst', DEFAULTS.messageBurst, 1),
+    messagesPerSecondPerIp: intOption(o, 'messagesPerSecondPerIp', DEFAULTS.messagesPerSecondPerIp, 0),
+    messageBurstPerIp: intOption(o, 'messageBurstPerIp', DEFAULTS.messageBurstPerIp, 1),
+    pushHighWaterBytes: intOption(o, 'pushHighWaterBytes', DEFAULTS.pushHighWaterBytes, 1024),
+    sendHighWaterBytes: intOption(o, 'sendHighWaterBytes', DEFAULTS.sendHighWaterBytes, 1024),
+    sendHardLimitBytes: intOption(o, 'sendHardLimitBytes', DEFAULTS.sendHardLimitBytes, 1024),
+    sendHardLimitMs: timerOption(o, 'sendHardLimitMs', DEFAULTS.sendHardLimitMs),
+    trustProxy: boolOption(o, 'trustProxy', DEFAULTS.trustProxy),
     registry,
     now: now as () => number,
   });
@@ -179,6 +265,13 @@ function intOption(o: Record<string, unknown>, key: string, fallback: number, mi
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
     throw new TypeError(`Option "${key}" must be an integer >= ${min}, got ${JSON.stringify(value)}`);
   }
+  return value;
+}
+
+/** setTimeout fires at once for delays beyond 2^31-1 ms, so longer ones are refused. */
+function timerOption(o: Record<string, unknown>, key: string, fallback: number): number {
+  const value = intOption(o, key, fallback, 0);
+  if (value > 2 ** 31 - 1) throw new TypeError(`Option "${key}" must be at most ${2 ** 31 - 1} ms, got ${value}`);
   return value;
 }
 

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import cors from 'cors';
 import { SyncError, ErrorCode, isSyncError } from '../errors.js';
@@ -8,6 +9,7 @@ import { siteIdFromWire } from '../protocol/site-id.js';
 import { validateDatabaseId } from '../storage/database-id.js';
 import { messageOf, type Caller, type Coordinator } from '../service/coordinator.js';
 import type { Operation } from '../service/hooks.js';
+import { clientAddress, exceedsJsonDepth, type Limits } from '../service/limits.js';
 
 const log = logs.http;
 
@@ -39,10 +41,18 @@ interface RouteDeps {
   config: Config;
   coordinator: Coordinator;
   metrics: Metrics;
+  limits: Limits;
+}
+
+/** What the router needs to stop the HTTP side. */
+export interface HttpRoutes {
+  /** Ends the snapshot streams in progress (their clients see the connection close). */
+  close(): void;
 }
 
 /** Adds the HTTP routes of §7 to `router`, relative to wherever it is mounted. */
-export function mountRoutes(router: Router, { config, coordinator, metrics }: RouteDeps): void {
+export function mountRoutes(router: Router, { config, coordinator, metrics, limits }: RouteDeps): HttpRoutes {
+  const streams = new Set<Response>();
   router.use(function countRequests(req: Request, res: Response, next: NextFunction) {
     res.on('finish', () => {
       const route = req.route?.path ? String(req.route.path) : 'unmatched';
@@ -60,6 +70,18 @@ export function mountRoutes(router: Router, { config, coordinator, metrics }: Ro
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 
+  const addressOf = (req: Request): string => clientAddress(req.headers['x-forwarded-for'], req.socket.remoteAddress, config.trustProxy);
+
+  // After /status and /metrics: health checks and scrapes often share the
+  // address of a proxy with every client, and must not fail when clients are busy.
+  router.use(function rateLimit(req: Request, res: Response, next: NextFunction) {
+    const wait = limits.addressRate?.take(addressOf(req), limits.now()) ?? 0;
+    if (wait === 0) return next();
+    limits.refused('rate_address');
+    res.set('Retry-After', String(Math.max(1, Math.ceil(wait / 1000))));
+    next(new SyncError(ErrorCode.RateLimited, `too many requests from this address (limit ${config.messagesPerSecondPerIp}/s, burst ${config.messageBurstPerIp}); retry in ${wait} ms`));
+  });
+
   async function callerOf(req: Request, action: Operation['action']): Promise<Caller> {
     const databaseId = validateDatabaseId(req.params.databaseId);
     const header = req.get('x-site-id');
@@ -68,7 +90,7 @@ export function mountRoutes(router: Router, { config, coordinator, metrics }: Ro
     const auth = req.get('authorization');
     const token = auth && /^Bearer /i.test(auth) ? auth.slice(7).trim() : undefined;
     const identity = await coordinator.authenticate({
-      databaseId, siteId: header, token, transport: 'http', remoteAddress: req.socket.remoteAddress, headers: req.headers,
+      databaseId, siteId: header, token, transport: 'http', remoteAddress: addressOf(req), headers: req.headers,
     });
     const caller: Caller = { databaseId, siteId: header, identity };
     await coordinator.authorize(caller, action);
@@ -82,12 +104,35 @@ export function mountRoutes(router: Router, { config, coordinator, metrics }: Ro
       throw new SyncError(ErrorCode.InvalidHlc, 'sinceHLC: expected one base64 HLC in the query string');
     }
     const page = await coordinator.getChanges(caller, since);
-    res.json({ ok: true, data: { changes: page.changeSets, hasMore: page.hasMore } });
+    res.type('application/json').send(`{"ok":true,"data":{"changes":${page.json},"hasMore":${page.hasMore}}}`);
   });
 
-  const parseJson = express.json({ limit: config.maxMessageBytes, strict: true, type: () => true });
-  router.post('/:databaseId/changes', parseJson, async function postChanges(req: Request, res: Response) {
-    const caller = await callerOf(req, 'apply_changes');
+  const readBody = express.raw({ limit: config.maxMessageBytes, type: () => true });
+  /** Parses the body as JSON after the checks JSON.parse does not make: charset, UTF-8, nesting depth. */
+  function parseJson(req: Request, _res: Response, next: NextFunction): void {
+    const body: unknown = req.body;
+    if (!Buffer.isBuffer(body) || body.length === 0) return next(new SyncError(ErrorCode.InvalidBody, 'body: required, {"changes": ChangeSet[]}'));
+    const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(req.get('content-type') ?? '')?.[1];
+    if (charset !== undefined && !/^utf-?8$/i.test(charset)) return next(new SyncError(ErrorCode.InvalidBody, `body: JSON must be UTF-8, got charset ${JSON.stringify(charset.slice(0, 40))}`));
+    if (!isUtf8(body)) return next(new SyncError(ErrorCode.InvalidBody, 'body: not valid UTF-8'));
+    if (exceedsJsonDepth(body, config.maxJsonDepth)) {
+      limits.refused('json_depth');
+      return next(new SyncError(ErrorCode.InvalidMessage, `body: JSON nested deeper than ${config.maxJsonDepth} levels (maxJsonDepth)`));
+    }
+    try {
+      req.body = JSON.parse(body.toString('utf8'));
+    } catch (err) {
+      return next(new SyncError(ErrorCode.InvalidBody, `body: not valid JSON (${messageOf(err)})`));
+    }
+    next();
+  }
+  // Authentication comes before the body is read, so an unknown client cannot make the server read megabytes.
+  async function authorizeApply(req: Request, res: Response, next: NextFunction): Promise<void> {
+    res.locals.caller = await callerOf(req, 'apply_changes');
+    next();
+  }
+  router.post('/:databaseId/changes', authorizeApply, readBody, parseJson, async function postChanges(req: Request, res: Response) {
+    const caller = res.locals.caller as Caller;
     const body = req.body as { changes?: unknown } | undefined;
     if (typeof body !== 'object' || body === null || !Array.isArray(body.changes)) {
       throw new SyncError(ErrorCode.InvalidBody, 'changes: request body must be {"changes": ChangeSet[]}');
@@ -104,16 +149,24 @@ export function mountRoutes(router: Router, { config, coordinator, metrics }: Ro
     // The first chunk decides the status: errors before it are plain JSON errors.
     let next = await stream.next();
     res.status(200).type('application/x-ndjson');
+    streams.add(res);
     try {
       while (!next.done) {
         if (aborted) break;
-        if (!res.write(`${next.value}\n`)) await drained(res);
+        // Wait for the client to read; one that stops for sendHardLimitMs loses the connection.
+        if (!res.write(`${next.value}\n`) && !(await drained(res, config.sendHardLimitMs))) {
+          log('snapshot of %s: client stopped reading; closing', caller.databaseId);
+          limits.refused('send_buffer');
+          res.destroy();
+          break;
+        }
         next = await stream.next();
       }
     } catch (err) {
       log('snapshot of %s failed midway: %s', caller.databaseId, messageOf(err));
       if (!aborted) res.write(`${JSON.stringify({ error: messageOf(err) })}\n`);
     } finally {
+      streams.delete(res);
       await stream.return(undefined);
     }
     res.end();
@@ -150,16 +203,28 @@ export function mountRoutes(router: Router, { config, coordinator, metrics }: Ro
     }
     res.status(httpStatusOf(code)).json({ ok: false, error: { code, message } });
   });
+
+  return {
+    close() {
+      for (const res of streams) res.destroy();
+      streams.clear();
+    },
+  };
 }
 
-function drained(res: Response): Promise<void> {
+/** Resolves true when `res` drains or closes, false when `timeoutMs` (0: never) passes first. */
+function drained(res: Response, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const done = (): void => {
-      res.off('drain', done);
-      res.off('close', done);
-      resolve();
+    let timer: NodeJS.Timeout | undefined;
+    const done = (ok: boolean): void => {
+      res.off('drain', onDrain);
+      res.off('close', onDrain);
+      clearTimeout(timer);
+      resolve(ok);
     };
-    res.on('drain', done);
-    res.on('close', done);
+    const onDrain = (): void => done(true);
+    res.on('drain', onDrain);
+    res.on('close', onDrain);
+    if (timeoutMs > 0) timer = setTimeout(() => done(false), timeoutMs);
   });
 }

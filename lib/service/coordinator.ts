@@ -13,6 +13,7 @@ import { openLevelStore } from '../storage/leveldb.js';
 import { databaseDirectory, validateDatabaseId } from '../storage/database-id.js';
 import { ReplicaPool } from '../storage/replica-pool.js';
 import type { AuthenticateContext, Identity, Operation } from './hooks.js';
+import type { Limits } from './limits.js';
 
 const log = logs.service;
 const authLog = logs.auth;
@@ -48,10 +49,13 @@ export class Coordinator {
   private readonly tokenDigests: Buffer[];
   private sweepTimer?: NodeJS.Timeout;
   private closing?: Promise<void>;
+  private readonly limits?: Limits;
 
-  constructor(config: Config, metrics: Metrics) {
+  /** `limits`, when given, counts refusals by maxChangesPerMessage. */
+  constructor(config: Config, metrics: Metrics, limits?: Limits) {
     this.config = config;
     this.metrics = metrics;
+    this.limits = limits;
     this.hub = new Hub(metrics);
     this.startedAt = Date.now();
     this.tokenDigests = config.authTokens.map(digest);
@@ -166,6 +170,7 @@ export class Coordinator {
       const timer = this.metrics.applyChangesDuration.startTimer();
       let sets: ValidChangeSet[];
       try {
+        this.checkMessageSize(changes);
         sets = validateChangeSets(changes, { now: this.config.now(), maxDriftMs: this.config.maxDriftMs });
       } catch (err) {
         this.metrics.changesRejectedTotal.inc(countChanges(changes));
@@ -222,6 +227,26 @@ export class Coordinator {
       }
       return result;
     });
+  }
+
+  /**
+   * Refuses a message with more than maxChangesPerMessage changes and
+   * migrations before it is validated: validation and the merge build
+   * objects per change, so the count bounds the memory one message takes.
+   */
+  private checkMessageSize(changes: unknown): void {
+    if (!Array.isArray(changes)) return;
+    const max = this.config.maxChangesPerMessage;
+    let n = 0;
+    for (const set of changes) {
+      const { changes: list, schemaMigrations } = (typeof set === 'object' && set !== null ? set : {}) as { changes?: unknown; schemaMigrations?: unknown };
+      const facts = (Array.isArray(list) ? list.length : 0) + (Array.isArray(schemaMigrations) ? schemaMigrations.length : 0);
+      n += Math.max(1, facts);
+    }
+    if (n > max) {
+      this.limits?.refused('changes_per_message');
+      throw new SyncError(ErrorCode.PayloadTooLarge, `changes: ${n} changes and migrations in one message, more than the limit of ${max} (maxChangesPerMessage); send them in several messages`);
+    }
   }
 
   /** One page of changes after `sinceHLC` (validated here) for the caller's site. */

@@ -13,19 +13,32 @@ import type { Lease } from '../storage/replica-pool.js';
 import type { Subscriber } from '../hub/hub.js';
 import { messageOf, type Caller, type Coordinator } from '../service/coordinator.js';
 import type { ClientInfo } from '../service/hooks.js';
+import { TokenBucket, exceedsJsonDepth, type Limits } from '../service/limits.js';
 
 const log = logs.ws;
 
-/** Above this many buffered bytes a stream waits for the socket to drain. */
-const STREAM_HIGH_WATER = 1024 * 1024;
-/** Above this many buffered bytes pushes are not queued; the session lags and catches up by cursor. */
-const PUSH_HIGH_WATER = 8 * 1024 * 1024;
+/**
+ * Frames received but not yet handled, at most, before the session stops
+ * reading its socket. Messages are handled one at a time, so without this a
+ * client that sends faster than it is answered (or never reads the answers)
+ * would queue parsed messages without limit; paused, TCP pushes back on it.
+ */
+const MAX_PENDING_FRAMES = 64;
+/**
+ * How long a closing socket gets to answer the close frame before it is
+ * destroyed. A client that stopped reading never answers, and ws would
+ * otherwise hold the socket and its buffers for 30 s.
+ */
+const CLOSE_GRACE_MS = 2000;
 
 /** What a session needs from the router. */
 export interface SessionDeps {
   config: Config;
   coordinator: Coordinator;
   metrics: Metrics;
+  limits: Limits;
+  /** The client address the limits and hooks see (see `trustProxy`). */
+  address: string;
   /** Called once when the session has ended. */
   onEnd(session: Session): void;
 }
@@ -50,7 +63,17 @@ export class Session implements Subscriber {
   private lease?: Lease<Replica>;
   private lagging = false;
   private queue: Promise<void> = Promise.resolve();
+  private pendingFrames = 0;
+  private pendingBytes = 0;
+  private readPaused = false;
+  /** Frames handed to ws, and how many of them it has flushed to the kernel (or dropped on close). */
+  private sent = 0;
+  private flushed = 0;
+  private flushWaiters: { target: number; resolve: () => void }[] = [];
   private handshakeTimer?: NodeJS.Timeout;
+  private hardLimitTimer?: NodeJS.Timeout;
+  private closeTimer?: NodeJS.Timeout;
+  private readonly bucket?: TokenBucket;
   private readonly deps: SessionDeps;
   private readonly headers: IncomingMessage['headers'];
 
@@ -58,39 +81,108 @@ export class Session implements Subscriber {
     this.socket = socket;
     this.deps = deps;
     this.headers = req.headers;
-    this.remoteAddress = req.socket.remoteAddress;
+    this.remoteAddress = deps.address;
+    const { config } = deps;
+    if (config.messagesPerSecond > 0) this.bucket = new TokenBucket(config.messagesPerSecond, config.messageBurst, deps.limits.now());
     deps.metrics.wsConnectionsTotal.inc();
     deps.metrics.wsConnectionsActive.inc();
     socket.on('message', (data, isBinary) => this.onMessage(data, isBinary));
     socket.on('pong', () => { this.alive = true; });
     socket.on('close', () => void this.end());
     socket.on('error', (err) => log('socket %s error: %s', this.connectionId, err.message));
-    if (deps.config.handshakeTimeoutMs > 0) {
+    if (config.handshakeTimeoutMs > 0) {
       this.handshakeTimer = setTimeout(() => {
-        if (this.state === 'handshake') this.close(CloseCode.PolicyViolation, 'Handshake timeout');
-      }, deps.config.handshakeTimeoutMs);
+        if (this.state !== 'handshake') return;
+        deps.limits.refused('handshake_timeout');
+        this.close(CloseCode.PolicyViolation, 'Handshake timeout');
+      }, config.handshakeTimeoutMs);
       this.handshakeTimer.unref();
     }
   }
 
+  /** Flush callback of every send: counts the frame and wakes whoever waits for the buffer to drain. */
+  private readonly onFlushed = (): void => {
+    this.flushed++;
+    while (this.flushWaiters.length > 0 && this.flushWaiters[0]!.target <= this.flushed) this.flushWaiters.shift()!.resolve();
+  };
+
+  /**
+   * Takes the frame's rate tokens on arrival, then queues it: frames are
+   * handled one at a time, in order, so replies come back in request order.
+   */
   private onMessage(data: RawData, isBinary: boolean): void {
     if (this.state === 'closed') return;
+    const bytes = rawBytes(data);
+    const refusal = this.rateRefusal();
+    this.pendingFrames++;
+    this.pendingBytes += bytes.length;
+    if (!this.readPaused && (this.pendingFrames >= MAX_PENDING_FRAMES || this.pendingBytes >= this.deps.config.maxMessageBytes)) {
+      this.readPaused = true;
+      this.socket.pause();
+    }
+    this.queue = this.queue
+      .then(() => this.handleFrame(bytes, isBinary, refusal))
+      .catch((err) => {
+        log('session %s: unexpected failure: %s', this.connectionId, messageOf(err));
+        this.sendError(ErrorCode.Internal, messageOf(err), false);
+      })
+      .finally(() => this.frameDone(bytes.length));
+  }
+
+  private frameDone(size: number): void {
+    this.pendingFrames--;
+    this.pendingBytes -= size;
+    if (this.readPaused && this.state !== 'closed' && this.pendingFrames <= MAX_PENDING_FRAMES / 2 && this.pendingBytes < this.deps.config.maxMessageBytes / 2) {
+      this.readPaused = false;
+      this.socket.resume();
+    }
+  }
+
+  /** Why this frame is refused by a rate limit (the text of RATE_LIMITED), or undefined. */
+  private rateRefusal(): string | undefined {
+    const { config, limits } = this.deps;
+    const now = limits.now();
+    const wait = this.bucket?.take(now) ?? 0;
+    if (wait > 0) {
+      limits.refused('rate_connection');
+      return `too many messages on this connection (limit ${config.messagesPerSecond}/s, burst ${config.messageBurst}); retry in ${wait} ms`;
+    }
+    const addressWait = limits.addressRate?.take(this.remoteAddress ?? 'unknown', now) ?? 0;
+    if (addressWait > 0) {
+      limits.refused('rate_address');
+      return `too many messages from this address (limit ${config.messagesPerSecondPerIp}/s, burst ${config.messageBurstPerIp}); retry in ${addressWait} ms`;
+    }
+    return undefined;
+  }
+
+  private async handleFrame(bytes: Buffer, isBinary: boolean, refusal: string | undefined): Promise<void> {
+    // A reply waits while the client has not read earlier ones, so a client
+    // that never reads cannot make the server buffer replies without limit.
+    await this.writable();
+    if (this.state === 'closed') return;
+    if (refusal !== undefined) {
+      this.sendError(ErrorCode.RateLimited, refusal, false);
+      return;
+    }
     if (isBinary) {
       this.sendError(ErrorCode.InvalidMessage, 'frames must be JSON text, got a binary frame', false);
       return;
     }
+    const { maxJsonDepth } = this.deps.config;
+    if (exceedsJsonDepth(bytes, maxJsonDepth)) {
+      this.deps.limits.refused('json_depth');
+      this.sendError(ErrorCode.InvalidMessage, `message: JSON nested deeper than ${maxJsonDepth} levels (maxJsonDepth)`, false);
+      return;
+    }
     let message: unknown;
     try {
-      message = JSON.parse(rawText(data));
+      message = JSON.parse(bytes.toString('utf8'));
     } catch (err) {
       this.sendError(ErrorCode.MessageError, messageOf(err), false);
       return;
     }
     const type = typeof message === 'object' && message !== null && !Array.isArray(message) ? (message as { type?: unknown }).type : undefined;
-    this.queue = this.queue.then(() => this.dispatch(type, message as Record<string, unknown>)).catch((err) => {
-      log('session %s: unexpected failure: %s', this.connectionId, messageOf(err));
-      this.sendError(ErrorCode.Internal, messageOf(err), false);
-    });
+    await this.dispatch(type, message as Record<string, unknown>);
   }
 
   private async dispatch(type: unknown, message: Record<string, unknown>): Promise<void> {
@@ -197,7 +289,8 @@ export class Session implements Subscriber {
     try {
       await coordinator.authorize(this.caller!, 'get_changes');
       const page = await coordinator.getChanges(this.caller!, message.sinceHLC);
-      this.send(JSON.stringify({ type: 'changes', changeSets: page.changeSets, hasMore: page.hasMore }));
+      // The page is already JSON text; splice it in rather than parse and re-serialize.
+      this.send(`{"type":"changes","changeSets":${page.json},"hasMore":${page.hasMore}}`);
     } catch (err) {
       this.replyError(err, ErrorCode.GetChangesError);
     }
@@ -224,9 +317,10 @@ export class Session implements Subscriber {
     try {
       await coordinator.authorize(this.caller!, 'get_snapshot');
       for await (const chunk of coordinator.snapshot(this.caller!, checkpoint)) {
+        await this.writable();
         if (this.state === 'closed') return;
         started = true;
-        await this.sendStreaming(`{"type":"snapshot_chunk","chunk":${chunk}}`);
+        this.send(`{"type":"snapshot_chunk","chunk":${chunk}}`);
       }
       this.send('{"type":"snapshot_complete"}');
     } catch (err) {
@@ -236,41 +330,58 @@ export class Session implements Subscriber {
     }
   }
 
-  /** Pushes from other sites; never queued past the high-water mark. */
+  /** Pushes from other sites; never queued past the push high-water mark. */
   push(frame: string): boolean {
     if (this.state !== 'open' || this.socket.readyState !== this.socket.OPEN) return false;
     if (this.lagging) return false;
-    if (this.socket.bufferedAmount > PUSH_HIGH_WATER) {
-      // The client reads too slowly: stop queueing pushes and, once its buffer
-      // drains, tell it to catch up from its cursor so nothing is lost.
+    if (this.socket.bufferedAmount > this.deps.config.pushHighWaterBytes) {
+      // The client reads too slowly: stop queueing pushes and, once everything
+      // queued so far has drained, tell it to catch up from its cursor, so
+      // nothing is lost and its buffer stays bounded.
       this.lagging = true;
-      setTimeout(() => this.recoverFromLag(), 50).unref();
+      this.deps.limits.lagged();
+      log('session %s lags (%d bytes queued); pushes stop until it drains', this.connectionId, this.socket.bufferedAmount);
+      void this.drained().then(() => this.recoverFromLag());
       return false;
     }
-    this.socket.send(frame);
+    this.send(frame);
     return true;
   }
 
   private recoverFromLag(): void {
     if (this.state !== 'open') return;
-    if (this.socket.bufferedAmount > PUSH_HIGH_WATER / 2) {
-      setTimeout(() => this.recoverFromLag(), 50).unref();
-      return;
-    }
     this.lagging = false;
     this.sendError(ErrorCode.Lagging, 'pushes were skipped while this client read slowly; call get_changes from your cursor', false);
   }
 
-  private async sendStreaming(text: string): Promise<void> {
-    if (this.socket.bufferedAmount < STREAM_HIGH_WATER) {
-      this.socket.send(text);
-      return;
-    }
-    await new Promise<void>((resolve) => this.socket.send(text, () => resolve()));
+  /** Resolves when the socket's buffer is under the send high-water mark (at once if it is). */
+  private writable(): Promise<void> {
+    if (this.state === 'closed' || this.socket.bufferedAmount <= this.deps.config.sendHighWaterBytes) return Promise.resolve();
+    return this.drained();
+  }
+
+  /** Resolves when every frame sent so far has been flushed (or dropped because the socket closed). */
+  private drained(): Promise<void> {
+    if (this.flushed >= this.sent || this.state === 'closed') return Promise.resolve();
+    return new Promise((resolve) => this.flushWaiters.push({ target: this.sent, resolve }));
   }
 
   private send(text: string): void {
-    if (this.socket.readyState === this.socket.OPEN) this.socket.send(text);
+    if (this.socket.readyState !== this.socket.OPEN) return;
+    this.sent++;
+    this.socket.send(text, this.onFlushed);
+    const { sendHardLimitBytes, sendHardLimitMs } = this.deps.config;
+    if (sendHardLimitMs > 0 && !this.hardLimitTimer && this.socket.bufferedAmount > sendHardLimitBytes) {
+      // Over the hard limit now; if it still is after sendHardLimitMs the client is not reading.
+      this.hardLimitTimer = setTimeout(() => {
+        this.hardLimitTimer = undefined;
+        if (this.state === 'closed' || this.socket.bufferedAmount <= sendHardLimitBytes) return;
+        log('session %s: %d bytes still queued after %d ms; closing', this.connectionId, this.socket.bufferedAmount, sendHardLimitMs);
+        this.deps.limits.refused('send_buffer');
+        this.close(CloseCode.TryAgainLater, 'Send buffer over limit');
+      }, sendHardLimitMs);
+      this.hardLimitTimer.unref();
+    }
   }
 
   private sendError(code: string, message: string, fatal: boolean): void {
@@ -292,9 +403,20 @@ export class Session implements Subscriber {
     this.close(closeCode, reason);
   }
 
-  /** Closes the socket (the session ends on its close event). */
+  /**
+   * Closes the socket (the session ends on its close event), and destroys it
+   * if the client has not answered the close frame within CLOSE_GRACE_MS.
+   */
   close(code: number, reason: string): void {
-    if (this.socket.readyState === this.socket.OPEN || this.socket.readyState === this.socket.CONNECTING) this.socket.close(code, reason);
+    if (this.socket.readyState === this.socket.OPEN || this.socket.readyState === this.socket.CONNECTING) {
+      // Read again, or the client's answering close frame is never seen.
+      if (this.readPaused) this.socket.resume();
+      this.socket.close(code, reason);
+    }
+    if (!this.closeTimer && this.socket.readyState !== this.socket.CLOSED) {
+      this.closeTimer = setTimeout(() => this.socket.terminate(), CLOSE_GRACE_MS);
+      this.closeTimer.unref();
+    }
   }
 
   private info(databaseId = this.databaseId, siteId = this.siteId): ClientInfo {
@@ -305,7 +427,11 @@ export class Session implements Subscriber {
     if (this.state === 'closed') return;
     const wasOpen = this.state === 'open';
     this.state = 'closed';
-    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    clearTimeout(this.handshakeTimer);
+    clearTimeout(this.hardLimitTimer);
+    clearTimeout(this.closeTimer);
+    // Nothing more will flush; wake the message or stream waiting for a drain.
+    for (const waiter of this.flushWaiters.splice(0)) waiter.resolve();
     this.deps.metrics.wsConnectionsActive.dec();
     this.deps.coordinator.hub.leave(this);
     // Let the message in progress finish before the database may close.
@@ -333,8 +459,8 @@ function isInputError(code: string): boolean {
   return code === ErrorCode.InvalidDatabaseId || code === ErrorCode.InvalidSiteId;
 }
 
-function rawText(data: RawData): string {
-  if (Buffer.isBuffer(data)) return data.toString('utf8');
-  if (Array.isArray(data)) return Buffer.concat(data).toString('utf8');
-  return Buffer.from(data).toString('utf8');
+function rawBytes(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
 }

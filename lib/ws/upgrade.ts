@@ -1,10 +1,11 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
-import { CloseCode } from '../errors.js';
-import type { Config } from '../config/options.js';
+import { CloseCode, ErrorCode } from '../errors.js';
+import type { Config, CorsOrigin } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Coordinator } from '../service/coordinator.js';
+import { clientAddress, type Limits } from '../service/limits.js';
 import { logs } from '../log.js';
 import { Session } from './session.js';
 
@@ -21,11 +22,12 @@ export interface UpgradeHandler {
 }
 
 /**
- * Checks upgrades at the door (path, shutdown) before handing them to a
- * `ws` server in noServer mode, and runs the heartbeat that terminates
- * sockets which stop answering pings.
+ * Checks upgrades at the door (path, shutdown, origin, rate and connection
+ * limits) before handing them to a `ws` server in noServer mode, and runs the
+ * heartbeat that terminates sockets which stop answering pings. A refused
+ * upgrade gets a plain HTTP status and the error envelope of §7.
  */
-export function createUpgradeHandler(config: Config, coordinator: Coordinator, metrics: Metrics): UpgradeHandler {
+export function createUpgradeHandler(config: Config, coordinator: Coordinator, metrics: Metrics, limits: Limits): UpgradeHandler {
   const wsPath = `${config.path === '/' ? '' : config.path}/ws`;
   const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxMessageBytes, perMessageDeflate: false, clientTracking: false });
   const sessions = new Set<Session>();
@@ -51,13 +53,42 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
     const q = url.indexOf('?');
     if ((q === -1 ? url : url.slice(0, q)) !== wsPath) return false;
     if (closing || coordinator.isClosing) {
-      socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      refuse(socket, 503, ErrorCode.ShuttingDown, 'the server is shutting down');
       return true;
     }
+    const address = clientAddress(req.headers['x-forwarded-for'], req.socket.remoteAddress, config.trustProxy);
+    if (!originAllowed(req.headers.origin, config.corsOrigin)) {
+      limits.refused('origin');
+      refuse(socket, 403, ErrorCode.Forbidden, `Origin ${JSON.stringify(String(req.headers.origin).slice(0, 200))} is not allowed (corsOrigin)`);
+      return true;
+    }
+    const wait = limits.addressRate?.take(address, limits.now()) ?? 0;
+    if (wait > 0) {
+      limits.refused('rate_address');
+      refuse(socket, 429, ErrorCode.RateLimited, `too many requests from this address (limit ${config.messagesPerSecondPerIp}/s)`, wait);
+      return true;
+    }
+    const full = limits.connections.check(address);
+    if (full === 'total') {
+      limits.refused('connections_total');
+      refuse(socket, 503, ErrorCode.RateLimited, `too many connections (limit ${config.maxConnections}, maxConnections)`, 1000);
+      return true;
+    }
+    if (full === 'address') {
+      limits.refused('connections_address');
+      refuse(socket, 429, ErrorCode.RateLimited, `too many connections from this address (limit ${config.maxConnectionsPerIp}, maxConnectionsPerIp)`, 1000);
+      return true;
+    }
+    // ws completes a valid upgrade synchronously, so no other upgrade can
+    // pass the checks above before this one is counted.
     wss.handleUpgrade(req, socket, head, function onSyncSocket(ws) {
+      limits.connections.opened(address);
       const session = new Session(ws, req, {
-        config, coordinator, metrics,
-        onEnd: (s) => { sessions.delete(s); },
+        config, coordinator, metrics, limits, address,
+        onEnd: (s) => {
+          sessions.delete(s);
+          limits.connections.closed(address);
+        },
       });
       sessions.add(session);
     });
@@ -78,4 +109,26 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
   }
 
   return { handleUpgrade: handleSyncUpgrade, sessions, close };
+}
+
+const STATUS_TEXT: Record<number, string> = { 403: 'Forbidden', 429: 'Too Many Requests', 503: 'Service Unavailable' };
+
+/** Answers an upgrade with a plain HTTP error and closes the socket once it is written. */
+function refuse(socket: Duplex, status: number, code: string, message: string, retryAfterMs?: number): void {
+  const body = JSON.stringify({ ok: false, error: { code, message } });
+  const retry = retryAfterMs === undefined ? '' : `Retry-After: ${Math.max(1, Math.ceil(retryAfterMs / 1000))}\r\n`;
+  socket.once('finish', () => socket.destroy());
+  socket.on('error', () => socket.destroy());
+  socket.end(`HTTP/1.1 ${status} ${STATUS_TEXT[status]}\r\nConnection: close\r\n${retry}Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+}
+
+/**
+ * Browsers send Origin on every WebSocket upgrade and apply no same-origin
+ * rule to it, so when `corsOrigin` names origins, upgrades from other
+ * origins are refused like cross-origin HTTP. Clients without an Origin
+ * header (native apps, servers) are not browsers and pass.
+ */
+function originAllowed(origin: string | undefined, allowed: CorsOrigin): boolean {
+  if (origin === undefined || typeof allowed === 'boolean') return true;
+  return Array.isArray(allowed) ? allowed.includes(origin) : allowed === origin;
 }
