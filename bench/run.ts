@@ -262,8 +262,12 @@ const fmt = (n: number | undefined, digits = 0): string => (n === undefined || N
 async function main(): Promise<void> {
   const dataDir = await mkdtemp(join(tmpdir(), 'sync-bench-'));
   const cli = join(ROOT, 'dist', 'cli', 'sync-coordinator.js');
+  // All load comes from one address and one writer: the per-address and
+  // per-connection rate limits would measure themselves, not the server.
+  const configFile = join(dataDir, 'bench-config.json');
+  await writeFile(configFile, JSON.stringify({ router: { messagesPerSecond: 0, messagesPerSecondPerIp: 0 } }));
   const profileArgs = [...(PROFILE ? ['--cpu-prof', '--cpu-prof-dir', PROFILE] : []), ...(option('node-args', '') ? option('node-args', '').split(' ') : [])];
-  const coordinator = await startProcess(process.execPath, [...profileArgs, cli, '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir], /listening on (http:\/\/\S+)/);
+  const coordinator = await startProcess(process.execPath, [...profileArgs, cli, '--host', '127.0.0.1', '--port', '0', '--data-dir', join(dataDir, 'data'), '--config', configFile], /listening on (http:\/\/\S+)/);
   const relay = await startProcess(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'relay.ts')], /listening on (ws:\/\/\S+)/);
   const baseUrl = coordinator.url;
   const wsUrl = `${baseUrl.replace(/^http/, 'ws')}/ws`;

@@ -36,7 +36,7 @@ export interface SyncRouter extends Router {
 export function createSyncRouter(options: SyncRouterOptions = {}): SyncRouter {
   const config = parseOptions(options);
   const metrics = createMetrics(config.registry);
-  const limits = createLimits(config);
+  const limits = createLimits(config, metrics);
   const coordinator = new Coordinator(config, metrics, limits);
   const upgrades = createUpgradeHandler(config, coordinator, metrics, limits);
   const router = express.Router();

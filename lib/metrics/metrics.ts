@@ -18,6 +18,8 @@ export interface Metrics {
   applyChangesDuration: Histogram;
   getChangesDuration: Histogram;
   changeBatchSize: Histogram;
+  limitRefusalsTotal: Counter<'limit'>;
+  laggingSessionsTotal: Counter;
 }
 
 /** Creates the metrics in `registry` (never the global one). */
@@ -41,5 +43,7 @@ export function createMetrics(registry: Registry): Metrics {
     applyChangesDuration: new Histogram({ name: 'sync_apply_changes_duration_seconds', help: 'Time to validate and apply one message', buckets: durations, registers }),
     getChangesDuration: new Histogram({ name: 'sync_get_changes_duration_seconds', help: 'Time to read one page of changes', buckets: durations, registers }),
     changeBatchSize: new Histogram({ name: 'sync_change_batch_size', help: 'Changes per applied message', buckets: [1, 5, 10, 50, 100, 500, 1000, 5000], registers }),
+    limitRefusalsTotal: new Counter({ name: 'sync_limit_refusals_total', help: 'Messages, requests and connections refused by a limit', labelNames: ['limit'] as const, registers }),
+    laggingSessionsTotal: new Counter({ name: 'sync_lagging_sessions_total', help: 'Times a session stopped getting pushes because it read too slowly', registers }),
   };
 }

@@ -26,8 +26,9 @@ export interface ChangesPage {
 
 /**
  * Reads the change log after `cursor` (PROTOCOL.md §5). Transactions are
- * added whole until their changes reach `batchSize`, so the last one may
- * overshoot it. The log only ever holds live facts, so nothing is stale.
+ * added whole until their changes reach `batchSize` or their JSON reaches
+ * `maxBytes`, so the last one may overshoot either (a page always holds at
+ * least one transaction). The log only ever holds live facts, so nothing is stale.
  * The page is assembled as JSON text from the stored entries, which are
  * already the canonical wire form: nothing is parsed or re-serialized.
  */
@@ -36,8 +37,10 @@ export async function readChangesSince(
   cursor: Buffer | undefined,
   askingSite: Buffer | undefined,
   batchSize: number,
+  maxBytes = Infinity,
 ): Promise<ChangesPage> {
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new TypeError(`batchSize must be a positive integer, got ${batchSize}`);
+  if (!(maxBytes > 0)) throw new TypeError(`maxBytes must be positive, got ${maxBytes}`);
   const it = replica.store.iterator({ gt: cursor ? logKeyAfter(cursor) : Buffer.of(NS_LOG), lt: Buffer.of(NS_LOG + 1), readAhead: PAGE_READ_AHEAD });
   try {
     if (cursor) {
@@ -50,6 +53,8 @@ export async function readChangesSince(
     }
     const sets: string[] = [];
     let count = 0;
+    // Approximate bytes of the page so far (UTF-16 length of its JSON text).
+    let bytes = 0;
     let hasMore = false;
     let stampOf: Buffer | undefined;
     let head = '';
@@ -57,7 +62,9 @@ export async function readChangesSince(
     let changes: string[] = [];
     let migrations: string[] = [];
     const finish = (): void => {
-      sets.push(`${head}"changes":[${changes.join(',')}],"schemaMigrations":[${migrations.join(',')}]}`);
+      const text = `${head}"changes":[${changes.join(',')}],"schemaMigrations":[${migrations.join(',')}]}`;
+      sets.push(text);
+      bytes += text.length;
       count += changes.length + migrations.length;
     };
     scan: for (let batch = await it.nextBatch(512); batch.length > 0; batch = await it.nextBatch(512)) {
@@ -71,7 +78,8 @@ export async function readChangesSince(
           const previousHlc = lastHlc;
           if (stampOf) {
             finish();
-            if (count >= batchSize) { hasMore = true; stampOf = undefined; lastHlc = previousHlc; break scan; }
+            // Whole transactions only; a page of huge values also stops at the byte budget.
+            if (count >= batchSize || bytes >= maxBytes) { hasMore = true; stampOf = undefined; lastHlc = previousHlc; break scan; }
           }
           stampOf = Buffer.from(key.subarray(1, 1 + HLC_BYTES));
           lastHlc = hlcToWire(stampOf);

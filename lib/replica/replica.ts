@@ -276,8 +276,8 @@ export class Replica implements ReplicaContext {
    * those of `askingSite` (PROTOCOL.md §5). SNAPSHOT_REQUIRED if retention
    * has swept facts the cursor would need.
    */
-  changesSince(cursor: Buffer | undefined, askingSite: Buffer | undefined, batchSize = DEFAULT_BATCH_SIZE): Promise<ChangesPage> {
-    return readChangesSince(this, cursor, askingSite, batchSize);
+  changesSince(cursor: Buffer | undefined, askingSite: Buffer | undefined, batchSize = DEFAULT_BATCH_SIZE, maxBytes = Infinity): Promise<ChangesPage> {
+    return readChangesSince(this, cursor, askingSite, batchSize, maxBytes);
   }
 
   /** Snapshot chunks as JSON text, in the order of §6, from one consistent view. */

@@ -255,7 +255,7 @@ export class Coordinator {
       const cursor = validateCursor(sinceHLC);
       const timer = this.metrics.getChangesDuration.startTimer();
       const site = siteIdFromWire(caller.siteId);
-      const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, this.config.batchSize));
+      const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, this.config.batchSize, this.config.maxMessageBytes / 2));
       timer();
       return page;
     });

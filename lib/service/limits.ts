@@ -1,4 +1,4 @@
-import { Counter, type Registry } from 'prom-client';
+import type { Metrics } from '../metrics/metrics.js';
 import type { Config } from '../config/options.js';
 
 /** Client addresses whose rate state is kept at most; the least recently seen are forgotten first. */
@@ -191,13 +191,10 @@ export interface Limits {
   now(): number;
 }
 
-/** Builds a router's limits, with their two counters in the router's registry. */
-export function createLimits(config: Config, registry: Registry = config.registry): Limits {
-  const registers = [registry];
-  const refusals = new Counter({
-    name: 'sync_limit_refusals_total', help: 'Messages, requests and connections refused by a limit', labelNames: ['limit'] as const, registers,
-  });
-  const lagging = new Counter({ name: 'sync_lagging_sessions_total', help: 'Times a session stopped getting pushes because it read too slowly', registers });
+/** Builds a router's limits, counting refusals in its metrics. */
+export function createLimits(config: Config, metrics: Metrics): Limits {
+  const refusals = metrics.limitRefusalsTotal;
+  const lagging = metrics.laggingSessionsTotal;
   return {
     addressRate: config.messagesPerSecondPerIp > 0 ? new AddressRateLimiter(config.messagesPerSecondPerIp, config.messageBurstPerIp) : undefined,
     connections: new ConnectionCounter(config.maxConnections, config.maxConnectionsPerIp),

@@ -199,6 +199,25 @@ describe('replica', () => {
       expect(pages).to.be.greaterThan(25);
     });
 
+    it('ends a page at the byte budget, keeping whole transactions and at least one', async () => {
+      const { replica } = await fixture.create();
+      const a = new TestSite();
+      const big = 'x'.repeat(10_000);
+      await replica.apply(valid(Array.from({ length: 10 }, (_, i) => a.txn([{ pk: [i], value: big }, { pk: [i], column: 'body', value: big }]))));
+      let cursor: Buffer | undefined;
+      const sizes: number[] = [];
+      for (;;) {
+        const page = await replica.changesSince(cursor, undefined, 1000, 30_000);
+        sizes.push(page.transactionCount);
+        expect(page.changeSets.every((s) => s.changes.length === 2)).to.equal(true);
+        if (page.lastHlc) cursor = hlcFromWire(page.lastHlc);
+        if (!page.hasMore) break;
+      }
+      expect(sizes.reduce((x, y) => x + y, 0)).to.equal(10);
+      expect(Math.max(...sizes)).to.equal(2);
+      expect((await replica.changesSince(undefined, undefined, 1000, 1)).transactionCount).to.equal(1);
+    });
+
     it('refuses a cursor older than swept tombstones with SNAPSHOT_REQUIRED', async () => {
       let now = Date.now();
       const { replica } = await fixture.create({ now: () => now, retentionHorizonMs: 1000 });
