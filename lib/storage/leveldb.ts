@@ -66,6 +66,14 @@ export interface LevelStoreOptions {
    * @default true
    */
   createIfMissing?: boolean;
+  /**
+   * Memtable size in bytes. Smaller than LevelDB's 4 MiB because a server
+   * keeps up to `maxOpenStores` databases open: memory per store adds up.
+   * @default 1 MiB
+   */
+  writeBufferSize?: number;
+  /** Block cache size in bytes (LevelDB's default is 8 MiB). @default 2 MiB */
+  cacheSize?: number;
 }
 
 /**
@@ -85,7 +93,7 @@ export async function openLevelStore(dir: string, options: LevelStoreOptions = {
   }
   const down = leveldown(dir) as RawDown;
   const db = await new Promise<NativeDb>((resolve, reject) => {
-    levelup(down as never, { createIfMissing, errorIfExists: false }, ((err: Error | null | undefined, opened: NativeDb) => {
+    levelup(down as never, { createIfMissing, errorIfExists: false, writeBufferSize: options.writeBufferSize ?? 1024 * 1024, cacheSize: options.cacheSize ?? 2 * 1024 * 1024 }, ((err: Error | null | undefined, opened: NativeDb) => {
       if (!err) {
         resolve(opened);
       } else if (/does not exist/i.test(err.message)) {
