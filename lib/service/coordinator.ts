@@ -165,7 +165,19 @@ export class Coordinator {
    * approved as one atomic write, pushes the accepted change sets to the
    * database's other sites and runs `onAfterApplyChanges`.
    */
-  applyChanges(caller: Caller, changes: unknown): Promise<ApplyResult> {
+  async applyChanges(caller: Caller, changes: unknown): Promise<ApplyResult> {
+    return (await this.submitChanges(caller, changes)).done;
+  }
+
+  /**
+   * The first half of `applyChanges`: resolves once the message is validated,
+   * approved and queued at its replica, with `done` for the rest (the commit,
+   * the pushes and `onAfterApplyChanges`). Messages submitted one after
+   * another are applied in that order, and those queued while a write is in
+   * flight are committed together, so a client with several messages in
+   * flight gets group commit.
+   */
+  submitChanges(caller: Caller, changes: unknown): Promise<{ done: Promise<ApplyResult> }> {
     return this.track(async () => {
       const timer = this.metrics.applyChangesDuration.startTimer();
       let sets: ValidChangeSet[];
@@ -208,24 +220,44 @@ export class Coordinator {
           this.metrics.changesRejectedTotal.inc(Math.max(received - kept, rejected.length));
         }
       }
-      const outcome = await this.pool.use(caller.databaseId, (replica) => replica.apply(sets));
-      this.metrics.changesAppliedTotal.inc(outcome.applied);
-      this.metrics.changeBatchSize.observe(received);
-      timer();
-      this.hub.publish(caller.databaseId, caller.siteId, outcome.accepted);
-      const result: ApplyResult = {
-        applied: outcome.applied, skipped: outcome.skipped, conflicts: outcome.conflicts, transactions: outcome.transactions,
-        ...(rejected ? { rejected } : {}),
-      };
-      const after = this.config.hooks.onAfterApplyChanges;
-      if (after) {
-        try {
-          await after(caller.identity, result, outcome.accepted, { databaseId: caller.databaseId, siteId: caller.siteId });
-        } catch (err) {
-          log('onAfterApplyChanges failed: %s', messageOf(err));
-        }
+      const lease = await this.pool.acquire(caller.databaseId);
+      let applying: ReturnType<Replica['apply']>;
+      try {
+        applying = lease.resource.apply(sets);
+      } catch (err) {
+        lease.release();
+        throw err;
       }
-      return result;
+      const done = (async (): Promise<ApplyResult> => {
+        let outcome;
+        try {
+          outcome = await applying;
+        } finally {
+          lease.release();
+        }
+        this.metrics.changesAppliedTotal.inc(outcome.applied);
+        this.metrics.changeBatchSize.observe(received);
+        timer();
+        this.hub.publish(caller.databaseId, caller.siteId, outcome.accepted);
+        const result: ApplyResult = {
+          applied: outcome.applied, skipped: outcome.skipped, conflicts: outcome.conflicts, transactions: outcome.transactions,
+          ...(rejected ? { rejected } : {}),
+        };
+        const after = this.config.hooks.onAfterApplyChanges;
+        if (after) {
+          try {
+            await after(caller.identity, result, outcome.accepted, { databaseId: caller.databaseId, siteId: caller.siteId });
+          } catch (err) {
+            log('onAfterApplyChanges failed: %s', messageOf(err));
+          }
+        }
+        return result;
+      })();
+      // Shutdown waits for the commit and its reply, not only the submission.
+      this.inflight.add(done);
+      const settle = (): void => { this.inflight.delete(done); };
+      done.then(settle, settle);
+      return { done };
     });
   }
 

@@ -5,7 +5,7 @@ import { SyncError, ErrorCode, CloseCode, isSyncError } from '../errors.js';
 import type { Config } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { logs } from '../log.js';
-import { PROTOCOL_VERSION } from '../protocol/messages.js';
+import { PROTOCOL_VERSION, type ApplyResult } from '../protocol/messages.js';
 import { siteIdFromWire } from '../protocol/site-id.js';
 import type { Replica } from '../replica/replica.js';
 import { validateDatabaseId } from '../storage/database-id.js';
@@ -24,6 +24,11 @@ const log = logs.ws;
  * would queue parsed messages without limit; paused, TCP pushes back on it.
  */
 const MAX_PENDING_FRAMES = 64;
+/**
+ * Applies of one session submitted but not yet answered. Bounds what one
+ * client can queue at its replica (frames past it wait, then TCP pushes back).
+ */
+const MAX_APPLIES_IN_FLIGHT = 32;
 /**
  * How long a closing socket gets to answer the close frame before it is
  * destroyed. A client that stopped reading never answers, and ws would
@@ -63,6 +68,9 @@ export class Session implements Subscriber {
   private lease?: Lease<Replica>;
   private lagging = false;
   private queue: Promise<void> = Promise.resolve();
+  /** Replies of applies submitted but not yet answered, in submission order. */
+  private applyTail: Promise<void> = Promise.resolve();
+  private appliesInFlight = 0;
   private pendingFrames = 0;
   private pendingBytes = 0;
   private readPaused = false;
@@ -196,6 +204,9 @@ export class Session implements Subscriber {
       this.sendError(ErrorCode.NotAuthenticated, 'Must handshake first', false);
       return;
     }
+    // Only applies overlap (to share commits); anything else waits for the
+    // applies before it, so it sees their effects and replies stay in order.
+    if (type !== 'apply_changes') await this.applyTail;
     switch (type) {
       case 'ping':
         this.send('{"type":"pong"}');
@@ -296,19 +307,44 @@ export class Session implements Subscriber {
     }
   }
 
+  /**
+   * Submits the message to its replica and moves on to the next frame
+   * without waiting for the commit: consecutive applies of one client are
+   * then committed together. Replies (results and errors) still go out in
+   * message order through `applyTail`.
+   */
   private async onApplyChanges(message: Record<string, unknown>): Promise<void> {
     const { coordinator } = this.deps;
     const requestId = message.requestId;
+    if (this.appliesInFlight >= MAX_APPLIES_IN_FLIGHT) await this.applyTail;
+    this.appliesInFlight++;
+    let submitted: { done: Promise<ApplyResult> } | undefined;
+    let failure: unknown;
     try {
       if (requestId !== undefined && (typeof requestId !== 'string' || requestId.length > 256)) {
         throw new SyncError(ErrorCode.InvalidMessage, `requestId: expected a string of at most 256 characters, got ${JSON.stringify(requestId)?.slice(0, 80)}`);
       }
       await coordinator.authorize(this.caller!, 'apply_changes');
-      const result = await coordinator.applyChanges(this.caller!, message.changes);
-      this.send(JSON.stringify(requestId === undefined ? { type: 'apply_result', ...result } : { type: 'apply_result', requestId, ...result }));
+      submitted = await coordinator.submitChanges(this.caller!, message.changes);
     } catch (err) {
-      this.replyError(err, ErrorCode.ApplyChangesError);
+      failure = err;
     }
+    this.applyTail = this.applyTail.then(async () => {
+      try {
+        if (!submitted) throw failure;
+        const result = await submitted.done;
+        this.send(JSON.stringify(requestId === undefined ? { type: 'apply_result', ...result } : { type: 'apply_result', requestId, ...result }));
+      } catch (err) {
+        this.replyError(err, ErrorCode.ApplyChangesError);
+      } finally {
+        this.appliesInFlight--;
+      }
+    });
+  }
+
+  /** Resolves when every frame received so far has been handled and answered. */
+  settled(): Promise<void> {
+    return this.queue.then(() => this.applyTail);
   }
 
   private async onSnapshot(checkpoint: unknown): Promise<void> {
@@ -435,7 +471,7 @@ export class Session implements Subscriber {
     this.deps.metrics.wsConnectionsActive.dec();
     this.deps.coordinator.hub.leave(this);
     // Let the message in progress finish before the database may close.
-    await this.queue;
+    await this.settled();
     this.lease?.release();
     this.lease = undefined;
     if (wasOpen && this.deps.config.hooks.onClientDisconnect) {

@@ -99,6 +99,14 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
     closing = true;
     if (heartbeat) clearInterval(heartbeat);
     const open = [...sessions];
+    // In-flight applies are answered before their socket is closed; a client
+    // that stopped reading cannot hold shutdown up for more than a moment.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(open.map((session) => session.settled())),
+      new Promise<void>((resolve) => { timer = setTimeout(resolve, SETTLE_TIMEOUT_MS); }),
+    ]);
+    clearTimeout(timer);
     await Promise.all(open.map((session) => new Promise<void>((resolve) => {
       if (session.socket.readyState === session.socket.CLOSED) return resolve();
       const timer = setTimeout(() => { session.socket.terminate(); resolve(); }, 2000);
@@ -110,6 +118,9 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
 
   return { handleUpgrade: handleSyncUpgrade, sessions, close };
 }
+
+/** How long shutdown waits for sessions to answer what they have received. */
+const SETTLE_TIMEOUT_MS = 2000;
 
 const STATUS_TEXT: Record<number, string> = { 403: 'Forbidden', 429: 'Too Many Requests', 503: 'Service Unavailable' };
 

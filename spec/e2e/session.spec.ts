@@ -201,6 +201,33 @@ describe('ws session', () => {
       expect((await elsewhere.getChanges()).changeSets).to.deep.equal([]);
     });
 
+    it('answers pipelined applies in order, and a read after them sees them all', async () => {
+      const a = await server.connect(DB);
+      const site = siteOf(a);
+      const results: string[] = [];
+      a.on('message', (m: { type: string; requestId?: string }) => { if (m.type === 'apply_result') results.push(m.requestId!); });
+      const sets = Array.from({ length: 40 }, (_, i) => site.txn([{ pk: [i % 7], value: `v${i}` }, { pk: [100 + i], value: 'x' }]));
+      // One duplicate in the middle, and one invalid message that must not disturb the order.
+      const frames = sets.map((set, i) => ({ type: 'apply_changes', requestId: `p${i}`, changes: [set] }));
+      frames.splice(20, 0, { type: 'apply_changes', requestId: 'dup', changes: [sets[3]!] }, { type: 'apply_changes', requestId: 'bad', changes: 'nope' as never });
+      const error = a.expect('error');
+      for (const frame of frames) a.send(frame);
+      const page = await a.request('changes', { type: 'get_changes' });
+      expect((await error as { code: string }).code).to.equal('INVALID_MESSAGE');
+      expect(results).to.deep.equal(frames.filter((f) => f.requestId !== 'bad').map((f) => f.requestId));
+      expect((page as { changeSets: unknown[] }).changeSets).to.deep.equal([]);
+      const reader = await server.connect(DB);
+      const all = await reader.catchUp();
+      const values = new Map<string, unknown>();
+      for (const set of all.changeSets) for (const c of set.changes) if (c.type === 'column') values.set(JSON.stringify(c.pk), c.value);
+      // Each cell holds the last write sent to it, as if the messages had been applied one by one.
+      for (let k = 0; k < 7; k++) {
+        const last = Math.max(...Array.from({ length: 40 }, (_, i) => i).filter((i) => i % 7 === k));
+        expect(values.get(JSON.stringify([k]))).to.equal(`v${last}`);
+      }
+      expect([...values.keys()]).to.have.length(47);
+    });
+
     it('pushes only what changed state, and nothing for a duplicate', async () => {
       const a = await server.connect(DB);
       const b = await server.connect(DB);
