@@ -32,6 +32,8 @@ export interface TableKeys {
   colBase: Buffer;
   tombBase: Buffer;
   statsKey: Buffer;
+  /** `"schema":…,"table":…` as JSON, shared by every log entry of the table. */
+  namesJson: string;
 }
 
 /** Builds TableKeys, length-prefixing the names so the id is injective. */
@@ -41,7 +43,10 @@ export function makeTableKeys(schema: string, table: string): TableKeys {
   colBase[0] = NS_COLUMN;
   const tombBase = Buffer.from(statsKey);
   tombBase[0] = NS_TOMBSTONE;
-  return { id: `${schema.length}:${table.length}:${schema}${table}`, schema, table, colBase, tombBase, statsKey };
+  return {
+    id: `${schema.length}:${table.length}:${schema}${table}`, schema, table, colBase, tombBase, statsKey,
+    namesJson: `"schema":${JSON.stringify(schema)},"table":${JSON.stringify(table)}`,
+  };
 }
 
 /** What one message did. */
@@ -75,18 +80,29 @@ export interface GroupResult {
   lastStamp?: Buffer;
 }
 
-interface ChangeItem { change: ValidChange; applied: boolean }
+interface ChangeItem {
+  change: ValidChange;
+  applied: boolean;
+  /** Set for an applied column write: the JSON of its value and column, shared by its log entry and column record. */
+  valueJson?: string;
+  columnJson?: string;
+  row?: RowPlan;
+}
 interface MigrationItem { migration: ValidMigration; applied: boolean }
 
 interface RowPlan {
   id: string;
+  /** Key of the row's tombstone in the group's record map. */
+  recordId: string;
+  /** The primary key as canonical JSON. */
+  pkKey: string;
   tk: TableKeys;
   tombKey: Buffer;
   colPrefix: Buffer;
   deletes: Candidate<ChangeItem>[];
 }
 
-interface CellPlan { id: string; key: Buffer; row: RowPlan; candidates: Candidate<ChangeItem>[] }
+interface CellPlan { id: string; recordId: string; key: Buffer; row: RowPlan; candidates: Candidate<ChangeItem>[] }
 interface MigrationPlan { id: string; key: Buffer; candidates: Candidate<MigrationItem>[] }
 
 interface MessagePlan {
@@ -124,16 +140,18 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
       let row = rows.get(rowId);
       if (!row) {
         const encPk = encodeComponent(pkKey);
-        row = { id: rowId, tk, tombKey: Buffer.concat([tk.tombBase, encPk]), colPrefix: Buffer.concat([tk.colBase, encPk]), deletes: [] };
+        // Ids are built once: map lookups with freshly concatenated strings re-hash them every time.
+        row = { id: rowId, recordId: `t${rowId}`, pkKey, tk, tombKey: Buffer.concat([tk.tombBase, encPk]), colPrefix: Buffer.concat([tk.colBase, encPk]), deletes: [] };
         rows.set(rowId, row);
       }
+      item.row = row;
       if (wire.type === 'delete') {
         row.deletes.push({ hlc: change.hlc, item });
       } else {
         const cellId = `${rowId}\u0001${wire.column}`;
         let cell = cells.get(cellId);
         if (!cell) {
-          cell = { id: cellId, key: Buffer.concat([row.colPrefix, encodeComponent(wire.column)]), row, candidates: [] };
+          cell = { id: cellId, recordId: `c${cellId}`, key: Buffer.concat([row.colPrefix, encodeComponent(wire.column)]), row, candidates: [] };
           cells.set(cellId, cell);
         }
         cell.candidates.push({ hlc: change.hlc, item });
@@ -179,8 +197,8 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     else if (!records.has(id)) records.set(id, undefined);
   };
   for (const plan of plans) {
-    for (const r of plan.rows) wantIfStored(`t${r.id}`, r.tombKey);
-    for (const c of plan.cells) wantIfStored(`c${c.id}`, c.key);
+    for (const r of plan.rows) wantIfStored(r.recordId, r.tombKey);
+    for (const c of plan.cells) wantIfStored(c.recordId, c.key);
     for (const m of plan.migrations) want(m.id, m.key);
   }
   if (keys.length > 0) {
@@ -213,7 +231,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     const raised: RowPlan[] = [];
     const raisedBy = new Map<RowPlan, Candidate<ChangeItem>>();
     for (const r of plan.rows) {
-      const stored = records.get(`t${r.id}`);
+      const stored = records.get(r.recordId);
       const storedHlc = stored ? stored.subarray(0, HLC_BYTES) : undefined;
       const out = resolveDeletes(r.deletes, storedHlc);
       applied += out.applied;
@@ -258,14 +276,18 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
 
     const cellWinners: { cell: CellPlan; stored?: Buffer; winner: Candidate<ChangeItem> }[] = [];
     for (const cell of plan.cells) {
-      const stored = records.get(`c${cell.id}`);
+      const stored = records.get(cell.recordId);
       const tomb = tombstoneOf.get(cell.row);
       const out = resolveSlot(cell.candidates, stored ? stored.subarray(0, HLC_BYTES) : undefined, (hlc) => tombstoneBlocks(tomb, hlc, ctx.allowResurrection));
       applied += out.applied;
       skipped += out.skipped;
       conflicts += out.conflicts;
       if (out.winner) {
-        out.winner.item.applied = true;
+        const item = out.winner.item;
+        const wire = item.change.wire as ColumnChange;
+        item.applied = true;
+        item.valueJson = JSON.stringify(wire.value);
+        item.columnJson = JSON.stringify(wire.column);
         cellWinners.push({ cell, stored, winner: out.winner });
       }
     }
@@ -303,7 +325,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       }
       for (const c of cApplied) {
         place.set(c, { stamp, idx });
-        ops.push({ type: 'put', key: logKey(stamp, idx++), value: encodeLogEntry(set.siteId, set.wire.transactionId, LOG_CHANGE, JSON.stringify(c.change.wire)) });
+        ops.push({ type: 'put', key: logKey(stamp, idx++), value: encodeLogEntry(set.siteId, set.wire.transactionId, LOG_CHANGE, changeJson(c)) });
       }
       accepted.push({
         siteId: set.wire.siteId,
@@ -322,7 +344,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       const entry = wire.priorRow === undefined
         ? { pk: wire.pk, hlc: wire.hlc, createdAt: now }
         : { pk: wire.pk, hlc: wire.hlc, createdAt: now, priorRow: wire.priorRow };
-      const stored = records.get(`t${r.id}`);
+      const stored = records.get(r.recordId);
       if (stored) {
         ops.push({ type: 'del', key: logKey(stored.subarray(HLC_BYTES, HLC_BYTES * 2), stored.readUInt32BE(HLC_BYTES * 2)) });
         ops.push({ type: 'del', key: tombstoneAgeKey(readU64(stored, FACT_HEADER), r.tombKey) });
@@ -330,20 +352,20 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       const record = encodeFact(winner.hlc, where.stamp, where.idx, JSON.stringify(entry), now);
       ops.push({ type: 'put', key: r.tombKey, value: record });
       ops.push({ type: 'put', key: tombstoneAgeKey(now, r.tombKey), value: Buffer.alloc(0) });
-      records.set(`t${r.id}`, record);
+      records.set(r.recordId, record);
     }
     for (const { cell, stored, winner } of cellWinners) {
       const where = place.get(winner.item)!;
       const wire = winner.item.change.wire as ColumnChange;
       if (stored) ops.push({ type: 'del', key: logKey(stored.subarray(HLC_BYTES, HLC_BYTES * 2), stored.readUInt32BE(HLC_BYTES * 2)) });
       else bump(cell.row.tk, 1);
-      const entry = `{"column":${JSON.stringify(wire.column)},"hlc":"${wire.hlc}","value":${JSON.stringify(wire.value)},"pk":${JSON.stringify(wire.pk)}}`;
+      const entry = `{"column":${winner.item.columnJson!},"hlc":"${wire.hlc}","value":${winner.item.valueJson!},"pk":${cell.row.pkKey}}`;
       const record = encodeFact(winner.hlc, where.stamp, where.idx, entry);
       ops.push({ type: 'put', key: cell.key, value: record });
-      records.set(`c${cell.id}`, record);
+      records.set(cell.recordId, record);
       let touched = rowCells.get(cell.row.id);
       if (!touched) rowCells.set(cell.row.id, (touched = new Map()));
-      touched.set(`c${cell.id}`, cell.key);
+      touched.set(cell.recordId, cell.key);
     }
     for (const { plan: m, stored, winner } of migrationWinners) {
       const where = place.get(winner.item)!;
@@ -366,4 +388,17 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     }
   }
   return { outcomes, ops, counts, lastStamp };
+}
+
+/**
+ * The canonical wire JSON of an applied change (key order of PROTOCOL.md §2),
+ * assembled from pieces already serialized for its column record; the same
+ * text JSON.stringify would give for the validated wire object.
+ */
+function changeJson(item: ChangeItem): string {
+  const wire = item.change.wire;
+  if (wire.type !== 'column' || item.valueJson === undefined || !item.row) return JSON.stringify(wire);
+  const row = item.row;
+  const prior = wire.priorHlc === undefined ? '' : `,"priorValue":${JSON.stringify(wire.priorValue)},"priorHlc":"${wire.priorHlc}"`;
+  return `{"type":"column",${row.tk.namesJson},"pk":${row.pkKey},"column":${item.columnJson!},"value":${item.valueJson},"hlc":"${wire.hlc}"${prior}}`;
 }

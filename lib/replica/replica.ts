@@ -88,7 +88,9 @@ export class Replica implements ReplicaContext {
   private readonly allowResurrection: boolean;
   private readonly stamps: StampSource;
   private readonly tables: Map<string, TableStats>;
-  private readonly keyCache = new Map<string, TableKeys>();
+  /** schema → table → keys; two levels so a lookup builds no string. */
+  private readonly keyCache = new Map<string, Map<string, TableKeys>>();
+  private cachedTables = 0;
   private readonly pending: PendingApply[] = [];
   private readonly applyContext: ApplyContext;
   private draining = false;
@@ -261,12 +263,18 @@ export class Replica implements ReplicaContext {
 
   /** Key prefixes of a table, cached (bounded) since every change needs them. */
   private tableKeys(schema: string, table: string): TableKeys {
-    const id = `${schema.length}:${table.length}:${schema}${table}`;
-    let keys = this.keyCache.get(id);
+    let tables = this.keyCache.get(schema);
+    let keys = tables?.get(table);
     if (!keys) {
-      if (this.keyCache.size >= MAX_CACHED_TABLES) this.keyCache.clear();
+      if (this.cachedTables >= MAX_CACHED_TABLES) {
+        this.keyCache.clear();
+        this.cachedTables = 0;
+        tables = undefined;
+      }
+      if (!tables) this.keyCache.set(schema, (tables = new Map()));
       keys = makeTableKeys(schema, table);
-      this.keyCache.set(id, keys);
+      tables.set(table, keys);
+      this.cachedTables++;
     }
     return keys;
   }

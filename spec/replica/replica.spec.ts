@@ -102,6 +102,25 @@ describe('replica', () => {
       expect(Object.values(cells).map((c) => c.value)).to.have.deep.members(values);
     });
 
+    it('logs each change exactly as its canonical wire form', async () => {
+      const { replica } = await fixture.create();
+      const a = new TestSite();
+      const set = a.txn([
+        { schema: 'sch "q"', table: 'tä\\b', pk: [1, { __bin: 'AA==' }], column: 'c\u0000"x"', value: { __bigint: '-9223372036854775808' } },
+        { pk: ['k'], column: 'title', value: 'héllo ✓ 𝄞\n' },
+        { pk: [2], delete: true, priorRow: [2, null] },
+      ]);
+      const withPrior = { ...set.changes[1]!, priorValue: 'old', priorHlc: set.changes[0]!.hlc } as typeof set.changes[number];
+      set.changes.push({ ...withPrior, pk: ['p'] });
+      const [validated] = valid([set]);
+      await replica.apply([validated!]);
+      const page = await replica.changesSince(undefined, undefined);
+      expect(page.changeSets[0]!.changes).to.deep.equal(validated!.wire.changes);
+      // Byte for byte, not only as parsed values.
+      expect(page.json).to.contain(JSON.stringify(validated!.wire.changes[0]));
+      expect(page.json).to.contain(JSON.stringify(validated!.wire.changes[3]));
+    });
+
     it('writes nothing when the store refuses the batch', async () => {
       const { replica } = await fixture.create();
       const a = new TestSite();
