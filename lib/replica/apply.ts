@@ -39,10 +39,8 @@ export interface TableKeys {
 /** Builds TableKeys, length-prefixing the names so the id is injective. */
 export function makeTableKeys(schema: string, table: string): TableKeys {
   const statsKey = tablePrefix(NS_TABLE_STATS, schema, table);
-  const colBase = Buffer.from(statsKey);
-  colBase[0] = NS_COLUMN;
-  const tombBase = Buffer.from(statsKey);
-  tombBase[0] = NS_TOMBSTONE;
+  const colBase = tablePrefix(NS_COLUMN, schema, table);
+  const tombBase = tablePrefix(NS_TOMBSTONE, schema, table);
   return {
     id: `${schema.length}:${table.length}:${schema}${table}`, schema, table, colBase, tombBase, statsKey,
     namesJson: `"schema":${JSON.stringify(schema)},"table":${JSON.stringify(table)}`,
