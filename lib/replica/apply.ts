@@ -13,8 +13,8 @@ import type { ValidChange, ValidChangeSet, ValidMigration } from '../protocol/va
 import type { ChangeSet, ColumnChange, DeleteChange } from '../protocol/messages.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
 import {
-  NS_COLUMN, NS_TOMBSTONE, NS_TABLE_STATS, LOG_CHANGE, LOG_MIGRATION, FACT_HEADER,
-  encodeComponent, decodeComponent, tablePrefix, migrationKey, logKey, tombstoneAgeKey, prefixEnd,
+  NS_TABLE_STATS, LOG_CHANGE, LOG_MIGRATION, FACT_HEADER,
+  decodeComponent, tablePrefix, tablePrefixes, rowKeys, columnKey, migrationKey, logKey, tombstoneAgeKey, prefixEnd,
   encodeFact, encodeLogEntry, readU64, writeU64,
 } from './keys.js';
 import { resolveSlot, resolveDeletes, tombstoneBlocks, type Candidate } from './merge.js';
@@ -38,11 +38,8 @@ export interface TableKeys {
 
 /** Builds TableKeys, length-prefixing the names so the id is injective. */
 export function makeTableKeys(schema: string, table: string): TableKeys {
-  const statsKey = tablePrefix(NS_TABLE_STATS, schema, table);
-  const colBase = tablePrefix(NS_COLUMN, schema, table);
-  const tombBase = tablePrefix(NS_TOMBSTONE, schema, table);
   return {
-    id: `${schema.length}:${table.length}:${schema}${table}`, schema, table, colBase, tombBase, statsKey,
+    id: `${schema.length}:${table.length}:${schema}${table}`, schema, table, ...tablePrefixes(schema, table),
     namesJson: `"schema":${JSON.stringify(schema)},"table":${JSON.stringify(table)}`,
   };
 }
@@ -137,9 +134,8 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
       const rowId = tk.id + pkKey;
       let row = rows.get(rowId);
       if (!row) {
-        const encPk = encodeComponent(pkKey);
         // Ids are built once: map lookups with freshly concatenated strings re-hash them every time.
-        row = { id: rowId, recordId: `t${rowId}`, pkKey, tk, tombKey: Buffer.concat([tk.tombBase, encPk]), colPrefix: Buffer.concat([tk.colBase, encPk]), deletes: [] };
+        row = { id: rowId, recordId: `t${rowId}`, pkKey, tk, ...rowKeys(tk, pkKey), deletes: [] };
         rows.set(rowId, row);
       }
       item.row = row;
@@ -149,7 +145,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
         const cellId = `${rowId}\u0001${wire.column}`;
         let cell = cells.get(cellId);
         if (!cell) {
-          cell = { id: cellId, recordId: `c${cellId}`, key: Buffer.concat([row.colPrefix, encodeComponent(wire.column)]), row, candidates: [] };
+          cell = { id: cellId, recordId: `c${cellId}`, key: columnKey(row.colPrefix, wire.column), row, candidates: [] };
           cells.set(cellId, cell);
         }
         cell.candidates.push({ hlc: change.hlc, item });

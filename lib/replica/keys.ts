@@ -96,24 +96,33 @@ export function tablePrefix(ns: number, schema: string, table: string): Buffer {
   return Buffer.concat([Buffer.of(ns), encodeComponent(schema), encodeComponent(table)]);
 }
 
-/** Key of one table's live-entry counter. */
-export function tableStatsKey(schema: string, table: string): Buffer {
-  return tablePrefix(NS_TABLE_STATS, schema, table);
+/** The key prefixes of one table in each namespace that holds its facts. */
+export interface TablePrefixes {
+  /** 11 s(schema) s(table): the live column-version counter. */
+  statsKey: Buffer;
+  /** 30 s(schema) s(table): its column versions. */
+  colBase: Buffer;
+  /** 40 s(schema) s(table): its tombstones. */
+  tombBase: Buffer;
 }
 
-/** Key prefix of one row's column versions. */
-export function rowColumnsPrefix(schema: string, table: string, pkKey: string): Buffer {
-  return Buffer.concat([tablePrefix(NS_COLUMN, schema, table), encodeComponent(pkKey)]);
+export function tablePrefixes(schema: string, table: string): TablePrefixes {
+  return {
+    statsKey: tablePrefix(NS_TABLE_STATS, schema, table),
+    colBase: tablePrefix(NS_COLUMN, schema, table),
+    tombBase: tablePrefix(NS_TOMBSTONE, schema, table),
+  };
 }
 
-/** Key of one column version. */
+/** A row's tombstone key and the prefix of its column versions, from its pk's canonical JSON. */
+export function rowKeys(table: TablePrefixes, pkKey: string): { tombKey: Buffer; colPrefix: Buffer } {
+  const encPk = encodeComponent(pkKey);
+  return { tombKey: Buffer.concat([table.tombBase, encPk]), colPrefix: Buffer.concat([table.colBase, encPk]) };
+}
+
+/** Key of one column version, under its row's prefix. */
 export function columnKey(rowPrefix: Buffer, column: string): Buffer {
   return Buffer.concat([rowPrefix, encodeComponent(column)]);
-}
-
-/** Key of one row's tombstone. */
-export function tombstoneKey(schema: string, table: string, pkKey: string): Buffer {
-  return Buffer.concat([tablePrefix(NS_TOMBSTONE, schema, table), encodeComponent(pkKey)]);
 }
 
 /** Key of a schema migration: (schema, kind, name, schemaVersion). */
