@@ -48,7 +48,14 @@ export function createCoordinatorServer(options: CoordinatorServerOptions = {}):
     res.status(404).json({ ok: false, error: { code: 'NOT_FOUND', message: `No route for ${req.method} ${req.originalUrl}` } });
   });
   const server = createServer(app);
-  router.attach(server);
+  // The standalone server owns every upgrade: one the router does not take
+  // (another path) is refused at once instead of hanging until the client gives up.
+  server.on('upgrade', function refuseOtherUpgrades(req, socket, head) {
+    if (router.handleUpgrade(req, socket, head)) return;
+    const body = JSON.stringify({ ok: false, error: { code: 'NOT_FOUND', message: `No WebSocket endpoint at ${(req.url ?? '').split('?')[0]}` } });
+    socket.on('error', () => socket.destroy());
+    socket.end(`HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  });
   let stopping: Promise<void> | undefined;
 
   function start(): Promise<{ host: string; port: number; url: string }> {
