@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { TestSite } from '../spec/helpers/changes.js';
 import { randomSiteId, siteIdToWire } from '../lib/protocol/site-id.js';
+import { openLevelStore } from '../lib/storage/leveldb.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -265,6 +266,34 @@ async function snapshotHttp(baseUrl: string, databaseId: string): Promise<{ ms: 
   return { ms, entries, entriesPerSec: entries / (ms / 1000) };
 }
 
+/**
+ * The storage ceiling for snapshots: entries/s of a bare scan through our
+ * LevelDB store (leveldown turns every key and value into a Buffer), over
+ * entries of the size a column version has.
+ */
+async function rawScanEntriesPerSec(dir: string, n: number): Promise<number> {
+  const store = await openLevelStore(dir);
+  try {
+    for (let i = 0; i < n; i += 1000) {
+      await store.write(Array.from({ length: Math.min(1000, n - i) }, (_, j) => ({
+        type: 'put' as const, key: Buffer.from(`0main\u0000notes\u0000[${i + j}]\u0000title`), value: Buffer.alloc(150, 0x41),
+      })));
+    }
+    let best = 0;
+    for (let round = 0; round < 3; round++) {
+      const started = performance.now();
+      const it = store.iterator({ readAhead: 512 * 1024 });
+      let count = 0;
+      for (let batch = await it.nextBatch(1024); batch.length > 0; batch = await it.nextBatch(1024)) count += batch.length;
+      await it.close();
+      best = Math.max(best, count / ((performance.now() - started) / 1000));
+    }
+    return best;
+  } finally {
+    await store.close();
+  }
+}
+
 const fmt = (n: number | undefined, digits = 0): string => (n === undefined || Number.isNaN(n) ? '-' : n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }));
 
 async function main(): Promise<void> {
@@ -326,6 +355,8 @@ async function main(): Promise<void> {
     }
     results.catchup = catchup;
     results.snapshot = snapshot;
+    const scanCeiling = ONLY ? undefined : await rawScanEntriesPerSec(join(dataDir, 'raw-scan'), Math.max(...CATCHUP));
+    results.storageScanEntriesPerSec = scanCeiling;
     results.memory = { idleRssMb, peakRssMbDuring50Serial: apply['50/msg serial']?.coordinator.peakRssMb, finalRssMb: (await rssKb(coordinator.pid)) / 1024 };
 
     const lines: string[] = [];
@@ -344,6 +375,7 @@ async function main(): Promise<void> {
       const s = snapshot[String(n)] as { websocket: { entriesPerSec: number }; http: { entriesPerSec: number } };
       lines.push(`| ${fmt(n)} changes | ${fmt(c.ms, 1)} (${c.pages}) | ${fmt(c.serverMs, 1)} | ${fmt(s.websocket.entriesPerSec)} | ${fmt(s.http.entriesPerSec)} |`);
     }
+    if (scanCeiling) lines.push(`storage ceiling: a bare LevelDB scan reads ${fmt(scanCeiling)} entries/s on this machine`);
     lines.push('');
     const mem = results.memory as { idleRssMb: number; peakRssMbDuring50Serial?: number; finalRssMb: number };
     lines.push(`memory: idle RSS ${fmt(mem.idleRssMb, 1)} MB, peak during 50/msg serial ${fmt(mem.peakRssMbDuring50Serial, 1)} MB, at the end ${fmt(mem.finalRssMb, 1)} MB`);

@@ -41,24 +41,26 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
     options.checkpoint === undefined ? undefined : validateCheckpoint(options.checkpoint);
   const chunkSize = replica.snapshotChunkSize;
   const it = replica.store.iterator({ gte: Buffer.of(NS_META), lt: Buffer.of(NS_LOG), readAhead: SCAN_READ_AHEAD });
+  // Entries come from the reader's buffer without a promise while the batch
+  // lasts (`nextBuffered() ?? await current()`): a snapshot is millions of
+  // entries, and an await per entry would dominate its cost.
   const reader = new Reader(it);
-  const step = async (): Promise<[Buffer, Buffer] | undefined> => { reader.advance(); return reader.current(); };
   try {
     let entry = await reader.current();
     let lastStamp: Buffer | undefined;
     let floor: Buffer | undefined;
-    for (; entry && entry[0][0] === NS_META; entry = await step()) {
+    for (; entry && entry[0][0] === NS_META; entry = reader.nextBuffered() ?? await reader.current()) {
       if (entry[0].equals(META_LAST_STAMP)) lastStamp = Buffer.from(entry[1]);
       else if (entry[0].equals(META_FLOOR)) floor = Buffer.from(entry[1]);
     }
     const tables: TableInfo[] = [];
-    for (; entry && entry[0][0] === NS_TABLE_STATS; entry = await step()) {
+    for (; entry && entry[0][0] === NS_TABLE_STATS; entry = reader.nextBuffered() ?? await reader.current()) {
       const [schema, next] = decodeComponent(entry[0], 1);
       const [table] = decodeComponent(entry[0], next);
       tables.push({ schema, table, count: readU64(entry[1], 0), name: `${schema}.${table}` });
     }
     const migrations: { hlc: Buffer; json: string }[] = [];
-    for (; entry && entry[0][0] === NS_MIGRATION; entry = await step()) {
+    for (; entry && entry[0][0] === NS_MIGRATION; entry = reader.nextBuffered() ?? await reader.current()) {
       migrations.push({ hlc: Buffer.from(entry[1].subarray(0, HLC_BYTES)), json: entry[1].toString('utf8', FACT_HEADER) });
     }
     // Replaying DDL needs causal order, which the HLC gives.
@@ -115,7 +117,7 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
       yield JSON.stringify({ type: 'table-start', schema, table, estimatedEntries: counts.get(name) ?? 0 });
       let written = 0;
       let batch: string[] = [];
-      for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = await step()) {
+      for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = reader.nextBuffered() ?? await reader.current()) {
         batch.push(entry[1].toString('utf8', FACT_HEADER));
         if (batch.length >= chunkSize) {
           yield `${head}${batch.join(',')}]}`;
@@ -139,7 +141,7 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
       const prefix = Buffer.from(entry[0].subarray(0, afterTable));
       const head = `{"type":"tombstone","schema":${JSON.stringify(schema)},"table":${JSON.stringify(table)},"entries":[`;
       let batch: string[] = [];
-      for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = await step()) {
+      for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = reader.nextBuffered() ?? await reader.current()) {
         batch.push(entry[1].toString('utf8', TOMBSTONE_HEADER));
         if (batch.length >= chunkSize) {
           yield `${head}${batch.join(',')}]}`;
@@ -173,8 +175,10 @@ class Reader {
     return this.buffer[this.pos];
   }
 
-  advance(): void {
+  /** Moves on and returns the next entry if it is already buffered; undefined when a read is needed. */
+  nextBuffered(): [Buffer, Buffer] | undefined {
     this.pos++;
+    return this.buffer[this.pos];
   }
 
   /** Moves to `target` and returns the entry there. */
