@@ -67,6 +67,11 @@ export function hlcSiteId(buf: Buffer): Buffer {
   return buf.subarray(10, 26);
 }
 
+/** True when a binary HLC was stamped by `siteId` (16 bytes); compares in place. */
+export function hlcFromSite(buf: Buffer, siteId: Buffer): boolean {
+  return buf.compare(siteId, 0, SITE_ID_BYTES, 10, 10 + SITE_ID_BYTES) === 0;
+}
+
 /** Total order of §1. */
 export function compareHlc(a: Uint8Array, b: Uint8Array): number {
   return Buffer.compare(a, b);

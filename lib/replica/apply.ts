@@ -8,14 +8,14 @@
  * group instead of per message.
  */
 
-import { HLC_BYTES } from '../protocol/hlc.js';
+import { hlcFromSite } from '../protocol/hlc.js';
 import type { ValidChange, ValidChangeSet, ValidMigration } from '../protocol/validate.js';
-import type { ChangeSet, ColumnChange, DeleteChange } from '../protocol/messages.js';
+import type { ApplyResult, ChangeSet, ColumnChange, DeleteChange } from '../protocol/messages.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
 import {
-  NS_TABLE_STATS, LOG_CHANGE, LOG_MIGRATION, FACT_HEADER,
-  decodeComponent, tablePrefix, tablePrefixes, rowKeys, columnKey, migrationKey, logKey, tombstoneAgeKey, prefixEnd,
-  encodeFact, encodeLogEntry, readU64, writeU64,
+  LOG_CHANGE, LOG_MIGRATION,
+  decodeComponent, tablePrefixes, rowKeys, columnKey, migrationKey, logKey, tombstoneAgeKey, prefixEnd,
+  encodeFact, encodeLogEntry, factHlc, factLogKey, tombstoneCreatedAt, writeU64,
 } from './keys.js';
 import { resolveSlot, resolveDeletes, tombstoneBlocks, type Candidate } from './merge.js';
 import type { StampSource } from './stamps.js';
@@ -44,13 +44,11 @@ export function makeTableKeys(schema: string, table: string): TableKeys {
   };
 }
 
-/** What one message did. */
-export interface MessageOutcome {
-  applied: number;
-  skipped: number;
-  conflicts: number;
-  transactions: number;
+/** What one message did: its ApplyResult plus what the transports need. */
+export interface ApplyOutcome extends ApplyResult {
+  /** The accepted part of each change set that changed state (for push). */
   accepted: ChangeSet[];
+  /** The stamp given to each accepted change set, in the same order. */
   stamps: Buffer[];
 }
 
@@ -69,7 +67,7 @@ export interface ApplyContext {
 
 /** Result of a group: per-message outcomes, the ops to write, the new table counts. */
 export interface GroupResult {
-  outcomes: MessageOutcome[];
+  outcomes: ApplyOutcome[];
   ops: KvOp[];
   counts: Map<string, TableStats>;
   lastStamp?: Buffer;
@@ -110,6 +108,11 @@ interface MessagePlan {
   ownSkipped: number;
 }
 
+/** The coordinator's own site never writes through a client: such facts are skipped. */
+function isOwn(hlc: Buffer, siteId: Buffer): boolean {
+  return hlcFromSite(hlc, siteId);
+}
+
 /** Plans one message: which slots each of its facts competes for. Pure. */
 function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
   const own = ctx.siteId;
@@ -126,8 +129,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
       const change = set.changes[i]!;
       const item: ChangeItem = { change, applied: false };
       items[i] = item;
-      // The coordinator's own site never writes through a client.
-      if (change.hlc.compare(own, 0, 16, 10, 26) === 0) { ownSkipped++; continue; }
+      if (isOwn(change.hlc, own)) { ownSkipped++; continue; }
       const wire = change.wire;
       const tk = ctx.tableKeys(wire.schema, wire.table);
       const pkKey = JSON.stringify(wire.pk);
@@ -157,7 +159,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
       const migration = set.migrations[i]!;
       const item: MigrationItem = { migration, applied: false };
       mItems[i] = item;
-      if (migration.hlc.compare(own, 0, 16, 10, 26) === 0) { ownSkipped++; continue; }
+      if (isOwn(migration.hlc, own)) { ownSkipped++; continue; }
       const key = migrationKey(migration.wire.schema, migration.kind, migration.name, migration.wire.schemaVersion);
       const id = `m${key.toString('latin1')}`;
       let plan = migrations.get(id);
@@ -212,7 +214,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
   };
   // Cells each row gained inside the group, which a later delete in the group must also see.
   const rowCells = new Map<string, Map<string, Buffer>>();
-  const outcomes: MessageOutcome[] = [];
+  const outcomes: ApplyOutcome[] = [];
   let lastStamp: Buffer | undefined;
 
   for (const plan of plans) {
@@ -226,7 +228,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     const raisedBy = new Map<RowPlan, Candidate<ChangeItem>>();
     for (const r of plan.rows) {
       const stored = records.get(r.recordId);
-      const storedHlc = stored ? stored.subarray(0, HLC_BYTES) : undefined;
+      const storedHlc = stored ? factHlc(stored) : undefined;
       const out = resolveDeletes(r.deletes, storedHlc);
       applied += out.applied;
       skipped += out.skipped;
@@ -261,8 +263,8 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       }
       for (const [id, key] of candidates) {
         const record = records.get(id);
-        if (!record || !tombstoneBlocks(tomb, record.subarray(0, HLC_BYTES), ctx.allowResurrection)) continue;
-        ops.push({ type: 'del', key }, { type: 'del', key: logKey(record.subarray(HLC_BYTES, HLC_BYTES * 2), record.readUInt32BE(HLC_BYTES * 2)) });
+        if (!record || !tombstoneBlocks(tomb, factHlc(record), ctx.allowResurrection)) continue;
+        ops.push({ type: 'del', key }, { type: 'del', key: factLogKey(record) });
         records.set(id, undefined);
         bump(r.tk, -1);
       }
@@ -272,7 +274,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     for (const cell of plan.cells) {
       const stored = records.get(cell.recordId);
       const tomb = tombstoneOf.get(cell.row);
-      const out = resolveSlot(cell.candidates, stored ? stored.subarray(0, HLC_BYTES) : undefined, (hlc) => tombstoneBlocks(tomb, hlc, ctx.allowResurrection));
+      const out = resolveSlot(cell.candidates, stored ? factHlc(stored) : undefined, (hlc) => tombstoneBlocks(tomb, hlc, ctx.allowResurrection));
       applied += out.applied;
       skipped += out.skipped;
       conflicts += out.conflicts;
@@ -289,7 +291,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     const migrationWinners: { plan: MigrationPlan; stored?: Buffer; winner: Candidate<MigrationItem> }[] = [];
     for (const m of plan.migrations) {
       const stored = records.get(m.id);
-      const out = resolveSlot(m.candidates, stored ? stored.subarray(0, HLC_BYTES) : undefined);
+      const out = resolveSlot(m.candidates, stored ? factHlc(stored) : undefined);
       applied += out.applied;
       skipped += out.skipped;
       conflicts += out.conflicts;
@@ -340,8 +342,8 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
         : { pk: wire.pk, hlc: wire.hlc, createdAt: now, priorRow: wire.priorRow };
       const stored = records.get(r.recordId);
       if (stored) {
-        ops.push({ type: 'del', key: logKey(stored.subarray(HLC_BYTES, HLC_BYTES * 2), stored.readUInt32BE(HLC_BYTES * 2)) });
-        ops.push({ type: 'del', key: tombstoneAgeKey(readU64(stored, FACT_HEADER), r.tombKey) });
+        ops.push({ type: 'del', key: factLogKey(stored) });
+        ops.push({ type: 'del', key: tombstoneAgeKey(tombstoneCreatedAt(stored), r.tombKey) });
       }
       const record = encodeFact(winner.hlc, where.stamp, where.idx, JSON.stringify(entry), now);
       ops.push({ type: 'put', key: r.tombKey, value: record });
@@ -351,7 +353,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     for (const { cell, stored, winner } of cellWinners) {
       const where = place.get(winner.item)!;
       const wire = winner.item.change.wire as ColumnChange;
-      if (stored) ops.push({ type: 'del', key: logKey(stored.subarray(HLC_BYTES, HLC_BYTES * 2), stored.readUInt32BE(HLC_BYTES * 2)) });
+      if (stored) ops.push({ type: 'del', key: factLogKey(stored) });
       else bump(cell.row.tk, 1);
       const entry = `{"column":${winner.item.columnJson!},"hlc":"${wire.hlc}","value":${winner.item.valueJson!},"pk":${cell.row.pkKey}}`;
       const record = encodeFact(winner.hlc, where.stamp, where.idx, entry);
@@ -363,7 +365,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     }
     for (const { plan: m, stored, winner } of migrationWinners) {
       const where = place.get(winner.item)!;
-      if (stored) ops.push({ type: 'del', key: logKey(stored.subarray(HLC_BYTES, HLC_BYTES * 2), stored.readUInt32BE(HLC_BYTES * 2)) });
+      if (stored) ops.push({ type: 'del', key: factLogKey(stored) });
       const record = encodeFact(winner.hlc, where.stamp, where.idx, JSON.stringify(winner.item.migration.wire));
       ops.push({ type: 'put', key: m.key, value: record });
       records.set(m.id, record);
@@ -373,7 +375,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
 
   for (const stats of counts.values()) {
     if (stats.count < 0) throw new Error(`table count of ${stats.schema}.${stats.table} went negative`);
-    const key = tablePrefix(NS_TABLE_STATS, stats.schema, stats.table);
+    const key = ctx.tableKeys(stats.schema, stats.table).statsKey;
     if (stats.count === 0) ops.push({ type: 'del', key });
     else {
       const value = Buffer.allocUnsafe(8);

@@ -1,8 +1,8 @@
 import { SyncError, ErrorCode } from '../errors.js';
-import { HLC_BYTES, compareHlc, hlcToWire } from '../protocol/hlc.js';
+import { compareHlc, hlcToWire } from '../protocol/hlc.js';
 import type { ChangeSet } from '../protocol/messages.js';
 import { siteIdToWire } from '../protocol/site-id.js';
-import { META_FLOOR, NS_LOG, LOG_MIGRATION, logKeyAfter } from './keys.js';
+import { META_FLOOR, NS_LOG, LOG_MIGRATION, logKeyAfter, logEntryFrom, logEntryOrigin, logEntryPayload, logKeyStamp, logKeyHasStamp } from './keys.js';
 import type { ReplicaContext } from './replica.js';
 
 /** Bytes per native read: about one default page of changes. */
@@ -69,21 +69,19 @@ export async function readChangesSince(
     };
     scan: for (let batch = await it.nextBatch(512); batch.length > 0; batch = await it.nextBatch(512)) {
       for (const [key, value] of batch) {
-        if (askingSite && value.compare(askingSite, 0, 16, 0, 16) === 0) continue;
-        // Entry: site(16) txlen(1) txid kind(1) json — see keys.ts.
-        const txLen = value[16]!;
-        const kind = value[17 + txLen];
-        const json = value.toString('utf8', 18 + txLen);
-        if (!stampOf || key.compare(stampOf, 0, HLC_BYTES, 1, 1 + HLC_BYTES) !== 0) {
+        if (askingSite && logEntryFrom(value, askingSite)) continue;
+        const { kind, json } = logEntryPayload(value);
+        if (!stampOf || !logKeyHasStamp(key, stampOf)) {
           const previousHlc = lastHlc;
           if (stampOf) {
             finish();
             // Whole transactions only; a page of huge values also stops at the byte budget.
             if (count >= batchSize || bytes >= maxBytes) { hasMore = true; stampOf = undefined; lastHlc = previousHlc; break scan; }
           }
-          stampOf = Buffer.from(key.subarray(1, 1 + HLC_BYTES));
+          stampOf = Buffer.from(logKeyStamp(key));
           lastHlc = hlcToWire(stampOf);
-          head = `{"siteId":"${siteIdToWire(value.subarray(0, 16))}","transactionId":${JSON.stringify(value.toString('latin1', 17, 17 + txLen))},"hlc":"${lastHlc}",`;
+          const { siteId, transactionId } = logEntryOrigin(value);
+          head = `{"siteId":"${siteIdToWire(siteId)}","transactionId":${JSON.stringify(transactionId)},"hlc":"${lastHlc}",`;
           changes = [];
           migrations = [];
         }

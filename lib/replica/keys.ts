@@ -141,6 +141,16 @@ export function logKey(stamp: Buffer, idx: number): Buffer {
   return key;
 }
 
+/** The stamp of a change log key (a view). */
+export function logKeyStamp(key: Buffer): Buffer {
+  return key.subarray(1, 1 + HLC_BYTES);
+}
+
+/** Whether a change log key belongs to `stamp`; compares in place. */
+export function logKeyHasStamp(key: Buffer, stamp: Buffer): boolean {
+  return key.compare(stamp, 0, HLC_BYTES, 1, 1 + HLC_BYTES) === 0;
+}
+
 /** First log key strictly after every entry of `stamp`. */
 export function logKeyAfter(stamp: Buffer): Buffer {
   return logKey(stamp, 0xffffffff);
@@ -153,6 +163,11 @@ export function tombstoneAgeKey(createdAt: number, tombKey: Buffer): Buffer {
   writeU64(key, createdAt, 1);
   tombKey.copy(key, 9);
   return key;
+}
+
+/** The parts of a tombstone age key: when the tombstone was written, and its key. */
+export function parseTombstoneAgeKey(ageKey: Buffer): { createdAt: number; tombKey: Buffer } {
+  return { createdAt: readU64(ageKey, 1), tombKey: ageKey.subarray(9) };
 }
 
 /** Smallest key greater than every key that starts with `prefix`. */
@@ -180,13 +195,6 @@ export function readU64(buf: Buffer, offset: number): number {
 
 // ---- records ----
 
-/** A column version or migration record: who wrote it and where its log entry is. */
-export interface FactRecord {
-  hlc: Buffer;
-  stamp: Buffer;
-  idx: number;
-}
-
 export const FACT_HEADER = HLC_BYTES * 2 + 4;
 export const TOMBSTONE_HEADER = FACT_HEADER + 8;
 
@@ -203,16 +211,37 @@ export function encodeFact(hlc: Buffer, stamp: Buffer, idx: number, json: string
   return buf;
 }
 
-/** Reads the header of a fact record (copies, so the value can be released). */
-export function decodeFact(buf: Buffer): FactRecord {
-  return {
-    hlc: Buffer.from(buf.subarray(0, HLC_BYTES)),
-    stamp: Buffer.from(buf.subarray(HLC_BYTES, HLC_BYTES * 2)),
-    idx: buf.readUInt32BE(HLC_BYTES * 2),
-  };
+/** The HLC of the fact a record holds (a view into the record). */
+export function factHlc(record: Buffer): Buffer {
+  return record.subarray(0, HLC_BYTES);
 }
 
-/** Change log entry value. */
+/** The stamp under which the record's fact sits in the change log (a view). */
+export function factStamp(record: Buffer): Buffer {
+  return record.subarray(HLC_BYTES, HLC_BYTES * 2);
+}
+
+/** Key of the change log entry of the fact a record holds. */
+export function factLogKey(record: Buffer): Buffer {
+  return logKey(factStamp(record), record.readUInt32BE(HLC_BYTES * 2));
+}
+
+/** When a tombstone record was written (ms). */
+export function tombstoneCreatedAt(record: Buffer): number {
+  return readU64(record, FACT_HEADER);
+}
+
+/** The JSON text a fact record carries (a snapshot entry, or the migration). */
+export function factJson(record: Buffer): string {
+  return record.toString('utf8', FACT_HEADER);
+}
+
+/** The snapshot entry JSON a tombstone record carries. */
+export function tombstoneJson(record: Buffer): string {
+  return record.toString('utf8', TOMBSTONE_HEADER);
+}
+
+/** Change log entry value: site(16) txlen(1) txid kind(1) change-json. */
 export function encodeLogEntry(siteId: Buffer, transactionId: string, kind: number, json: string): Buffer {
   const txLen = Buffer.byteLength(transactionId, 'latin1');
   const jsonLen = Buffer.byteLength(json, 'utf8');
@@ -223,4 +252,20 @@ export function encodeLogEntry(siteId: Buffer, transactionId: string, kind: numb
   buf[17 + txLen] = kind;
   buf.write(json, 18 + txLen, 'utf8');
   return buf;
+}
+
+/** True when a change log entry came from `siteId` (16 bytes). */
+export function logEntryFrom(entry: Buffer, siteId: Buffer): boolean {
+  return entry.compare(siteId, 0, 16, 0, 16) === 0;
+}
+
+/** Whose transaction a change log entry belongs to (read once per transaction). */
+export function logEntryOrigin(entry: Buffer): { siteId: Buffer; transactionId: string } {
+  return { siteId: entry.subarray(0, 16), transactionId: entry.toString('latin1', 17, 17 + entry[16]!) };
+}
+
+/** What a change log entry holds: its kind (LOG_CHANGE, LOG_MIGRATION) and the fact's wire JSON. */
+export function logEntryPayload(entry: Buffer): { kind: number; json: string } {
+  const at = 17 + entry[16]!;
+  return { kind: entry[at]!, json: entry.toString('utf8', at + 1) };
 }

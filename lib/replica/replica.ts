@@ -2,10 +2,11 @@ import createDebug from 'debug';
 import { SyncError, ErrorCode } from '../errors.js';
 import { randomSiteId, siteIdToWire } from '../protocol/site-id.js';
 import type { ValidChangeSet } from '../protocol/validate.js';
-import type { ApplyResult, ChangeSet } from '../protocol/messages.js';
 import type { KvStore } from '../storage/kv.js';
 import { KEY_FORMAT, META_FORMAT, META_SITE_ID, META_LAST_STAMP, NS_TABLE_STATS, NS_COLUMN, NS_TOMBSTONE, decodeComponent, readU64 } from './keys.js';
-import { applyGroup, makeTableKeys, type ApplyContext, type GroupResult, type TableKeys, type TableStats } from './apply.js';
+import { applyGroup, makeTableKeys, type ApplyContext, type ApplyOutcome, type GroupResult, type TableKeys, type TableStats } from './apply.js';
+
+export type { ApplyOutcome };
 import { KeyFilter } from './key-filter.js';
 import { localStampSource, type StampSource, type StampSourceFactory } from './stamps.js';
 import { readChangesSince, type ChangesPage } from './change-log.js';
@@ -39,14 +40,6 @@ export interface ReplicaOptions {
   syncWrites?: boolean;
   /** Entries per snapshot chunk. @default 1000 */
   snapshotChunkSize?: number;
-}
-
-/** What `apply` did. */
-export interface ApplyOutcome extends ApplyResult {
-  /** The accepted part of each change set that changed state (for push). */
-  accepted: ChangeSet[];
-  /** The stamp given to each accepted change set, in the same order. */
-  stamps: Buffer[];
 }
 
 /** Internal view of a replica shared with the change log, snapshot and retention code. */

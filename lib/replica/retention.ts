@@ -1,6 +1,6 @@
 import { compareHlc } from '../protocol/hlc.js';
 import type { KvOp } from '../storage/kv.js';
-import { META_FLOOR, NS_TOMBSTONE_AGE, FACT_HEADER, tombstoneAgeKey, logKey, decodeFact, readU64 } from './keys.js';
+import { META_FLOOR, NS_TOMBSTONE_AGE, tombstoneAgeKey, parseTombstoneAgeKey, factLogKey, factStamp, tombstoneCreatedAt } from './keys.js';
 import type { ReplicaContext } from './replica.js';
 
 /** What a sweep removed. */
@@ -34,17 +34,18 @@ export async function sweepTombstones(replica: ReplicaContext, now: number): Pro
       await it.close();
     }
     if (ageKeys.length === 0) break;
-    const tombKeys = ageKeys.map((k) => k.subarray(9));
+    const aged = ageKeys.map(parseTombstoneAgeKey);
+    const tombKeys = aged.map((a) => a.tombKey);
     const records = await replica.store.getMany(tombKeys);
     for (let i = 0; i < ageKeys.length; i++) {
       ops.push({ type: 'del', key: ageKeys[i]! });
       const record = records[i];
       // The age index is written with its tombstone; a mismatch means a later
       // delete replaced it, whose own index entry governs.
-      if (!record || readU64(record, FACT_HEADER) !== readU64(ageKeys[i]!, 1)) continue;
-      const fact = decodeFact(record);
-      ops.push({ type: 'del', key: tombKeys[i]! }, { type: 'del', key: logKey(fact.stamp, fact.idx) });
-      if (!floor || compareHlc(fact.stamp, floor) > 0) floor = fact.stamp;
+      if (!record || tombstoneCreatedAt(record) !== aged[i]!.createdAt) continue;
+      ops.push({ type: 'del', key: tombKeys[i]! }, { type: 'del', key: factLogKey(record) });
+      const stamp = factStamp(record);
+      if (!floor || compareHlc(stamp, floor) > 0) floor = Buffer.from(stamp);
       swept++;
     }
     if (floor) ops.push({ type: 'put', key: META_FLOOR, value: floor });

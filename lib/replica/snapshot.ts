@@ -1,13 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { SyncError, ErrorCode } from '../errors.js';
-import { HLC_BYTES, compareHlc, hlcToWire } from '../protocol/hlc.js';
+import { compareHlc, hlcToWire } from '../protocol/hlc.js';
 import type { SnapshotCheckpoint } from '../protocol/messages.js';
 import { siteIdToWire } from '../protocol/site-id.js';
 import { validateCheckpoint } from '../protocol/validate.js';
 import type { KvIterator } from '../storage/kv.js';
 import {
   NS_META, NS_TABLE_STATS, NS_MIGRATION, NS_COLUMN, NS_TOMBSTONE, NS_LOG,
-  META_LAST_STAMP, META_FLOOR, FACT_HEADER, TOMBSTONE_HEADER,
+  META_LAST_STAMP, META_FLOOR, factHlc, factJson, tombstoneJson,
   decodeComponent, prefixEnd, readU64,
 } from './keys.js';
 import type { ReplicaContext } from './replica.js';
@@ -61,7 +61,7 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
     }
     const migrations: { hlc: Buffer; json: string }[] = [];
     for (; entry && entry[0][0] === NS_MIGRATION; entry = reader.nextBuffered() ?? await reader.current()) {
-      migrations.push({ hlc: Buffer.from(entry[1].subarray(0, HLC_BYTES)), json: entry[1].toString('utf8', FACT_HEADER) });
+      migrations.push({ hlc: Buffer.from(factHlc(entry[1])), json: factJson(entry[1]) });
     }
     // Replaying DDL needs causal order, which the HLC gives.
     migrations.sort((a, b) => compareHlc(a.hlc, b.hlc));
@@ -118,7 +118,7 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
       let written = 0;
       let batch: string[] = [];
       for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = reader.nextBuffered() ?? await reader.current()) {
-        batch.push(entry[1].toString('utf8', FACT_HEADER));
+        batch.push(factJson(entry[1]));
         if (batch.length >= chunkSize) {
           yield `${head}${batch.join(',')}]}`;
           written += batch.length;
@@ -142,7 +142,7 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
       const head = `{"type":"tombstone","schema":${JSON.stringify(schema)},"table":${JSON.stringify(table)},"entries":[`;
       let batch: string[] = [];
       for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = reader.nextBuffered() ?? await reader.current()) {
-        batch.push(entry[1].toString('utf8', TOMBSTONE_HEADER));
+        batch.push(tombstoneJson(entry[1]));
         if (batch.length >= chunkSize) {
           yield `${head}${batch.join(',')}]}`;
           batch = [];
