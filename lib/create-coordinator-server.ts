@@ -5,6 +5,9 @@ import { SERVER_DEFAULTS, type CoordinatorConfig } from './config/options.js';
 import type { CoordinatorHooks } from './service/hooks.js';
 import { createSyncRouter, type SyncRouter } from './create-sync-router.js';
 import { logs } from './log.js';
+import { ErrorCode } from './errors.js';
+import { notFound } from './http/routes.js';
+import { refuseUpgrade } from './ws/upgrade.js';
 
 const log = logs.server;
 
@@ -44,17 +47,13 @@ export function createCoordinatorServer(options: CoordinatorServerOptions = {}):
   const app = express();
   app.disable('x-powered-by');
   app.use(config.basePath, router);
-  app.use(function notFound(req, res) {
-    res.status(404).json({ ok: false, error: { code: 'NOT_FOUND', message: `No route for ${req.method} ${req.originalUrl}` } });
-  });
+  app.use(notFound);
   const server = createServer(app);
   // The standalone server owns every upgrade: one the router does not take
   // (another path) is refused at once instead of hanging until the client gives up.
   server.on('upgrade', function refuseOtherUpgrades(req, socket, head) {
     if (router.handleUpgrade(req, socket, head)) return;
-    const body = JSON.stringify({ ok: false, error: { code: 'NOT_FOUND', message: `No WebSocket endpoint at ${(req.url ?? '').split('?')[0]}` } });
-    socket.on('error', () => socket.destroy());
-    socket.end(`HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    refuseUpgrade(socket, 404, ErrorCode.NotFound, `No WebSocket endpoint at ${(req.url ?? '').split('?')[0]}`);
   });
   let stopping: Promise<void> | undefined;
 

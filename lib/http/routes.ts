@@ -37,6 +37,11 @@ export function httpStatusOf(code: string): number {
   return STATUS_BY_CODE[code] ?? 500;
 }
 
+/** The 404 JSON of §7 for a route nobody serves (also the standalone app's last handler). */
+export function notFound(req: Request, res: Response): void {
+  res.status(404).json({ ok: false, error: { code: ErrorCode.NotFound, message: `No route for ${req.method} ${req.originalUrl}` } });
+}
+
 interface RouteDeps {
   config: Config;
   coordinator: Coordinator;
@@ -75,11 +80,10 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
   // After /status and /metrics: health checks and scrapes often share the
   // address of a proxy with every client, and must not fail when clients are busy.
   router.use(function rateLimit(req: Request, res: Response, next: NextFunction) {
-    const wait = limits.addressRate?.take(addressOf(req), limits.now()) ?? 0;
-    if (wait === 0) return next();
-    limits.refused('rate_address');
-    res.set('Retry-After', String(Math.max(1, Math.ceil(wait / 1000))));
-    next(new SyncError(ErrorCode.RateLimited, `too many requests from this address (limit ${config.messagesPerSecondPerIp}/s, burst ${config.messageBurstPerIp}); retry in ${wait} ms`));
+    const refusal = limits.takeAddress(addressOf(req), 'requests');
+    if (!refusal) return next();
+    res.set('Retry-After', String(Math.max(1, Math.ceil(refusal.waitMs / 1000))));
+    next(new SyncError(ErrorCode.RateLimited, refusal.message));
   });
 
   async function callerOf(req: Request, action: Operation['action']): Promise<Caller> {
@@ -172,9 +176,7 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
     res.end();
   });
 
-  router.use(function notFound(req: Request, res: Response) {
-    res.status(404).json({ ok: false, error: { code: ErrorCode.NotFound, message: `No route for ${req.method} ${req.originalUrl}` } });
-  });
+  router.use(notFound);
 
   router.use(function sendError(err: unknown, req: Request, res: Response, _next: NextFunction) {
     let code: string;

@@ -41,11 +41,6 @@ export class Hub {
     if (set.size === 0) this.databases.delete(subscriber.databaseId);
   }
 
-  /** Subscribers of one database. */
-  count(databaseId: string): number {
-    return this.databases.get(databaseId)?.size ?? 0;
-  }
-
   /** Every subscriber, across databases. */
   get size(): number {
     let n = 0;
@@ -67,10 +62,5 @@ export class Hub {
     }
     if (delivered > 0) this.metrics.changesBroadcastTotal.inc(delivered * changeSets.length);
     return delivered;
-  }
-
-  /** Every subscriber, for shutdown. */
-  all(): Subscriber[] {
-    return [...this.databases.values()].flatMap((set) => [...set]);
   }
 }

@@ -185,10 +185,10 @@ export class Coordinator {
         this.checkMessageSize(changes);
         sets = validateChangeSets(changes, { now: this.config.now(), maxDriftMs: this.config.maxDriftMs });
       } catch (err) {
-        this.metrics.changesRejectedTotal.inc(countChanges(changes));
+        this.metrics.changesRejectedTotal.inc(countFacts(changes, 0));
         throw err;
       }
-      const received = sets.reduce((n, s) => n + s.changes.length + s.migrations.length, 0);
+      const received = factsIn(sets);
       this.metrics.changesReceivedTotal.inc(received);
       let rejected: ApplyResult['rejected'];
       const hook = this.config.hooks.onBeforeApplyChanges;
@@ -216,7 +216,7 @@ export class Coordinator {
             ...(r.table !== undefined ? { table: String(r.table) } : {}),
             ...(r.column !== undefined ? { column: String(r.column) } : {}),
           }));
-          const kept = sets.reduce((n, s) => n + s.changes.length + s.migrations.length, 0);
+          const kept = factsIn(sets);
           this.metrics.changesRejectedTotal.inc(Math.max(received - kept, rejected.length));
         }
       }
@@ -267,14 +267,9 @@ export class Coordinator {
    * objects per change, so the count bounds the memory one message takes.
    */
   private checkMessageSize(changes: unknown): void {
-    if (!Array.isArray(changes)) return;
     const max = this.config.maxChangesPerMessage;
-    let n = 0;
-    for (const set of changes) {
-      const { changes: list, schemaMigrations } = (typeof set === 'object' && set !== null ? set : {}) as { changes?: unknown; schemaMigrations?: unknown };
-      const facts = (Array.isArray(list) ? list.length : 0) + (Array.isArray(schemaMigrations) ? schemaMigrations.length : 0);
-      n += Math.max(1, facts);
-    }
+    // An empty change set still costs work, so it counts as one.
+    const n = countFacts(changes, 1);
     if (n > max) {
       this.limits?.refused('changes_per_message');
       throw new SyncError(ErrorCode.PayloadTooLarge, `changes: ${n} changes and migrations in one message, more than the limit of ${max} (maxChangesPerMessage); send them in several messages`);
@@ -365,12 +360,24 @@ export function messageOf(err: unknown): string {
   return String(err);
 }
 
-function countChanges(changes: unknown): number {
+/** Changes plus migrations of validated change sets. */
+function factsIn(sets: ValidChangeSet[]): number {
+  let n = 0;
+  for (const set of sets) n += set.changes.length + set.migrations.length;
+  return n;
+}
+
+/**
+ * Changes plus migrations of an unvalidated `changes` array (0 if it is not
+ * one); a change set with none counts as `emptySet`.
+ */
+function countFacts(changes: unknown, emptySet: number): number {
   if (!Array.isArray(changes)) return 0;
   let n = 0;
   for (const set of changes) {
-    const list = (set as { changes?: unknown } | null)?.changes;
-    n += Array.isArray(list) ? list.length : 0;
+    const { changes: list, schemaMigrations } = (typeof set === 'object' && set !== null ? set : {}) as { changes?: unknown; schemaMigrations?: unknown };
+    const facts = (Array.isArray(list) ? list.length : 0) + (Array.isArray(schemaMigrations) ? schemaMigrations.length : 0);
+    n += Math.max(emptySet, facts);
   }
   return n;
 }

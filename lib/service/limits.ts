@@ -179,8 +179,13 @@ export type LimitName =
 
 /** The limits one router enforces, shared by its HTTP routes and WebSocket sessions. */
 export interface Limits {
-  /** Per-address message rate (WebSocket frames, upgrades, HTTP requests); undefined when disabled. */
-  readonly addressRate?: AddressRateLimiter;
+  /**
+   * Takes one token of the per-address rate (WebSocket frames, upgrades and
+   * HTTP requests share it). When the address has none left, counts the
+   * refusal and returns how long to wait and the RATE_LIMITED text naming
+   * `what` was refused; undefined when allowed or when the limit is off.
+   */
+  takeAddress(address: string, what: 'messages' | 'requests'): { waitMs: number; message: string } | undefined;
   /** Open WebSocket connections. */
   readonly connections: ConnectionCounter;
   /** Counts a refusal by one of the limits. */
@@ -195,11 +200,19 @@ export interface Limits {
 export function createLimits(config: Config, metrics: Metrics): Limits {
   const refusals = metrics.limitRefusalsTotal;
   const lagging = metrics.laggingSessionsTotal;
+  // Monotonic: wall-clock jumps must not refill or drain the buckets.
+  const now = (): number => performance.now();
+  const addressRate = config.messagesPerSecondPerIp > 0 ? new AddressRateLimiter(config.messagesPerSecondPerIp, config.messageBurstPerIp) : undefined;
   return {
-    addressRate: config.messagesPerSecondPerIp > 0 ? new AddressRateLimiter(config.messagesPerSecondPerIp, config.messageBurstPerIp) : undefined,
+    takeAddress(address, what) {
+      const waitMs = addressRate?.take(address, now()) ?? 0;
+      if (waitMs === 0) return undefined;
+      refusals.inc({ limit: 'rate_address' });
+      return { waitMs, message: `too many ${what} from this address (limit ${config.messagesPerSecondPerIp}/s, burst ${config.messageBurstPerIp}); retry in ${waitMs} ms` };
+    },
     connections: new ConnectionCounter(config.maxConnections, config.maxConnectionsPerIp),
     refused: (limit) => refusals.inc({ limit }),
     lagged: () => lagging.inc(),
-    now: () => performance.now(),
+    now,
   };
 }

@@ -155,12 +155,7 @@ export class Session implements Subscriber {
       limits.refused('rate_connection');
       return `too many messages on this connection (limit ${config.messagesPerSecond}/s, burst ${config.messageBurst}); retry in ${wait} ms`;
     }
-    const addressWait = limits.addressRate?.take(this.remoteAddress ?? 'unknown', now) ?? 0;
-    if (addressWait > 0) {
-      limits.refused('rate_address');
-      return `too many messages from this address (limit ${config.messagesPerSecondPerIp}/s, burst ${config.messageBurstPerIp}); retry in ${addressWait} ms`;
-    }
-    return undefined;
+    return limits.takeAddress(this.remoteAddress ?? 'unknown', 'messages')?.message;
   }
 
   private async handleFrame(bytes: Buffer, isBinary: boolean, refusal: string | undefined): Promise<void> {

@@ -53,30 +53,29 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
     const q = url.indexOf('?');
     if ((q === -1 ? url : url.slice(0, q)) !== wsPath) return false;
     if (closing || coordinator.isClosing) {
-      refuse(socket, 503, ErrorCode.ShuttingDown, 'the server is shutting down');
+      refuseUpgrade(socket, 503, ErrorCode.ShuttingDown, 'the server is shutting down');
       return true;
     }
     const address = clientAddress(req.headers['x-forwarded-for'], req.socket.remoteAddress, config.trustProxy);
     if (!originAllowed(req.headers.origin, config.corsOrigin)) {
       limits.refused('origin');
-      refuse(socket, 403, ErrorCode.Forbidden, `Origin ${JSON.stringify(String(req.headers.origin).slice(0, 200))} is not allowed (corsOrigin)`);
+      refuseUpgrade(socket, 403, ErrorCode.Forbidden, `Origin ${JSON.stringify(String(req.headers.origin).slice(0, 200))} is not allowed (corsOrigin)`);
       return true;
     }
-    const wait = limits.addressRate?.take(address, limits.now()) ?? 0;
-    if (wait > 0) {
-      limits.refused('rate_address');
-      refuse(socket, 429, ErrorCode.RateLimited, `too many requests from this address (limit ${config.messagesPerSecondPerIp}/s)`, wait);
+    const refusal = limits.takeAddress(address, 'requests');
+    if (refusal) {
+      refuseUpgrade(socket, 429, ErrorCode.RateLimited, refusal.message, refusal.waitMs);
       return true;
     }
     const full = limits.connections.check(address);
     if (full === 'total') {
       limits.refused('connections_total');
-      refuse(socket, 503, ErrorCode.RateLimited, `too many connections (limit ${config.maxConnections}, maxConnections)`, 1000);
+      refuseUpgrade(socket, 503, ErrorCode.RateLimited, `too many connections (limit ${config.maxConnections}, maxConnections)`, 1000);
       return true;
     }
     if (full === 'address') {
       limits.refused('connections_address');
-      refuse(socket, 429, ErrorCode.RateLimited, `too many connections from this address (limit ${config.maxConnectionsPerIp}, maxConnectionsPerIp)`, 1000);
+      refuseUpgrade(socket, 429, ErrorCode.RateLimited, `too many connections from this address (limit ${config.maxConnectionsPerIp}, maxConnectionsPerIp)`, 1000);
       return true;
     }
     // ws completes a valid upgrade synchronously, so no other upgrade can
@@ -122,10 +121,10 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
 /** How long shutdown waits for sessions to answer what they have received. */
 const SETTLE_TIMEOUT_MS = 2000;
 
-const STATUS_TEXT: Record<number, string> = { 403: 'Forbidden', 429: 'Too Many Requests', 503: 'Service Unavailable' };
+const STATUS_TEXT: Record<number, string> = { 403: 'Forbidden', 404: 'Not Found', 429: 'Too Many Requests', 503: 'Service Unavailable' };
 
-/** Answers an upgrade with a plain HTTP error and closes the socket once it is written. */
-function refuse(socket: Duplex, status: number, code: string, message: string, retryAfterMs?: number): void {
+/** Answers an upgrade with a plain HTTP error (the JSON envelope of §7) and closes the socket once it is written. */
+export function refuseUpgrade(socket: Duplex, status: number, code: string, message: string, retryAfterMs?: number): void {
   const body = JSON.stringify({ ok: false, error: { code, message } });
   const retry = retryAfterMs === undefined ? '' : `Retry-After: ${Math.max(1, Math.ceil(retryAfterMs / 1000))}\r\n`;
   socket.once('finish', () => socket.destroy());
