@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
-const FIXTURE = fileURLToPath(new URL('../../../shared/fixtures/reference-transcript.jsonl', import.meta.url));
+const FIXTURE = fileURLToPath(new URL('../fixtures/reference-transcript.jsonl', import.meta.url));
 interface Line { seq: number; conn: string; dir: string; step: string; msg: Record<string, unknown> }
 const transcript: Line[] = readFileSync(FIXTURE, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
 const RECORDED_AT = 1795619935600;

@@ -5,7 +5,7 @@ import { validateChangeSets, validateCursor, validateCheckpoint } from '../../li
 import { validateSqlValue, encodeSqlValue, decodeSqlValue, type SqlValue } from '../../lib/protocol/values.js';
 import { SyncError } from '../../lib/errors.js';
 
-const FIXTURE = fileURLToPath(new URL('../../../shared/fixtures/reference-transcript.jsonl', import.meta.url));
+const FIXTURE = fileURLToPath(new URL('../fixtures/reference-transcript.jsonl', import.meta.url));
 const transcript = readFileSync(FIXTURE, 'utf8').trim().split('\n').map((line) => JSON.parse(line));
 // The transcript was recorded around this wall time; drift is judged against it.
 const RECORDED_AT = 1795619940000;
