@@ -26,7 +26,6 @@ export const ErrorCode = {
   ClockDrift: 'CLOCK_DRIFT',
   PayloadTooLarge: 'PAYLOAD_TOO_LARGE',
   RateLimited: 'RATE_LIMITED',
-  Lagging: 'LAGGING',
   SnapshotRequired: 'SNAPSHOT_REQUIRED',
   // Server side
   NotFound: 'NOT_FOUND',
@@ -66,6 +65,70 @@ export class SyncError extends Error {
     this.code = code;
     this.fatal = options.fatal ?? false;
   }
+}
+
+/** How each error code travels: HTTP status, and on WebSocket whether it ends the session and with which close code. */
+export interface ErrorDisposition {
+  /** HTTP status of the §7 error envelope. */
+  readonly status: number;
+  /**
+   * Sent with `fatal: true` on WebSocket. Real clients stop reconnecting for
+   * good on a fatal error (PROTOCOL.md §8), so only a refusal that a retry
+   * cannot cure is fatal; a server-side fault never is.
+   */
+  readonly fatal: boolean;
+  /** Close code when the error ends a WebSocket session (handshake refusals and server faults). */
+  readonly close?: CloseCode;
+}
+
+/**
+ * The one table of every code's disposition (PROTOCOL.md §4, §7). Codes not
+ * listed here do not exist; `dispositionOf` maps anything else to INTERNAL_ERROR.
+ */
+export const ERROR_DISPOSITIONS: Readonly<Record<ErrorCode, ErrorDisposition>> = Object.freeze({
+  NOT_AUTHENTICATED: { status: 401, fatal: false },
+  ALREADY_AUTHENTICATED: { status: 400, fatal: true },
+  PROTOCOL_VERSION_MISMATCH: { status: 400, fatal: true, close: CloseCode.ProtocolVersionMismatch },
+  MISSING_DATABASE_ID: { status: 400, fatal: true, close: CloseCode.MissingDatabaseId },
+  AUTH_FAILED: { status: 401, fatal: true, close: CloseCode.AuthFailed },
+  // Transient as a reply; a connect refused by onAuthorize/onClientConnect is made fatal by the handshake.
+  FORBIDDEN: { status: 403, fatal: false, close: CloseCode.AuthFailed },
+  UNKNOWN_MESSAGE: { status: 400, fatal: false },
+  MESSAGE_ERROR: { status: 400, fatal: false },
+  GET_CHANGES_ERROR: { status: 500, fatal: false },
+  APPLY_CHANGES_ERROR: { status: 500, fatal: false },
+  SNAPSHOT_ERROR: { status: 500, fatal: false },
+  INVALID_MESSAGE: { status: 400, fatal: false },
+  INVALID_CHANGESET: { status: 400, fatal: false },
+  INVALID_HLC: { status: 400, fatal: false },
+  INVALID_SITE_ID: { status: 400, fatal: false },
+  INVALID_DATABASE_ID: { status: 400, fatal: false },
+  INVALID_BODY: { status: 400, fatal: false },
+  INVALID_CHECKPOINT: { status: 400, fatal: false },
+  CLOCK_DRIFT: { status: 400, fatal: false },
+  PAYLOAD_TOO_LARGE: { status: 413, fatal: false },
+  RATE_LIMITED: { status: 429, fatal: false },
+  SNAPSHOT_REQUIRED: { status: 410, fatal: false },
+  NOT_FOUND: { status: 404, fatal: false },
+  STORE_CLOSED: { status: 503, fatal: false, close: CloseCode.TryAgainLater },
+  SHUTTING_DOWN: { status: 503, fatal: false, close: CloseCode.GoingAway },
+  INTERNAL_ERROR: { status: 500, fatal: false, close: CloseCode.InternalError },
+});
+
+/** The disposition of `code`; unknown codes are treated as INTERNAL_ERROR. */
+export function dispositionOf(code: string): ErrorDisposition {
+  return (ERROR_DISPOSITIONS as Record<string, ErrorDisposition>)[code] ?? ERROR_DISPOSITIONS.INTERNAL_ERROR;
+}
+
+/** HTTP status for an error code (PROTOCOL.md §7). */
+export function httpStatusOf(code: string): number {
+  return dispositionOf(code).status;
+}
+
+/** The message of an error, or its text. */
+export function messageOf(err: unknown): string {
+  if (isSyncError(err) || err instanceof Error) return err.message;
+  return String(err);
 }
 
 /** True when `err` is a SyncError (also across duplicated module copies). */

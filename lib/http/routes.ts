@@ -1,41 +1,17 @@
 import { isUtf8 } from 'node:buffer';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import cors from 'cors';
-import { SyncError, ErrorCode, isSyncError } from '../errors.js';
+import { SyncError, ErrorCode, isSyncError, httpStatusOf, messageOf } from '../errors.js';
 import type { Config } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { logs } from '../log.js';
 import { siteIdFromWire } from '../protocol/site-id.js';
 import { validateDatabaseId } from '../storage/database-id.js';
-import { messageOf, type Caller, type Coordinator } from '../service/coordinator.js';
+import type { Caller, Coordinator } from '../service/coordinator.js';
 import type { Operation } from '../service/hooks.js';
 import { clientAddress, exceedsJsonDepth, type Limits } from '../service/limits.js';
 
 const log = logs.http;
-
-const STATUS_BY_CODE: Record<string, number> = {
-  [ErrorCode.InvalidMessage]: 400,
-  [ErrorCode.InvalidChangeSet]: 400,
-  [ErrorCode.InvalidHlc]: 400,
-  [ErrorCode.InvalidSiteId]: 400,
-  [ErrorCode.InvalidDatabaseId]: 400,
-  [ErrorCode.InvalidBody]: 400,
-  [ErrorCode.InvalidCheckpoint]: 400,
-  [ErrorCode.ClockDrift]: 400,
-  [ErrorCode.MessageError]: 400,
-  [ErrorCode.AuthFailed]: 401,
-  [ErrorCode.Forbidden]: 403,
-  [ErrorCode.NotFound]: 404,
-  [ErrorCode.SnapshotRequired]: 410,
-  [ErrorCode.PayloadTooLarge]: 413,
-  [ErrorCode.RateLimited]: 429,
-  [ErrorCode.ShuttingDown]: 503,
-};
-
-/** HTTP status for an error code (PROTOCOL.md §7). */
-export function httpStatusOf(code: string): number {
-  return STATUS_BY_CODE[code] ?? 500;
-}
 
 /** The 404 JSON of §7 for a route nobody serves (also the standalone app's last handler). */
 export function notFound(req: Request, res: Response): void {

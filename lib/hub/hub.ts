@@ -1,5 +1,6 @@
 import type { ChangeSet } from '../protocol/messages.js';
 import type { Metrics } from '../metrics/metrics.js';
+import { Push } from '../delivery/push.js';
 
 /** A party that receives pushes for one database (a WebSocket session). */
 export interface Subscriber {
@@ -7,15 +8,16 @@ export interface Subscriber {
   /** Site id (base64url); pushes never go back to the same site. */
   readonly siteId: string;
   /**
-   * Sends an already serialized push. Returns false when the subscriber could
-   * not take it (closed, or lagging behind); it then catches up by cursor.
+   * Offers a committed push. Returns false when the subscriber did not send
+   * it now (closed, catching up, or behind); its delivery stream then sends
+   * it from the stored log, so nothing is lost.
    */
-  push(frame: string): boolean;
+  offer(push: Push): boolean;
 }
 
 /**
- * Sessions per database and fan-out of applied change sets. A push is
- * serialized once and the same text goes to every subscriber.
+ * Sessions per database and fan-out of committed change sets. A push is
+ * built and serialized once and the same text goes to every subscriber.
  */
 export class Hub {
   private readonly databases = new Map<string, Set<Subscriber>>();
@@ -48,19 +50,23 @@ export class Hub {
     return n;
   }
 
-  /** Sends `changeSets` to every subscriber of the database except those of `fromSite`. */
-  publish(databaseId: string, fromSite: string, changeSets: ChangeSet[]): number {
+  /**
+   * Offers the change sets one message committed (`accepted[i]` stamped
+   * `stamps[i]`) to every subscriber of the database except those of
+   * `fromSite`. Must be called in commit order, right after the commit.
+   */
+  publish(databaseId: string, fromSite: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[]): number {
     const set = this.databases.get(databaseId);
-    if (!set || changeSets.length === 0) return 0;
-    let frame: string | undefined;
+    if (!set || accepted.length === 0) return 0;
+    let push: Push | undefined;
     let delivered = 0;
     for (const subscriber of set) {
       if (subscriber.siteId === fromSite) continue;
-      frame ??= JSON.stringify({ type: 'push_changes', changeSets });
-      if (subscriber.push(frame)) delivered++;
+      push ??= new Push(accepted, stamps);
+      if (subscriber.offer(push)) delivered++;
       else this.metrics.broadcastErrorsTotal.inc();
     }
-    if (delivered > 0) this.metrics.changesBroadcastTotal.inc(delivered * changeSets.length);
+    if (delivered > 0) this.metrics.changesBroadcastTotal.inc(delivered * accepted.length);
     return delivered;
   }
 }

@@ -22,6 +22,8 @@ export interface ChangesPage {
   readonly transactionCount: number;
   /** `hlc` of the last change set: the cursor after this page. */
   readonly lastHlc?: string;
+  /** The same stamp as 30 bytes. */
+  readonly lastStamp?: Buffer;
 }
 
 /**
@@ -59,6 +61,7 @@ export async function readChangesSince(
     let stampOf: Buffer | undefined;
     let head = '';
     let lastHlc: string | undefined;
+    let lastStamp: Buffer | undefined;
     let changes: string[] = [];
     let migrations: string[] = [];
     const finish = (): void => {
@@ -75,6 +78,7 @@ export async function readChangesSince(
           const previousHlc = lastHlc;
           if (stampOf) {
             finish();
+            lastStamp = stampOf;
             // Whole transactions only; a page of huge values also stops at the byte budget.
             if (count >= batchSize || bytes >= maxBytes) { hasMore = true; stampOf = undefined; lastHlc = previousHlc; break scan; }
           }
@@ -89,12 +93,15 @@ export async function readChangesSince(
         else changes.push(json);
       }
     }
-    if (stampOf) finish();
+    if (stampOf) {
+      finish();
+      lastStamp = stampOf;
+    }
     const json = `[${sets.join(',')}]`;
     let parsed: ChangeSet[] | undefined;
     return {
       get changeSets() { return (parsed ??= JSON.parse(json) as ChangeSet[]); },
-      json, hasMore, changeCount: count, transactionCount: sets.length, ...(lastHlc ? { lastHlc } : {}),
+      json, hasMore, changeCount: count, transactionCount: sets.length, ...(lastHlc ? { lastHlc, lastStamp } : {}),
     };
   } finally {
     await it.close();

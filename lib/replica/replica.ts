@@ -93,6 +93,7 @@ export class Replica implements ReplicaContext {
   private filterBuild: Promise<void> = Promise.resolve();
   private queue: Promise<unknown> = Promise.resolve();
   private closing?: Promise<void>;
+  private committed: Buffer | undefined;
 
   private constructor(store: KvStore, siteId: Buffer, tables: Map<string, TableStats>, last: Buffer | undefined, options: ReplicaOptions) {
     this.store = store;
@@ -104,6 +105,7 @@ export class Replica implements ReplicaContext {
     this.syncWrites = options.syncWrites ?? false;
     this.allowResurrection = options.allowResurrection ?? false;
     this.tables = tables;
+    this.committed = last;
     this.stamps = (options.stampSource ?? localStampSource)({ siteId, last, now: this.now });
     this.applyContext = {
       store, siteId, allowResurrection: this.allowResurrection, now: this.now, stamps: this.stamps, tables,
@@ -227,6 +229,7 @@ export class Replica implements ReplicaContext {
       result = await applyGroup(this.applyContext, group.map((p) => p.sets));
       if (result.lastStamp) result.ops.push({ type: 'put', key: META_LAST_STAMP, value: result.lastStamp });
       await this.store.write(result.ops, { sync: this.syncWrites });
+      if (result.lastStamp) this.committed = result.lastStamp;
       const filter = this.filter;
       if (filter) {
         for (const op of result.ops) {
@@ -289,6 +292,15 @@ export class Replica implements ReplicaContext {
   /** Removes tombstones older than the retention horizon. */
   sweep(now = this.now()): Promise<SweepResult> {
     return this.serial(() => sweepTombstones(this, now));
+  }
+
+  /**
+   * The stamp of the last committed transaction, known without a read: set
+   * as soon as its write is stored, before its appliers are told. A reader
+   * that takes it and then subscribes to pushes misses nothing in between.
+   */
+  get committedStamp(): Buffer | undefined {
+    return this.committed;
   }
 
   /** The last stamp issued (or undefined for a fresh database). */

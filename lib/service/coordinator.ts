@@ -1,8 +1,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { SyncError, ErrorCode, isSyncError } from '../errors.js';
+import type { IncomingHttpHeaders } from 'node:http';
+import { SyncError, ErrorCode, isSyncError, messageOf } from '../errors.js';
 import type { Config } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { Hub } from '../hub/hub.js';
+import { Hub, type Subscriber } from '../hub/hub.js';
 import { logs } from '../log.js';
 import { validateChangeSets, validateCursor, type ValidChangeSet } from '../protocol/validate.js';
 import { siteIdFromWire } from '../protocol/site-id.js';
@@ -11,8 +12,10 @@ import { Replica } from '../replica/replica.js';
 import type { ChangesPage } from '../replica/change-log.js';
 import { openLevelStore } from '../storage/leveldb.js';
 import { databaseDirectory, validateDatabaseId } from '../storage/database-id.js';
-import { ReplicaPool } from '../storage/replica-pool.js';
-import type { AuthenticateContext, Identity, Operation } from './hooks.js';
+import { ReplicaPool, type Lease } from '../storage/replica-pool.js';
+import type { LogReader } from '../delivery/ports.js';
+import { largestHlc } from '../delivery/backlog.js';
+import type { AuthenticateContext, ClientInfo, Identity, Operation } from './hooks.js';
 import type { Limits } from './limits.js';
 
 const log = logs.service;
@@ -25,6 +28,42 @@ export interface Caller {
   siteId: string;
   identity: Identity;
 }
+
+/** A WebSocket handshake's claims (PROTOCOL.md §4), not yet checked. */
+export interface ConnectRequest {
+  databaseId: unknown;
+  siteId: unknown;
+  token: unknown;
+  connectionId: string;
+  remoteAddress?: string;
+  headers: IncomingHttpHeaders;
+}
+
+/** An accepted WebSocket client: who it is and its database, open until `lease.release()`. */
+export interface Connection {
+  caller: Caller;
+  lease: Lease<Replica>;
+  /** The database's server site id (base64url). */
+  serverSiteId: string;
+}
+
+/** What `submitChanges` found in a message before applying it. */
+export interface SubmittedChanges {
+  /** The commit, the pushes and `onAfterApplyChanges`; resolves with the ApplyResult. */
+  done: Promise<ApplyResult>;
+  /** Changes plus migrations in the message as the client sent it. */
+  changeCount: number;
+  /** The largest change-set HLC of the message (the client's own, not a stamp). */
+  lastHlc?: Buffer;
+}
+
+/** A caller's reader of its database's change log (the delivery stream's log port). */
+export interface ChangeFeed extends LogReader {
+  read(cursor: Buffer | undefined): Promise<ChangesPage>;
+}
+
+/** Most bytes of change sets in one page of the log (a page holds at least one whole transaction). */
+const PAGE_BYTES = 4 * 1024 * 1024;
 
 /** Status figures for `/status`. */
 export interface CoordinatorStatus {
@@ -154,6 +193,58 @@ export class Coordinator {
     return run;
   }
 
+  /**
+   * Accepts a WebSocket client (PROTOCOL.md §4): checks the database id and
+   * site id, authenticates, authorizes `connect`, opens the database and asks
+   * `onClientConnect`. Refusals are SyncErrors marked fatal, so the client
+   * stops retrying: AUTH_FAILED (bad credentials, malformed ids) or FORBIDDEN.
+   * A server-side fault (a store that cannot open: descriptors, a lock, a
+   * full disk) is a transient INTERNAL_ERROR without its details, never a
+   * refusal; SHUTTING_DOWN passes through.
+   */
+  async connect(request: ConnectRequest): Promise<Connection> {
+    let caller: Caller;
+    try {
+      const databaseId = validateDatabaseId(request.databaseId);
+      siteIdFromWire(request.siteId, 'siteId');
+      const siteId = request.siteId as string;
+      const { token } = request;
+      if (token !== undefined && typeof token !== 'string') throw new SyncError(ErrorCode.AuthFailed, 'token: expected a string');
+      const identity = await this.authenticate({
+        databaseId, siteId, token, transport: 'websocket', remoteAddress: request.remoteAddress, headers: request.headers,
+      });
+      caller = { databaseId, siteId, identity };
+      await this.authorize(caller, 'connect');
+    } catch (err) {
+      throw refusal(err);
+    }
+    let lease: Lease<Replica>;
+    try {
+      lease = await this.openDatabase(caller.databaseId);
+    } catch (err) {
+      if (isSyncError(err) && err.code === ErrorCode.ShuttingDown) throw err;
+      log('cannot open %s for a client: %s', caller.databaseId, messageOf(err));
+      throw new SyncError(ErrorCode.Internal, `the server could not open database ${caller.databaseId}; try again later`, { cause: err });
+    }
+    try {
+      const hook = this.config.hooks.onClientConnect;
+      if (hook) {
+        const client: ClientInfo = { databaseId: caller.databaseId, siteId: caller.siteId, connectionId: request.connectionId, remoteAddress: request.remoteAddress };
+        let allowed: boolean | void;
+        try {
+          allowed = await hook(caller.identity, client);
+        } catch (err) {
+          throw new SyncError(ErrorCode.Forbidden, messageOf(err), { fatal: true });
+        }
+        if (allowed === false) throw new SyncError(ErrorCode.Forbidden, 'connection refused by onClientConnect', { fatal: true });
+      }
+    } catch (err) {
+      lease.release();
+      throw err;
+    }
+    return { caller, lease, serverSiteId: lease.resource.siteIdWire };
+  }
+
   /** Opens (or finds) a database's replica for the length of a session. */
   openDatabase(databaseId: string) {
     validateDatabaseId(databaseId);
@@ -177,7 +268,7 @@ export class Coordinator {
    * flight are committed together, so a client with several messages in
    * flight gets group commit.
    */
-  submitChanges(caller: Caller, changes: unknown): Promise<{ done: Promise<ApplyResult> }> {
+  submitChanges(caller: Caller, changes: unknown): Promise<SubmittedChanges> {
     return this.track(async () => {
       const timer = this.metrics.applyChangesDuration.startTimer();
       let sets: ValidChangeSet[];
@@ -189,6 +280,7 @@ export class Coordinator {
         throw err;
       }
       const received = factsIn(sets);
+      const lastHlc = largestHlc(sets.map((set) => set.hlc));
       this.metrics.changesReceivedTotal.inc(received);
       let rejected: ApplyResult['rejected'];
       const hook = this.config.hooks.onBeforeApplyChanges;
@@ -238,7 +330,7 @@ export class Coordinator {
         this.metrics.changesAppliedTotal.inc(outcome.applied);
         this.metrics.changeBatchSize.observe(received);
         timer();
-        this.hub.publish(caller.databaseId, caller.siteId, outcome.accepted);
+        this.hub.publish(caller.databaseId, caller.siteId, outcome.accepted, outcome.stamps);
         const result: ApplyResult = {
           applied: outcome.applied, skipped: outcome.skipped, conflicts: outcome.conflicts, transactions: outcome.transactions,
           ...(rejected ? { rejected } : {}),
@@ -257,7 +349,7 @@ export class Coordinator {
       this.inflight.add(done);
       const settle = (): void => { this.inflight.delete(done); };
       done.then(settle, settle);
-      return { done };
+      return { done, changeCount: received, ...(lastHlc ? { lastHlc } : {}) };
     });
   }
 
@@ -276,16 +368,39 @@ export class Coordinator {
     }
   }
 
-  /** One page of changes after `sinceHLC` (validated here) for the caller's site. */
+  /** One page of changes after `sinceHLC` (validated here) for the caller's site (HTTP). */
   getChanges(caller: Caller, sinceHLC: unknown): Promise<ChangesPage> {
-    return this.track(async () => {
-      const cursor = validateCursor(sinceHLC);
-      const timer = this.metrics.getChangesDuration.startTimer();
-      const site = siteIdFromWire(caller.siteId);
-      const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, this.config.batchSize, this.config.maxMessageBytes / 2));
-      timer();
-      return page;
-    });
+    const cursor = validateCursor(sinceHLC);
+    return this.changeFeed(caller).read(cursor);
+  }
+
+  /**
+   * The caller's view of its database's change log: pages of whole
+   * transactions after a stamp, never the caller's own (PROTOCOL.md §5).
+   * SNAPSHOT_REQUIRED for a cursor older than the retention horizon.
+   */
+  changeFeed(caller: Caller): ChangeFeed {
+    const site = siteIdFromWire(caller.siteId);
+    const { batchSize, maxMessageBytes } = this.config;
+    const pageBytes = Math.min(PAGE_BYTES, maxMessageBytes / 2);
+    return {
+      read: (cursor: Buffer | undefined) => this.track(async () => {
+        const timer = this.metrics.getChangesDuration.startTimer();
+        const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, batchSize, pageBytes));
+        timer();
+        return page;
+      }),
+    };
+  }
+
+  /**
+   * Subscribes a session to its database's pushes and returns the stamp it
+   * is live from: the last committed one. Both happen at once, so every
+   * later commit reaches the subscriber (PROTOCOL.md §9).
+   */
+  subscribe(subscriber: Subscriber, connection: Connection): Buffer | undefined {
+    this.hub.join(subscriber);
+    return connection.lease.resource.committedStamp;
   }
 
   /**
@@ -350,15 +465,21 @@ export class Coordinator {
   }
 }
 
+/**
+ * A handshake refusal, fatal so the client stops retrying (PROTOCOL.md §8):
+ * FORBIDDEN stays, malformed ids and anything the authentication hooks
+ * threw are AUTH_FAILED, SHUTTING_DOWN passes through.
+ */
+function refusal(err: unknown): SyncError {
+  if (isSyncError(err) && err.code === ErrorCode.ShuttingDown) return err;
+  const code = isSyncError(err) && err.code === ErrorCode.Forbidden ? ErrorCode.Forbidden : ErrorCode.AuthFailed;
+  return new SyncError(code, messageOf(err), { fatal: true, cause: err });
+}
+
 function digest(token: string): Buffer {
   return createHash('sha256').update(token, 'utf8').digest();
 }
 
-/** The message of an error, or its text. */
-export function messageOf(err: unknown): string {
-  if (isSyncError(err) || err instanceof Error) return err.message;
-  return String(err);
-}
 
 /** Changes plus migrations of validated change sets. */
 function factsIn(sets: ValidChangeSet[]): number {

@@ -1,19 +1,20 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { RawData, WebSocket } from 'ws';
-import { SyncError, ErrorCode, CloseCode, isSyncError } from '../errors.js';
+import { SyncError, ErrorCode, CloseCode, dispositionOf, isSyncError, messageOf } from '../errors.js';
 import type { Config } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { logs } from '../log.js';
-import { PROTOCOL_VERSION, type ApplyResult } from '../protocol/messages.js';
-import { siteIdFromWire } from '../protocol/site-id.js';
-import type { Replica } from '../replica/replica.js';
-import { validateDatabaseId } from '../storage/database-id.js';
-import type { Lease } from '../storage/replica-pool.js';
+import { PROTOCOL_VERSION } from '../protocol/messages.js';
+import { validateCursor } from '../protocol/validate.js';
 import type { Subscriber } from '../hub/hub.js';
-import { messageOf, type Caller, type Coordinator } from '../service/coordinator.js';
+import type { Push } from '../delivery/push.js';
+import { DeliveryStream } from '../delivery/stream.js';
+import { backlogRequest } from '../delivery/backlog.js';
+import type { Caller, Connection, Coordinator, SubmittedChanges } from '../service/coordinator.js';
 import type { ClientInfo } from '../service/hooks.js';
 import { TokenBucket, exceedsJsonDepth, type Limits } from '../service/limits.js';
+import { Outbound } from './outbound.js';
 
 const log = logs.ws;
 
@@ -51,9 +52,12 @@ export interface SessionDeps {
 type State = 'handshake' | 'open' | 'closed';
 
 /**
- * One WebSocket = one database (PROTOCOL.md §4). Messages are handled in
- * arrival order; one bad message gets an error reply and never ends the
- * session unless the protocol calls it fatal.
+ * One WebSocket = one database (PROTOCOL.md §4): lifecycle and dispatch.
+ * Messages are handled in arrival order; one bad message gets an error
+ * reply and never ends the session unless the protocol calls it fatal.
+ * Writes and backpressure live in `Outbound`, what the client is sent of
+ * the database's changes in its `DeliveryStream`, the handshake's checks in
+ * `Coordinator.connect`.
  */
 export class Session implements Subscriber {
   readonly connectionId = randomUUID();
@@ -64,9 +68,9 @@ export class Session implements Subscriber {
   /** Set by the heartbeat: false until the socket answers the last ping. */
   alive = true;
   private state: State = 'handshake';
-  private caller?: Caller;
-  private lease?: Lease<Replica>;
-  private lagging = false;
+  private connection?: Connection;
+  private delivery?: DeliveryStream;
+  private readonly out: Outbound;
   private queue: Promise<void> = Promise.resolve();
   /** Replies of applies submitted but not yet answered, in submission order. */
   private applyTail: Promise<void> = Promise.resolve();
@@ -74,12 +78,7 @@ export class Session implements Subscriber {
   private pendingFrames = 0;
   private pendingBytes = 0;
   private readPaused = false;
-  /** Frames handed to ws, and how many of them it has flushed to the kernel (or dropped on close). */
-  private sent = 0;
-  private flushed = 0;
-  private flushWaiters: { target: number; resolve: () => void }[] = [];
   private handshakeTimer?: NodeJS.Timeout;
-  private hardLimitTimer?: NodeJS.Timeout;
   private closeTimer?: NodeJS.Timeout;
   private readonly bucket?: TokenBucket;
   private readonly deps: SessionDeps;
@@ -91,6 +90,11 @@ export class Session implements Subscriber {
     this.headers = req.headers;
     this.remoteAddress = deps.address;
     const { config } = deps;
+    this.out = new Outbound(socket, config, (queued) => {
+      log('session %s: %d bytes still queued after %d ms; closing', this.connectionId, queued, config.sendHardLimitMs);
+      deps.limits.refused('send_buffer');
+      this.close(CloseCode.TryAgainLater, 'Send buffer over limit');
+    });
     if (config.messagesPerSecond > 0) this.bucket = new TokenBucket(config.messagesPerSecond, config.messageBurst, deps.limits.now());
     deps.metrics.wsConnectionsTotal.inc();
     deps.metrics.wsConnectionsActive.inc();
@@ -107,12 +111,6 @@ export class Session implements Subscriber {
       this.handshakeTimer.unref();
     }
   }
-
-  /** Flush callback of every send: counts the frame and wakes whoever waits for the buffer to drain. */
-  private readonly onFlushed = (): void => {
-    this.flushed++;
-    while (this.flushWaiters.length > 0 && this.flushWaiters[0]!.target <= this.flushed) this.flushWaiters.shift()!.resolve();
-  };
 
   /**
    * Takes the frame's rate tokens on arrival, then queues it: frames are
@@ -161,7 +159,7 @@ export class Session implements Subscriber {
   private async handleFrame(bytes: Buffer, isBinary: boolean, refusal: string | undefined): Promise<void> {
     // A reply waits while the client has not read earlier ones, so a client
     // that never reads cannot make the server buffer replies without limit.
-    await this.writable();
+    await this.out.writable();
     if (this.state === 'closed') return;
     if (refusal !== undefined) {
       this.sendError(ErrorCode.RateLimited, refusal, false);
@@ -195,7 +193,7 @@ export class Session implements Subscriber {
       this.sendError(ErrorCode.UnknownMessage, `Unknown message type: ${typeof type === 'string' ? type.slice(0, 64) : String(type)}`, false);
       return;
     }
-    if (this.state !== 'open' || !this.caller) {
+    if (this.state !== 'open' || !this.connection) {
       this.sendError(ErrorCode.NotAuthenticated, 'Must handshake first', false);
       return;
     }
@@ -204,7 +202,7 @@ export class Session implements Subscriber {
     if (type !== 'apply_changes') await this.applyTail;
     switch (type) {
       case 'ping':
-        this.send('{"type":"pong"}');
+        this.out.send('{"type":"pong"}');
         return;
       case 'get_changes':
         return this.onGetChanges(message);
@@ -231,72 +229,71 @@ export class Session implements Subscriber {
     const version = message.protocolVersion;
     if (version !== PROTOCOL_VERSION) {
       const client = version === undefined ? 'client sent none (pre-versioning client)' : `client speaks v${String(version).slice(0, 32)}`;
-      this.fail(ErrorCode.ProtocolVersionMismatch, `Sync protocol version mismatch: server speaks v${PROTOCOL_VERSION}, ${client}`, CloseCode.ProtocolVersionMismatch, 'Protocol version mismatch');
+      this.fail(new SyncError(ErrorCode.ProtocolVersionMismatch, `Sync protocol version mismatch: server speaks v${PROTOCOL_VERSION}, ${client}`, { fatal: true }));
       return;
     }
     if (message.databaseId === undefined || message.databaseId === null || message.databaseId === '') {
-      this.fail(ErrorCode.MissingDatabaseId, 'databaseId is required', CloseCode.MissingDatabaseId, 'Missing databaseId');
+      this.fail(new SyncError(ErrorCode.MissingDatabaseId, 'databaseId is required', { fatal: true }));
       return;
     }
-    let lease: Lease<Replica> | undefined;
-    try {
-      const databaseId = validateDatabaseId(message.databaseId);
-      siteIdFromWire(message.siteId, 'siteId');
-      const siteId = message.siteId as string;
-      const token = message.token;
-      if (token !== undefined && typeof token !== 'string') throw new SyncError(ErrorCode.AuthFailed, 'token: expected a string');
-      const identity = await coordinator.authenticate({
-        databaseId, siteId, token, transport: 'websocket', remoteAddress: this.remoteAddress, headers: this.headers,
-      });
-      const caller: Caller = { databaseId, siteId, identity };
-      await coordinator.authorize(caller, 'connect');
-      lease = await coordinator.openDatabase(databaseId);
-      const hook = config.hooks.onClientConnect;
-      if (hook) {
-        let allowed: boolean | void;
-        try {
-          allowed = await hook(identity, this.info(databaseId, siteId));
-        } catch (err) {
-          throw new SyncError(ErrorCode.Forbidden, messageOf(err));
-        }
-        if (allowed === false) throw new SyncError(ErrorCode.Forbidden, 'connection refused by onClientConnect');
-      }
-      if (this.state !== 'handshake') {
-        lease.release();
-        return;
-      }
-      this.lease = lease;
-      this.caller = caller;
-      this.databaseId = databaseId;
-      this.siteId = siteId;
-      this.state = 'open';
-      if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-      coordinator.hub.join(this);
-      this.send(JSON.stringify({
-        type: 'handshake_ack', databaseId, serverSiteId: lease.resource.siteIdWire, connectionId: this.connectionId, protocolVersion: PROTOCOL_VERSION,
-      }));
-      log('session %s: %s joined %s', this.connectionId, siteId, databaseId);
-    } catch (err) {
-      lease?.release();
-      if (isSyncError(err) && err.code === ErrorCode.ShuttingDown) {
-        this.fail(err.code, err.message, CloseCode.GoingAway, 'Server shutting down');
-      } else if (isSyncError(err) && err.code !== ErrorCode.AuthFailed && err.code !== ErrorCode.Forbidden && !isInputError(err.code)) {
-        log('session %s: handshake failed: %s', this.connectionId, err.message);
-        this.fail(ErrorCode.Internal, err.message, CloseCode.InternalError, 'Internal error');
-      } else {
-        const code = isSyncError(err) && err.code === ErrorCode.Forbidden ? ErrorCode.Forbidden : ErrorCode.AuthFailed;
-        this.fail(code, messageOf(err), CloseCode.AuthFailed, 'Authentication failed');
-      }
+    const clientPaging = message.clientPaging;
+    if (clientPaging !== undefined && typeof clientPaging !== 'boolean') {
+      this.fail(new SyncError(ErrorCode.InvalidMessage, `clientPaging: expected true or false, got ${JSON.stringify(clientPaging)?.slice(0, 40)}`, { fatal: true }), CloseCode.PolicyViolation);
+      return;
     }
+    let connection: Connection;
+    try {
+      connection = await coordinator.connect({
+        databaseId: message.databaseId, siteId: message.siteId, token: message.token,
+        connectionId: this.connectionId, remoteAddress: this.remoteAddress, headers: this.headers,
+      });
+    } catch (err) {
+      log('session %s: handshake refused: %s', this.connectionId, messageOf(err));
+      this.fail(err);
+      return;
+    }
+    if (this.state !== 'handshake') {
+      connection.lease.release();
+      return;
+    }
+    const { caller } = connection;
+    this.connection = connection;
+    this.databaseId = caller.databaseId;
+    this.siteId = caller.siteId;
+    this.state = 'open';
+    clearTimeout(this.handshakeTimer);
+    const start = coordinator.subscribe(this, connection);
+    this.delivery = new DeliveryStream(this.out, coordinator.changeFeed(caller), {
+      pushHighWaterBytes: config.pushHighWaterBytes,
+      clientPaging: clientPaging === true,
+      onFailure: (err) => {
+        log('session %s: delivery from the log failed: %s', this.connectionId, messageOf(err));
+        this.close(dispositionOf(isSyncError(err) ? err.code : ErrorCode.Internal).close ?? CloseCode.InternalError, 'Delivery failed; reconnect');
+      },
+      onLag: () => {
+        this.deps.limits.lagged();
+        log('session %s lags (%d bytes queued); it gets what it misses from the log once it drains', this.connectionId, this.out.bufferedBytes);
+      },
+    }, start);
+    this.out.send(JSON.stringify({
+      type: 'handshake_ack', databaseId: caller.databaseId, serverSiteId: connection.serverSiteId, connectionId: this.connectionId, protocolVersion: PROTOCOL_VERSION,
+    }));
+    log('session %s: %s joined %s', this.connectionId, caller.siteId, caller.databaseId);
   }
 
+  private get caller(): Caller {
+    return this.connection!.caller;
+  }
+
+  /**
+   * Answers with the first page, then the delivery stream sends the rest on
+   * its own (unless the client pages itself) and goes live (PROTOCOL.md §9).
+   */
   private async onGetChanges(message: Record<string, unknown>): Promise<void> {
-    const { coordinator } = this.deps;
     try {
-      await coordinator.authorize(this.caller!, 'get_changes');
-      const page = await coordinator.getChanges(this.caller!, message.sinceHLC);
-      // The page is already JSON text; splice it in rather than parse and re-serialize.
-      this.send(`{"type":"changes","changeSets":${page.json},"hasMore":${page.hasMore}}`);
+      const cursor = validateCursor(message.sinceHLC);
+      await this.deps.coordinator.authorize(this.caller, 'get_changes');
+      await this.delivery!.catchUp(cursor);
     } catch (err) {
       this.replyError(err, ErrorCode.GetChangesError);
     }
@@ -306,21 +303,22 @@ export class Session implements Subscriber {
    * Submits the message to its replica and moves on to the next frame
    * without waiting for the commit: consecutive applies of one client are
    * then committed together. Replies (results and errors) still go out in
-   * message order through `applyTail`.
+   * message order through `applyTail`; after a full client batch, the reply
+   * is followed by a `request_changes` that pulls the next one (§9).
    */
   private async onApplyChanges(message: Record<string, unknown>): Promise<void> {
     const { coordinator } = this.deps;
     const requestId = message.requestId;
     if (this.appliesInFlight >= MAX_APPLIES_IN_FLIGHT) await this.applyTail;
     this.appliesInFlight++;
-    let submitted: { done: Promise<ApplyResult> } | undefined;
+    let submitted: SubmittedChanges | undefined;
     let failure: unknown;
     try {
       if (requestId !== undefined && (typeof requestId !== 'string' || requestId.length > 256)) {
         throw new SyncError(ErrorCode.InvalidMessage, `requestId: expected a string of at most 256 characters, got ${JSON.stringify(requestId)?.slice(0, 80)}`);
       }
-      await coordinator.authorize(this.caller!, 'apply_changes');
-      submitted = await coordinator.submitChanges(this.caller!, message.changes);
+      await coordinator.authorize(this.caller, 'apply_changes');
+      submitted = await coordinator.submitChanges(this.caller, message.changes);
     } catch (err) {
       failure = err;
     }
@@ -328,7 +326,9 @@ export class Session implements Subscriber {
       try {
         if (!submitted) throw failure;
         const result = await submitted.done;
-        this.send(JSON.stringify(requestId === undefined ? { type: 'apply_result', ...result } : { type: 'apply_result', requestId, ...result }));
+        this.out.send(JSON.stringify(requestId === undefined ? { type: 'apply_result', ...result } : { type: 'apply_result', requestId, ...result }));
+        const pull = backlogRequest(submitted.changeCount, submitted.lastHlc, this.connection!.serverSiteId);
+        if (pull) this.out.send(pull);
       } catch (err) {
         this.replyError(err, ErrorCode.ApplyChangesError);
       } finally {
@@ -346,14 +346,14 @@ export class Session implements Subscriber {
     const { coordinator } = this.deps;
     let started = false;
     try {
-      await coordinator.authorize(this.caller!, 'get_snapshot');
-      for await (const chunk of coordinator.snapshot(this.caller!, checkpoint)) {
-        await this.writable();
+      await coordinator.authorize(this.caller, 'get_snapshot');
+      for await (const chunk of coordinator.snapshot(this.caller, checkpoint)) {
+        await this.out.writable();
         if (this.state === 'closed') return;
         started = true;
-        this.send(`{"type":"snapshot_chunk","chunk":${chunk}}`);
+        this.out.send(`{"type":"snapshot_chunk","chunk":${chunk}}`);
       }
-      this.send('{"type":"snapshot_complete"}');
+      this.out.send('{"type":"snapshot_complete"}');
     } catch (err) {
       if (this.state === 'closed') return;
       if (started) this.sendError(ErrorCode.SnapshotError, messageOf(err), false);
@@ -361,62 +361,14 @@ export class Session implements Subscriber {
     }
   }
 
-  /** Pushes from other sites; never queued past the push high-water mark. */
-  push(frame: string): boolean {
-    if (this.state !== 'open' || this.socket.readyState !== this.socket.OPEN) return false;
-    if (this.lagging) return false;
-    if (this.socket.bufferedAmount > this.deps.config.pushHighWaterBytes) {
-      // The client reads too slowly: stop queueing pushes and, once everything
-      // queued so far has drained, tell it to catch up from its cursor, so
-      // nothing is lost and its buffer stays bounded.
-      this.lagging = true;
-      this.deps.limits.lagged();
-      log('session %s lags (%d bytes queued); pushes stop until it drains', this.connectionId, this.socket.bufferedAmount);
-      void this.drained().then(() => this.recoverFromLag());
-      return false;
-    }
-    this.send(frame);
-    return true;
-  }
-
-  private recoverFromLag(): void {
-    if (this.state !== 'open') return;
-    this.lagging = false;
-    this.sendError(ErrorCode.Lagging, 'pushes were skipped while this client read slowly; call get_changes from your cursor', false);
-  }
-
-  /** Resolves when the socket's buffer is under the send high-water mark (at once if it is). */
-  private writable(): Promise<void> {
-    if (this.state === 'closed' || this.socket.bufferedAmount <= this.deps.config.sendHighWaterBytes) return Promise.resolve();
-    return this.drained();
-  }
-
-  /** Resolves when every frame sent so far has been flushed (or dropped because the socket closed). */
-  private drained(): Promise<void> {
-    if (this.flushed >= this.sent || this.state === 'closed') return Promise.resolve();
-    return new Promise((resolve) => this.flushWaiters.push({ target: this.sent, resolve }));
-  }
-
-  private send(text: string): void {
-    if (this.socket.readyState !== this.socket.OPEN) return;
-    this.sent++;
-    this.socket.send(text, this.onFlushed);
-    const { sendHardLimitBytes, sendHardLimitMs } = this.deps.config;
-    if (sendHardLimitMs > 0 && !this.hardLimitTimer && this.socket.bufferedAmount > sendHardLimitBytes) {
-      // Over the hard limit now; if it still is after sendHardLimitMs the client is not reading.
-      this.hardLimitTimer = setTimeout(() => {
-        this.hardLimitTimer = undefined;
-        if (this.state === 'closed' || this.socket.bufferedAmount <= sendHardLimitBytes) return;
-        log('session %s: %d bytes still queued after %d ms; closing', this.connectionId, this.socket.bufferedAmount, sendHardLimitMs);
-        this.deps.limits.refused('send_buffer');
-        this.close(CloseCode.TryAgainLater, 'Send buffer over limit');
-      }, sendHardLimitMs);
-      this.hardLimitTimer.unref();
-    }
+  /** Offers a committed push from another site to this socket's delivery stream. */
+  offer(push: Push): boolean {
+    if (this.state !== 'open' || !this.delivery) return false;
+    return this.delivery.offer(push);
   }
 
   private sendError(code: string, message: string, fatal: boolean): void {
-    this.send(JSON.stringify({ type: 'error', code, message, fatal }));
+    this.out.send(JSON.stringify({ type: 'error', code, message, fatal }));
   }
 
   /** Replies with the SyncError's own code, or `fallback` for anything else. */
@@ -429,9 +381,17 @@ export class Session implements Subscriber {
     }
   }
 
-  private fail(code: string, message: string, closeCode: number, reason: string): void {
-    this.sendError(code, message, true);
-    this.close(closeCode, reason);
+  /**
+   * Ends the session with an error, as the table in errors.ts says: refusals
+   * are fatal (the client stops retrying), server faults are transient and
+   * closed with a code that lets the client come back.
+   */
+  private fail(err: unknown, closeCode?: number): void {
+    const code = isSyncError(err) ? err.code : ErrorCode.Internal;
+    const disposition = dispositionOf(code);
+    const fatal = (isSyncError(err) && err.fatal) || disposition.fatal;
+    this.sendError(code, isSyncError(err) ? err.message : 'internal error', fatal);
+    this.close(closeCode ?? disposition.close ?? (fatal ? CloseCode.AuthFailed : CloseCode.InternalError), closeReason(code));
   }
 
   /**
@@ -450,8 +410,8 @@ export class Session implements Subscriber {
     }
   }
 
-  private info(databaseId = this.databaseId, siteId = this.siteId): ClientInfo {
-    return { databaseId, siteId, connectionId: this.connectionId, remoteAddress: this.remoteAddress };
+  private info(): ClientInfo {
+    return { databaseId: this.databaseId, siteId: this.siteId, connectionId: this.connectionId, remoteAddress: this.remoteAddress };
   }
 
   private async end(): Promise<void> {
@@ -459,19 +419,18 @@ export class Session implements Subscriber {
     const wasOpen = this.state === 'open';
     this.state = 'closed';
     clearTimeout(this.handshakeTimer);
-    clearTimeout(this.hardLimitTimer);
     clearTimeout(this.closeTimer);
     // Nothing more will flush; wake the message or stream waiting for a drain.
-    for (const waiter of this.flushWaiters.splice(0)) waiter.resolve();
+    this.out.end();
+    this.delivery?.close();
     this.deps.metrics.wsConnectionsActive.dec();
     this.deps.coordinator.hub.leave(this);
     // Let the message in progress finish before the database may close.
     await this.settled();
-    this.lease?.release();
-    this.lease = undefined;
+    this.connection?.lease.release();
     if (wasOpen && this.deps.config.hooks.onClientDisconnect) {
       try {
-        await this.deps.config.hooks.onClientDisconnect(this.caller!.identity, this.info());
+        await this.deps.config.hooks.onClientDisconnect(this.caller.identity, this.info());
       } catch (err) {
         log('onClientDisconnect failed: %s', messageOf(err));
       }
@@ -486,8 +445,16 @@ function isKnownType(type: unknown): type is 'ping' | 'get_changes' | 'apply_cha
   return typeof type === 'string' && KNOWN_TYPES.has(type);
 }
 
-function isInputError(code: string): boolean {
-  return code === ErrorCode.InvalidDatabaseId || code === ErrorCode.InvalidSiteId;
+const CLOSE_REASONS: Record<string, string> = {
+  [ErrorCode.ProtocolVersionMismatch]: 'Protocol version mismatch',
+  [ErrorCode.MissingDatabaseId]: 'Missing databaseId',
+  [ErrorCode.AuthFailed]: 'Authentication failed',
+  [ErrorCode.Forbidden]: 'Authentication failed',
+  [ErrorCode.ShuttingDown]: 'Server shutting down',
+};
+
+function closeReason(code: string): string {
+  return CLOSE_REASONS[code] ?? 'Internal error; try again';
 }
 
 function rawBytes(data: RawData): Buffer {

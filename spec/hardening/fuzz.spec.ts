@@ -18,8 +18,8 @@ const DB = 'fuzz:db';
 const MAX_MESSAGE_BYTES = 128 * 1024;
 /** Every frame is answered by one of these, after any snapshot chunks and pushes. */
 const TERMINAL = ['handshake_ack', 'changes', 'apply_result', 'snapshot_complete', 'pong', 'error'];
-/** Close codes a frame may end its socket with: invalid UTF-8, too big, and the fatal handshake codes. */
-const DOCUMENTED_CLOSES = new Set([1007, 1009, 4001, 4002, 4003]);
+/** Close codes a frame may end its socket with: invalid UTF-8, a malformed handshake flag, too big, and the fatal handshake codes. */
+const DOCUMENTED_CLOSES = new Set([1007, 1008, 1009, 4001, 4002, 4003]);
 
 /** Placeholder for a deeply nested value, replaced in the serialized text. */
 const DEEP = '\u0001deep\u0001';
@@ -93,7 +93,8 @@ class FrameFactory {
   }
 
   handshake(siteId: string): Json {
-    return { type: 'handshake', databaseId: DB, siteId, protocolVersion: 1, ...(this.r.next() < 0.2 ? { token: 'whatever' } : {}) };
+    // clientPaging: this client reads one reply per frame, so it asks for one page per get_changes (PROTOCOL.md §9).
+    return { type: 'handshake', databaseId: DB, siteId, protocolVersion: 1, clientPaging: true, ...(this.r.next() < 0.2 ? { token: 'whatever' } : {}) };
   }
 
   base(siteId: string): Json {
@@ -249,7 +250,7 @@ async function runWorker(proc: CoordinatorProcess, seed: number, tally: Tally): 
   let socket!: RawSocket;
   let db = DB;
   async function clean(): Promise<void> {
-    const { socket: s, reply } = await RawSocket.handshake(proc.wsUrl, DB, me.wire);
+    const { socket: s, reply } = await RawSocket.handshake(proc.wsUrl, DB, me.wire, { clientPaging: true });
     expect(reply.type, JSON.stringify(reply)).to.equal('handshake_ack');
     socket = s;
     db = DB;
