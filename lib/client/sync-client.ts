@@ -16,6 +16,13 @@ export interface SyncClientOptions {
   protocolVersion?: number;
   /** Reject a pending request after this many ms. @default 30000 */
   timeoutMs?: number;
+  /**
+   * Ask for one page per `get_changes` (handshake `"clientPaging": true`):
+   * this client pages by itself with `catchUp`. With false, the server sends
+   * every page after one `get_changes` on its own (PROTOCOL.md §9) and the
+   * extra pages arrive as 'changes' events. @default true
+   */
+  clientPaging?: boolean;
 }
 
 /** An `error` frame as a rejection. */
@@ -96,8 +103,10 @@ export class SyncClient extends EventEmitter {
   }
 
   handshake(overrides: Record<string, unknown> = {}): Promise<HandshakeAckMessage> {
-    const { databaseId, siteId, token, protocolVersion = 1 } = this.options;
-    return this.request('handshake_ack', { type: 'handshake', databaseId, siteId, ...(token ? { token } : {}), protocolVersion, ...overrides }) as Promise<HandshakeAckMessage>;
+    const { databaseId, siteId, token, protocolVersion = 1, clientPaging = true } = this.options;
+    return this.request('handshake_ack', {
+      type: 'handshake', databaseId, siteId, ...(token ? { token } : {}), protocolVersion, ...(clientPaging ? { clientPaging } : {}), ...overrides,
+    }) as Promise<HandshakeAckMessage>;
   }
 
   /** Sends change sets; resolves with the apply_result. */

@@ -70,9 +70,10 @@ export interface SyncRouterOptions {
   /** Messages a client address may send at once before `messagesPerSecondPerIp` applies. @default 20000 */
   messageBurstPerIp?: number;
   /**
-   * Above this many bytes queued on a socket, pushes are skipped: the session
-   * lags, and once its buffer drains it gets a LAGGING error telling it to
-   * `get_changes` from its cursor. @default 8388608 (8 MiB)
+   * Above this many bytes queued on a socket, live pushes stop being queued
+   * for it; once its buffer drains, it is sent what it missed from the
+   * stored log, then goes live again (PROTOCOL.md §9). Nothing is skipped
+   * and the client need not do anything. @default 8388608 (8 MiB)
    */
   pushHighWaterBytes?: number;
   /** Above this many bytes queued on a socket, replies and snapshot chunks wait for it to drain. @default 1048576 (1 MiB) */

@@ -1,0 +1,129 @@
+import { expect } from 'chai';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { startTestServer, type TestServer } from '../helpers/server.js';
+import { TestSite } from '../helpers/changes.js';
+import { RawSocket, type Received } from '../helpers/raw-socket.js';
+import { compareHlc, hlcFromWire } from '../../lib/protocol/hlc.js';
+import { databaseDirectory } from '../../lib/storage/database-id.js';
+import type { ChangeSet } from '../../lib/protocol/messages.js';
+
+const DB = 'acme:delivery';
+
+type Frame = Received & { changeSets?: ChangeSet[]; hasMore?: boolean; code?: string; fatal?: boolean; message?: string; siteId?: string; sinceHLC?: string; serverSiteId?: string };
+
+/** Writes `n` one-row transactions from `site` over HTTP, `per` per request. */
+async function write(server: TestServer, site: TestSite, n: number, per = 500, from = 0): Promise<ChangeSet[]> {
+  const all: ChangeSet[] = [];
+  for (let i = 0; i < n; i += per) {
+    const sets = Array.from({ length: Math.min(per, n - i) }, (_, k) => site.txn([{ pk: [from + i + k], column: 'v', value: `row ${from + i + k}` }]));
+    const res = await fetch(`${server.baseUrl}/${DB}/changes`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-site-id': site.wire }, body: JSON.stringify({ changes: sets }),
+    });
+    expect(res.status).to.equal(200);
+    all.push(...sets);
+  }
+  return all;
+}
+
+/** Reads frames until `done` says stop; returns them. */
+async function collect(socket: RawSocket, done: (frames: Frame[]) => boolean): Promise<Frame[]> {
+  const frames: Frame[] = [];
+  while (!done(frames)) frames.push(await socket.next() as Frame);
+  return frames;
+}
+
+describe('delivery over WebSocket (PROTOCOL.md §9)', () => {
+  let server: TestServer;
+  const sockets: RawSocket[] = [];
+  beforeEach(async () => { server = await startTestServer({ batchSize: 100 }); });
+  afterEach(async () => {
+    await Promise.all(sockets.splice(0).map((s) => s.close()));
+    await server.close();
+  });
+
+  async function connect(site: TestSite, extra: Record<string, unknown> = {}): Promise<{ socket: RawSocket; ack: Frame }> {
+    const { socket, reply } = await RawSocket.handshake(server.wsUrl, DB, site.wire, extra);
+    sockets.push(socket);
+    expect(reply.type).to.equal('handshake_ack');
+    return { socket, ack: reply as Frame };
+  }
+
+  it('answers ONE get_changes with every page, in stamp order, hasMore on all but the last', async () => {
+    const writer = new TestSite();
+    const written = await write(server, writer, 2500);
+    const { socket } = await connect(new TestSite());
+    socket.send(JSON.stringify({ type: 'get_changes' }));
+    const frames = await collect(socket, (f) => f.length > 0 && f.at(-1)!.hasMore === false);
+    expect(frames.every((f) => f.type === 'changes')).to.equal(true);
+    expect(frames.length).to.equal(25);
+    expect(frames.slice(0, -1).every((f) => f.hasMore === true)).to.equal(true);
+    const sets = frames.flatMap((f) => f.changeSets!);
+    expect(sets.map((s) => s.transactionId)).to.deep.equal(written.map((s) => s.transactionId));
+    for (let i = 1; i < sets.length; i++) expect(compareHlc(hlcFromWire(sets[i]!.hlc), hlcFromWire(sets[i - 1]!.hlc))).to.equal(1);
+    // Then live: nothing more until another write, which comes as a push.
+    const more = await write(server, writer, 1, 1, 5000);
+    const push = await socket.next() as Frame;
+    expect(push.type).to.equal('push_changes');
+    expect(push.changeSets!.map((s) => s.transactionId)).to.deep.equal([more[0]!.transactionId]);
+  });
+
+  it('gives a client that says clientPaging one page per get_changes', async () => {
+    await write(server, new TestSite(), 250);
+    const { socket } = await connect(new TestSite(), { clientPaging: true });
+    const page = await socket.request({ type: 'get_changes' }, ['changes']) as Frame;
+    expect(page.changeSets).to.have.length(100);
+    expect(page.hasMore).to.equal(true);
+    expect((await socket.request({ type: 'ping' }, ['pong', 'changes'])).type, 'no second page unasked').to.equal('pong');
+  });
+
+  it('pushes carry the coordinator stamp, the same hlc a later get_changes returns', async () => {
+    const writer = new TestSite();
+    const { socket: reader } = await connect(new TestSite());
+    const { socket: w } = await connect(writer);
+    const set = writer.txn([{ pk: [1], value: 'a' }]);
+    expect((await w.request({ type: 'apply_changes', requestId: 'x', changes: [set] }, ['apply_result'])).type).to.equal('apply_result');
+    const push = await reader.until(['push_changes']) as Frame;
+    expect(push.changeSets![0]!.transactionId).to.equal(set.transactionId);
+    expect(push.changeSets![0]!.hlc, 'not the origin HLC').to.not.equal(set.hlc);
+    const { socket: late } = await connect(new TestSite());
+    const page = await late.request({ type: 'get_changes' }, ['changes']) as Frame;
+    expect(page.changeSets![0]!.hlc).to.equal(push.changeSets![0]!.hlc);
+    expect(page.changeSets![0]!.changes).to.deep.equal(set.changes);
+  });
+
+  it('pulls a client backlog: request_changes after a batch of 1,000+ changes, none after a smaller one', async () => {
+    const client = new TestSite();
+    const { socket, ack } = await connect(client);
+    const batch = Array.from({ length: 100 }, (_, i) => client.txn(Array.from({ length: 10 }, (_, j) => ({ pk: [i], column: `c${j}`, value: j }))));
+    socket.send(JSON.stringify({ type: 'apply_changes', requestId: 'apply-1', changes: batch }));
+    const reply = await socket.next() as Frame;
+    expect(reply).to.include({ type: 'apply_result', requestId: 'apply-1' });
+    const pull = await socket.next() as Frame;
+    const largest = batch.map((s) => s.hlc).sort((a, b) => compareHlc(hlcFromWire(a), hlcFromWire(b))).at(-1);
+    expect(pull).to.deep.equal({ type: 'request_changes', siteId: ack.serverSiteId, sinceHLC: largest });
+    // The client answers with its next batch (no requestId); a small one ends the pull.
+    const rest = [client.txn([{ pk: [1000], value: 'last' }])];
+    socket.send(JSON.stringify({ type: 'apply_changes', changes: rest }));
+    const last = await socket.next() as Frame;
+    expect(last.type).to.equal('apply_result');
+    expect(last).to.not.have.property('requestId');
+    expect((await socket.request({ type: 'ping' }, ['pong', 'request_changes'])).type).to.equal('pong');
+  });
+
+  it('answers a store that cannot open with a transient error and close 1011, never AUTH_FAILED or a file path', async () => {
+    // A file where the database's directory should be: LevelDB cannot open it.
+    const dir = databaseDirectory(server.dataDir, DB);
+    await mkdir(dirname(dir), { recursive: true });
+    await writeFile(dir, 'not a database');
+    const { socket, reply } = await RawSocket.handshake(server.wsUrl, DB, new TestSite().wire);
+    sockets.push(socket);
+    const error = reply as Frame;
+    expect(error).to.include({ type: 'error', code: 'INTERNAL_ERROR', fatal: false });
+    expect(error.message).to.not.contain(server.dataDir);
+    expect(await socket.closed).to.equal(1011);
+    const http = await fetch(`${server.baseUrl}/${DB}/changes`, { headers: { 'x-site-id': new TestSite().wire } });
+    expect(http.status).to.equal(500);
+    expect(await http.text()).to.not.contain(server.dataDir);
+  });
+});
