@@ -48,13 +48,13 @@ function verifyToken(token: string | undefined): User {
   return { userId, role };
 }
 
-const hooks: CoordinatorHooks = {
+const hooks: CoordinatorHooks<User> = {
   onAuthenticate({ token }) {
     return verifyToken(token);
   },
 
   onAuthorize(identity, { action }) {
-    return action !== 'apply_changes' || (identity as User).role === 'writer';
+    return action !== 'apply_changes' || identity.role === 'writer';
   },
 
   // Trims protected-table changes out of each transaction and lets the rest through.
@@ -75,12 +75,12 @@ const hooks: CoordinatorHooks = {
 
   // Logs go to stderr: stdout carries only the "listening on" line.
   onClientConnect(identity, client) {
-    const { userId, role } = identity as User;
+    const { userId, role } = identity;
     console.error(`connect ${userId} (${role}) to ${client.databaseId} as ${client.connectionId}`);
   },
 
   onClientDisconnect(identity, client) {
-    console.error(`disconnect ${(identity as User).userId} from ${client.databaseId} as ${client.connectionId}`);
+    console.error(`disconnect ${identity.userId} from ${client.databaseId} as ${client.connectionId}`);
   },
 };
 

@@ -12,10 +12,11 @@ import { refuseUpgrade } from './ws/upgrade.js';
 const log = logs.server;
 
 /** Arguments of `createCoordinatorServer`. */
-export interface CoordinatorServerOptions {
+export interface CoordinatorServerOptions<I = unknown> {
   /** Usually from `loadConfig()`; missing fields take the defaults. */
   config?: Partial<CoordinatorConfig>;
-  hooks?: CoordinatorHooks;
+  /** Hooks, generic over the identity type their `onAuthenticate` returns. */
+  hooks?: CoordinatorHooks<I>;
 }
 
 /** A standalone coordinator: an Express app with the sync router, on its own http.Server. */
@@ -31,7 +32,7 @@ export interface CoordinatorServer {
 }
 
 /** Builds the standalone server the CLI runs. */
-export function createCoordinatorServer(options: CoordinatorServerOptions = {}): CoordinatorServer {
+export function createCoordinatorServer<I = unknown>(options: CoordinatorServerOptions<I> = {}): CoordinatorServer {
   const config: CoordinatorConfig = { ...SERVER_DEFAULTS, ...options.config };
   const router = createSyncRouter({
     ...config.router,

@@ -33,7 +33,7 @@ export interface SyncRouter extends Router {
  *     app.use('/sync', sync);
  *     sync.attach(server);
  */
-export function createSyncRouter(options: SyncRouterOptions = {}): SyncRouter {
+export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}): SyncRouter {
   const config = parseOptions(options);
   const metrics = createMetrics(config.registry);
   const limits = createLimits(config, metrics);

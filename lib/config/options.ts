@@ -7,8 +7,8 @@ export type AuthMode = 'none' | 'token-whitelist';
 /** CORS origin setting: `true` reflects any origin, `false` disables CORS headers. */
 export type CorsOrigin = boolean | string | string[];
 
-/** Public options of `createSyncRouter()`. Every field is optional. */
-export interface SyncRouterOptions {
+/** Public options of `createSyncRouter()`. Every field is optional. `I` is the identity type of the hooks. */
+export interface SyncRouterOptions<I = unknown> {
   /** Where the router is mounted; WebSocket upgrades are accepted at `<path>/ws`. @default '/sync' */
   path?: string;
   /** Directory with one LevelDB store per database. @default './.data' */
@@ -18,7 +18,7 @@ export interface SyncRouterOptions {
   /** Accepted bearer tokens for `token-whitelist`. @default [] */
   authTokens?: string[];
   /** Lifecycle and policy hooks, all optional and async. */
-  hooks?: CoordinatorHooks;
+  hooks?: CoordinatorHooks<I>;
   /** CORS origin for the HTTP routes. @default true */
   corsOrigin?: CorsOrigin;
   /** Changes per `get_changes` page (whole transactions, so a page may overshoot). @default 1000 */
@@ -179,7 +179,7 @@ const HOOK_NAMES = ['onAuthenticate', 'onAuthorize', 'onBeforeApplyChanges', 'on
  * type, an out-of-range number) is a TypeError that names the option, the
  * value and what to pass instead.
  */
-export function parseOptions(options: SyncRouterOptions = {}): Config {
+export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
   if (typeof options !== 'object' || options === null) throw new TypeError('createSyncRouter(options): options must be an object');
   for (const key of Object.keys(options)) {
     if (!KNOWN.has(key)) {

@@ -1,7 +1,11 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { ApplyResult, ChangeSet, Rejection } from '../protocol/messages.js';
 
-/** Who a client is, as returned by `onAuthenticate` (any value but null/undefined/false). */
+/**
+ * Who a client is: what `onAuthenticate` returned (any value but
+ * null/undefined/false), or `{ databaseId, siteId }` without that hook.
+ * Hooks are generic over it, so they need no casts.
+ */
 export type Identity = unknown;
 
 /** What `onAuthenticate` sees. */
@@ -45,21 +49,26 @@ export interface ClientInfo {
   remoteAddress?: string;
 }
 
+/** What `onAuthenticate` may return: the identity, or a falsy value to refuse. */
+export type AuthenticateResult<I> = I | null | undefined | false;
+
 /**
- * Optional async hooks. A hook that throws refuses that one action with its
- * message; it never takes the server down.
+ * Optional async hooks, generic over the identity type `I` that
+ * `onAuthenticate` returns (e.g. `CoordinatorHooks<{ userId: string }>`), so
+ * every other hook gets it typed. A hook that throws refuses that one action
+ * with its message; it never takes the server down.
  */
-export interface CoordinatorHooks {
+export interface CoordinatorHooks<I = Identity> {
   /** Returns the identity of a client, or throws / returns a falsy value to refuse (AUTH_FAILED). */
-  onAuthenticate?(ctx: AuthenticateContext): Promise<Identity> | Identity;
-  /** Returns false to refuse an operation (FORBIDDEN). */
-  onAuthorize?(identity: Identity, operation: Operation): Promise<boolean> | boolean;
+  onAuthenticate?(ctx: AuthenticateContext): Promise<AuthenticateResult<I>> | AuthenticateResult<I>;
+  /** Returns anything but `true` to refuse an operation (FORBIDDEN). */
+  onAuthorize?(identity: I, operation: Operation): Promise<boolean> | boolean;
   /** Filters incoming change sets; rejections reach the client in `apply_result.rejected`. */
-  onBeforeApplyChanges?(identity: Identity, changeSets: ChangeSet[], ctx: ApplyContext): Promise<ApplyDecision> | ApplyDecision;
+  onBeforeApplyChanges?(identity: I, changeSets: ChangeSet[], ctx: ApplyContext): Promise<ApplyDecision> | ApplyDecision;
   /** Runs after a successful apply; errors are logged and ignored (the changes are stored). */
-  onAfterApplyChanges?(identity: Identity, result: ApplyResult, changeSets: ChangeSet[], ctx: ApplyContext): Promise<void> | void;
+  onAfterApplyChanges?(identity: I, result: ApplyResult, changeSets: ChangeSet[], ctx: ApplyContext): Promise<void> | void;
   /** Returns false to refuse a WebSocket client after authentication. */
-  onClientConnect?(identity: Identity, client: ClientInfo): Promise<boolean | void> | boolean | void;
+  onClientConnect?(identity: I, client: ClientInfo): Promise<boolean | void> | boolean | void;
   /** Runs when a WebSocket client goes away; errors are logged and ignored. */
-  onClientDisconnect?(identity: Identity, client: ClientInfo): Promise<void> | void;
+  onClientDisconnect?(identity: I, client: ClientInfo): Promise<void> | void;
 }
