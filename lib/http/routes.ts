@@ -1,7 +1,7 @@
 import { isUtf8 } from 'node:buffer';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import cors from 'cors';
-import { SyncError, ErrorCode, isSyncError, httpStatusOf, messageOf } from '../errors.js';
+import { SyncError, ErrorCode, describeValue, isSyncError, httpStatusOf, messageOf } from '../errors.js';
 import type { Config } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { logs } from '../log.js';
@@ -79,11 +79,7 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
 
   router.get('/:databaseId/changes', async function getChanges(req: Request, res: Response) {
     const caller = await callerOf(req, 'get_changes');
-    const since = req.query.sinceHLC;
-    if (since !== undefined && typeof since !== 'string') {
-      throw new SyncError(ErrorCode.InvalidHlc, 'sinceHLC: expected one base64 HLC in the query string');
-    }
-    const page = await coordinator.getChanges(caller, since);
+    const page = await coordinator.getChanges(caller, sinceOf(req.url));
     res.type('application/json').send(`{"ok":true,"data":{"changes":${page.json},"hasMore":${page.hasMore}}}`);
   });
 
@@ -188,6 +184,50 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
       streams.clear();
     },
   };
+}
+
+/**
+ * The `sinceHLC` of a `GET /:databaseId/changes` URL (PROTOCOL.md §7),
+ * undefined when the parameter is absent. Read from the raw query string
+ * rather than `req.query`, whose shape depends on the host app's query
+ * parser and which has already turned a `+` into a space. Throws
+ * INVALID_MESSAGE for any other parameter (a typo must not silently answer
+ * the whole history) and INVALID_HLC for a repeated, empty or undecodable
+ * `sinceHLC`, or one with a raw `+` (base64 needs it percent-encoded as %2B).
+ * What remains is checked as an HLC by validateCursor.
+ */
+export function sinceOf(url: string): string | undefined {
+  const at = url.indexOf('?');
+  if (at === -1) return undefined;
+  let since: string | undefined;
+  for (const part of url.slice(at + 1).split('&')) {
+    if (part === '') continue;
+    const eq = part.indexOf('=');
+    const rawName = eq === -1 ? part : part.slice(0, eq);
+    const rawValue = eq === -1 ? '' : part.slice(eq + 1);
+    const name = decodeQueryPart(rawName);
+    if (name !== 'sinceHLC') {
+      throw new SyncError(ErrorCode.InvalidMessage, `query parameter ${describeValue(name ?? rawName)}: unknown; GET /:databaseId/changes takes only sinceHLC`);
+    }
+    if (since !== undefined) throw new SyncError(ErrorCode.InvalidHlc, 'sinceHLC: given more than once in the query string; send one base64 HLC');
+    if (rawValue.includes('+')) {
+      throw new SyncError(ErrorCode.InvalidHlc, `sinceHLC: contains an unencoded "+", which a query string reads as a space; percent-encode the value (+ as %2B, / as %2F, = as %3D), got ${describeValue(rawValue)}`);
+    }
+    const value = decodeQueryPart(rawValue);
+    if (value === undefined) throw new SyncError(ErrorCode.InvalidHlc, `sinceHLC: not valid percent-encoding: ${describeValue(rawValue)}`);
+    if (value === '') throw new SyncError(ErrorCode.InvalidHlc, 'sinceHLC: empty in the query string, expected a base64 HLC of 30 bytes; leave the parameter out to read from the beginning');
+    since = value;
+  }
+  return since;
+}
+
+/** Percent-decodes one query string part; undefined when its escapes are malformed. */
+function decodeQueryPart(raw: string): string | undefined {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return undefined;
+  }
 }
 
 /** Resolves true when `res` drains or closes, false when `timeoutMs` (0: never) passes first. */

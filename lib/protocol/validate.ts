@@ -151,25 +151,41 @@ function validateMigration(value: unknown, now: number, maxDrift: number, path: 
 }
 
 /**
- * Checks an optional cursor (`sinceHLC`). Absent means "from the beginning".
+ * Checks an optional cursor (`sinceHLC`, PROTOCOL.md §4, §5). Only an ABSENT
+ * field (undefined) means "from the beginning"; `null`, `""` and anything
+ * else that is not a wire HLC throw INVALID_HLC naming `field`, since
+ * reading them as "from the beginning" would answer the whole history to a
+ * client that meant a cursor.
  */
 export function validateCursor(value: unknown, field = 'sinceHLC'): Buffer | undefined {
-  if (value === undefined || value === null || value === '') return undefined;
+  if (value === undefined) return undefined;
+  return cursor(value, field);
+}
+
+/** A present cursor: a wire HLC, with a plain word for the empty and null look-alikes of "absent". */
+function cursor(value: unknown, field: string): Buffer {
+  if (value === '' || value === null) {
+    throw new SyncError(ErrorCode.InvalidHlc, `${field}: got ${value === null ? 'null' : 'an empty string'}, expected a base64 HLC of 30 bytes; leave the field out to read from the beginning`);
+  }
   return hlcFromWire(value, field);
 }
 
 /**
- * Checks the shape of a resume checkpoint (types and ranges). Whether its
- * tables exist is the replica's check, against the data it holds.
+ * Checks the shape of a resume checkpoint (types and ranges, PROTOCOL.md §6):
+ * throws INVALID_CHECKPOINT naming the field and value. `siteId` must be a
+ * well-formed site id but is whatever the client stored (real clients put
+ * their own, §8), so nothing compares it. What the tables and `hlc` mean
+ * against the data is the replica's business (snapshot.ts), which never
+ * refuses a well-formed checkpoint.
  */
-export function validateCheckpoint(value: unknown, field = 'checkpoint'): SnapshotCheckpoint & { hlcBytes: Buffer; siteIdBytes: Buffer } {
+export function validateCheckpoint(value: unknown, field = 'checkpoint'): SnapshotCheckpoint & { hlcBytes: Buffer } {
   const obj = expectObject(value, field, ErrorCode.InvalidCheckpoint);
   const snapshotId = obj.snapshotId;
   if (typeof snapshotId !== 'string' || snapshotId.length === 0 || snapshotId.length > 128) {
     throw new SyncError(ErrorCode.InvalidCheckpoint, `${field}.snapshotId: expected a string of 1-128 characters, got ${describeValue(snapshotId)}`);
   }
-  const siteIdBytes = wrap(() => siteIdFromWire(obj.siteId, `${field}.siteId`));
-  const hlcBytes = wrap(() => hlcFromWire(obj.hlc, `${field}.hlc`));
+  wrap(() => siteIdFromWire(obj.siteId, `${field}.siteId`));
+  const hlcBytes = wrap(() => cursor(obj.hlc, `${field}.hlc`));
   const lastTableIndex = integer(obj.lastTableIndex, `${field}.lastTableIndex`, -1);
   const lastEntryIndex = integer(obj.lastEntryIndex, `${field}.lastEntryIndex`, -1);
   const entriesProcessed = integer(obj.entriesProcessed, `${field}.entriesProcessed`, 0);
@@ -186,7 +202,7 @@ export function validateCheckpoint(value: unknown, field = 'checkpoint'): Snapsh
   });
   return {
     snapshotId, siteId: obj.siteId as string, hlc: obj.hlc as string, lastTableIndex, lastEntryIndex,
-    completedTables, entriesProcessed, createdAt, hlcBytes, siteIdBytes,
+    completedTables, entriesProcessed, createdAt, hlcBytes,
   };
 }
 

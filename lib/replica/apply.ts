@@ -14,7 +14,7 @@ import type { ApplyResult, ChangeSet, ColumnChange, DeleteChange } from '../prot
 import type { KvOp, KvStore } from '../storage/kv.js';
 import {
   LOG_CHANGE, LOG_MIGRATION,
-  decodeComponent, tablePrefixes, rowKeys, columnKey, migrationKey, logKey, tombstoneAgeKey, prefixEnd,
+  decodeComponent, tableId, tablePrefixes, rowKeys, columnKey, migrationKey, logKey, tombstoneAgeKey, prefixEnd,
   encodeFact, encodeLogEntry, factHlc, factLogKey, tombstoneCreatedAt, writeU64,
 } from './keys.js';
 import { resolveSlot, resolveDeletes, tombstoneBlocks, type Candidate } from './merge.js';
@@ -36,10 +36,10 @@ export interface TableKeys {
   namesJson: string;
 }
 
-/** Builds TableKeys, length-prefixing the names so the id is injective. */
+/** Builds TableKeys; the id is injective (see tableId). */
 export function makeTableKeys(schema: string, table: string): TableKeys {
   return {
-    id: `${schema.length}:${table.length}:${schema}${table}`, schema, table, ...tablePrefixes(schema, table),
+    id: tableId(schema, table), schema, table, ...tablePrefixes(schema, table),
     namesJson: `"schema":${JSON.stringify(schema)},"table":${JSON.stringify(table)}`,
   };
 }

@@ -21,8 +21,12 @@
  * deletes its old entry in the same batch, so reading "changes since a
  * cursor" is one range scan that can never return a stale value.
  *
- * s(x): UTF-8 bytes with 00 escaped as 00 ff, terminated by 00 01. The
- * encoding is prefix-free and keeps components of one table contiguous.
+ * s(x): UTF-8 bytes with 00 escaped as 00 ff, terminated by 00 01; a lone
+ * UTF-16 surrogate (which UTF-8 cannot hold) is escaped as 00 fe hi lo, its
+ * code unit big-endian. Stores written before that escape existed hold no
+ * 00 fe (every 00 was followed by ff or 01), so they read unchanged. The
+ * encoding is injective and prefix-free and keeps components of one table
+ * contiguous.
  * Primary keys are encoded as the JSON text of their canonical wire values.
  */
 
@@ -49,9 +53,20 @@ export const LOG_CHANGE = 0x43; // 'C'
 export const LOG_MIGRATION = 0x4d; // 'M'
 
 const TERMINATOR = Buffer.from([0x00, 0x01]);
+/** Second byte of the escape of one lone UTF-16 surrogate: 00 fe hi lo. */
+const SURROGATE_ESCAPE = 0xfe;
+/** Second byte of an escaped 00 data byte: 00 ff. */
+const ZERO_ESCAPE = 0xff;
 
-/** Escaped, terminated bytes of one string component. */
+/**
+ * Escaped, terminated bytes of one string component (see s(x) above).
+ * Injective over every JS string, including ones with lone surrogates, and
+ * prefix-free, so distinct names or pks never share a key and one table's
+ * keys stay contiguous. A well-formed string gets exactly the bytes key
+ * format 1 always wrote.
+ */
 export function encodeComponent(text: string): Buffer {
+  if (!(text as unknown as WellFormedCheck).isWellFormed()) return encodeWithSurrogates(text);
   const raw = Buffer.from(text, 'utf8');
   if (raw.indexOf(0) === -1) {
     const out = Buffer.allocUnsafe(raw.length + 2);
@@ -60,35 +75,93 @@ export function encodeComponent(text: string): Buffer {
     out[raw.length + 1] = 0x01;
     return out;
   }
+  return Buffer.concat([escapeZeros(raw), TERMINATOR]);
+}
+
+/** String.prototype.isWellFormed (Node 20+; not in the ES2022 typings). */
+interface WellFormedCheck { isWellFormed(): boolean }
+
+/** UTF-8 bytes with every 00 written 00 ff. */
+function escapeZeros(raw: Buffer): Buffer {
+  if (raw.indexOf(0) === -1) return raw;
   const parts: number[] = [];
   for (const byte of raw) {
     parts.push(byte);
-    if (byte === 0) parts.push(0xff);
+    if (byte === 0) parts.push(ZERO_ESCAPE);
   }
-  return Buffer.concat([Buffer.from(parts), TERMINATOR]);
+  return Buffer.from(parts);
 }
 
-/** Reads one component at `offset`; returns the text and the offset after it. */
+/**
+ * UTF-8 cannot hold a lone surrogate (Buffer turns it into U+FFFD, which
+ * would merge "c\ud83d" with "c\ufffd"), so each one is written as the code
+ * unit itself behind 00 fe. The well-formed runs between them are UTF-8.
+ */
+function encodeWithSurrogates(text: string): Buffer {
+  const parts: Buffer[] = [];
+  let start = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0xd800 || unit > 0xdfff) continue;
+    if (unit <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) { i++; continue; }
+    }
+    if (i > start) parts.push(escapeZeros(Buffer.from(text.slice(start, i), 'utf8')));
+    parts.push(Buffer.of(0x00, SURROGATE_ESCAPE, unit >> 8, unit & 0xff));
+    start = i + 1;
+  }
+  if (start < text.length) parts.push(escapeZeros(Buffer.from(text.slice(start), 'utf8')));
+  parts.push(TERMINATOR);
+  return Buffer.concat(parts);
+}
+
+/**
+ * Reads one component at `offset`; returns the text and the offset after it.
+ * Exact inverse of encodeComponent. Throws on bytes it never writes.
+ */
 export function decodeComponent(buf: Buffer, offset: number): [string, number] {
   let end = offset;
   let escaped = false;
   for (;;) {
     end = buf.indexOf(0, end);
     if (end === -1 || end + 1 >= buf.length) throw new Error('corrupt key: unterminated component');
-    if (buf[end + 1] === 0x01) break;
+    const marker = buf[end + 1];
+    if (marker === 0x01) break;
     escaped = true;
-    end += 2;
+    if (marker === ZERO_ESCAPE) end += 2;
+    // The code unit's bytes may be 00: step over them, never scan them.
+    else if (marker === SURROGATE_ESCAPE) {
+      if (end + 3 >= buf.length) throw new Error('corrupt key: truncated surrogate escape');
+      end += 4;
+    } else throw new Error(`corrupt key: unknown escape 00 ${marker!.toString(16).padStart(2, '0')}`);
   }
-  let bytes = buf.subarray(offset, end);
-  if (escaped) {
-    const out: number[] = [];
-    for (let i = 0; i < bytes.length; i++) {
-      out.push(bytes[i]!);
-      if (bytes[i] === 0) i++;
+  if (!escaped) return [buf.toString('utf8', offset, end), end + 2];
+  let text = '';
+  let run: number[] = [];
+  for (let i = offset; i < end; i++) {
+    const byte = buf[i]!;
+    if (byte !== 0) { run.push(byte); continue; }
+    if (buf[i + 1] === ZERO_ESCAPE) {
+      run.push(0);
+      i++;
+      continue;
     }
-    bytes = Buffer.from(out);
+    text += Buffer.from(run).toString('utf8') + String.fromCharCode((buf[i + 2]! << 8) | buf[i + 3]!);
+    run = [];
+    i += 3;
   }
-  return [bytes.toString('utf8'), end + 2];
+  return [text + Buffer.from(run).toString('utf8'), end + 2];
+}
+
+/**
+ * Injective in-memory id of (schema, table), for maps keyed by table. Names
+ * are length-prefixed (in UTF-16 code units, so lone surrogates count), never
+ * joined with a separator that a name could contain: ("main", "x.y") and
+ * ("main.x", "y") stay apart.
+ */
+export function tableId(schema: string, table: string): string {
+  return `${schema.length}:${table.length}:${schema}${table}`;
 }
 
 /** Key prefix shared by one table's facts in namespace `ns`. */

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { SyncError, ErrorCode } from '../errors.js';
+import { logs } from '../log.js';
 import { compareHlc, hlcToWire } from '../protocol/hlc.js';
 import type { SnapshotCheckpoint } from '../protocol/messages.js';
 import { siteIdToWire } from '../protocol/site-id.js';
@@ -8,7 +8,7 @@ import type { KvIterator } from '../storage/kv.js';
 import {
   NS_META, NS_TABLE_STATS, NS_MIGRATION, NS_COLUMN, NS_TOMBSTONE, NS_LOG,
   META_LAST_STAMP, META_FLOOR, factHlc, factJson, tombstoneJson,
-  decodeComponent, prefixEnd, readU64,
+  decodeComponent, prefixEnd, readU64, tableId,
 } from './keys.js';
 import type { ReplicaContext } from './replica.js';
 
@@ -23,7 +23,9 @@ export interface SnapshotOptions {
   snapshotId?: string;
 }
 
-interface TableInfo { schema: string; table: string; count: number; name: string }
+const log = logs.replica;
+
+interface TableInfo { schema: string; table: string; count: number; id: string }
 
 /**
  * Streams a snapshot as JSON chunk texts in the order of PROTOCOL.md §6.
@@ -32,12 +34,19 @@ interface TableInfo { schema: string; table: string; count: number; name: string
  * header's stamp is exactly the last change the chunks contain. Memory stays
  * bounded by one chunk (plus the migrations, which are few).
  *
- * Validation of a resume checkpoint happens before the first chunk: a bad
- * checkpoint rejects the stream with INVALID_CHECKPOINT (or
- * SNAPSHOT_REQUIRED when retention has passed it) and yields nothing.
+ * A resume checkpoint (PROTOCOL.md §6) is validated before the first chunk:
+ * a malformed one (types, ranges) rejects the stream with INVALID_CHECKPOINT
+ * naming the field, and yields nothing. A well-formed one is never refused,
+ * since a real client ignores non-fatal errors and would stay empty for good
+ * (§8): its `siteId` is the client's own and is not compared; a
+ * `completedTables` entry that names no table, or more than one, skips
+ * nothing; a `hlc` later than the last stamp issued (store restored from an
+ * older backup) or below the retention floor gets a fresh full snapshot
+ * (new snapshotId, header hlc = the last stamp), logged on
+ * sync-coordinator:replica.
  */
 export async function* streamSnapshot(replica: ReplicaContext, options: SnapshotOptions): AsyncGenerator<string, void, undefined> {
-  const checkpoint: (SnapshotCheckpoint & { hlcBytes: Buffer; siteIdBytes: Buffer }) | undefined =
+  const checkpoint: (SnapshotCheckpoint & { hlcBytes: Buffer }) | undefined =
     options.checkpoint === undefined ? undefined : validateCheckpoint(options.checkpoint);
   const chunkSize = replica.snapshotChunkSize;
   const it = replica.store.iterator({ gte: Buffer.of(NS_META), lt: Buffer.of(NS_LOG), readAhead: SCAN_READ_AHEAD });
@@ -57,7 +66,7 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
     for (; entry && entry[0][0] === NS_TABLE_STATS; entry = reader.nextBuffered() ?? await reader.current()) {
       const [schema, next] = decodeComponent(entry[0], 1);
       const [table] = decodeComponent(entry[0], next);
-      tables.push({ schema, table, count: readU64(entry[1], 0), name: `${schema}.${table}` });
+      tables.push({ schema, table, count: readU64(entry[1], 0), id: tableId(schema, table) });
     }
     const migrations: { hlc: Buffer; json: string }[] = [];
     for (; entry && entry[0][0] === NS_MIGRATION; entry = reader.nextBuffered() ?? await reader.current()) {
@@ -69,26 +78,29 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
     let snapshotId = options.snapshotId ?? randomUUID();
     // A fresh database has issued no stamp yet: the zero HLC of this site.
     let headerHlc = lastStamp ?? Buffer.concat([Buffer.alloc(10), replica.siteId, Buffer.alloc(4)]);
+    /** Ids of the tables whose column versions the client already has. */
     const skip = new Set<string>();
     if (checkpoint) {
-      if (!checkpoint.siteIdBytes.equals(replica.siteId)) {
-        throw new SyncError(ErrorCode.InvalidCheckpoint, `checkpoint.siteId: ${JSON.stringify(checkpoint.siteId)} is not this database's server site id`);
+      const stale = !lastStamp || compareHlc(checkpoint.hlcBytes, lastStamp) > 0
+        ? 'is later than anything this database has issued (restored from an older backup?)'
+        : floor && compareHlc(checkpoint.hlcBytes, floor) < 0 ? 'is older than the retention floor' : undefined;
+      if (stale) {
+        // Refusing would strand a real client (it ignores the error); a full
+        // snapshot under a new id gives it everything with a valid cursor.
+        log('resume of snapshot %s: checkpoint.hlc %s %s; streaming a fresh full snapshot %s',
+          checkpoint.snapshotId, checkpoint.hlc, stale, snapshotId);
+      } else {
+        let existing: { schema: string; table: string }[] = tables;
+        if (checkpoint.completedTables.some(hasTwoDots)) {
+          existing = await existingTables(reader, tables, migrations);
+          entry = await reader.seek(Buffer.of(NS_COLUMN));
+        }
+        for (const id of completedTableIds(checkpoint.completedTables, tables, existing)) skip.add(id);
+        // The completed tables reflect the old view: the client's cursor must
+        // stay at the checkpoint so get_changes covers everything after it.
+        snapshotId = checkpoint.snapshotId;
+        headerHlc = checkpoint.hlcBytes;
       }
-      if (!lastStamp || compareHlc(checkpoint.hlcBytes, lastStamp) > 0) {
-        throw new SyncError(ErrorCode.InvalidCheckpoint, `checkpoint.hlc: ${checkpoint.hlc} is later than anything this database has issued`);
-      }
-      if (floor && compareHlc(checkpoint.hlcBytes, floor) < 0) {
-        throw new SyncError(ErrorCode.SnapshotRequired, `checkpoint.hlc: ${checkpoint.hlc} is older than the retention horizon; start a new snapshot`);
-      }
-      const known = new Set(tables.map((t) => t.name));
-      checkpoint.completedTables.forEach((name, i) => {
-        if (!known.has(name)) throw new SyncError(ErrorCode.InvalidCheckpoint, `checkpoint.completedTables[${i}]: unknown table ${JSON.stringify(name)}`);
-        skip.add(name);
-      });
-      // The completed tables reflect the old view: the client's cursor must
-      // stay at the checkpoint so get_changes covers everything after it.
-      snapshotId = checkpoint.snapshotId;
-      headerHlc = checkpoint.hlcBytes;
     }
 
     yield JSON.stringify({
@@ -101,20 +113,20 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
 
     // Skip to the column versions (past any migrations already read).
     if (entry && entry[0][0] < NS_COLUMN) entry = await reader.seek(Buffer.of(NS_COLUMN));
-    const counts = new Map(tables.map((t) => [t.name, t.count]));
+    const counts = new Map(tables.map((t) => [t.id, t.count]));
     let totalTables = 0;
     let totalEntries = 0;
     while (entry && entry[0][0] === NS_COLUMN) {
       const [schema, afterSchema] = decodeComponent(entry[0], 1);
       const [table, afterTable] = decodeComponent(entry[0], afterSchema);
       const prefix = Buffer.from(entry[0].subarray(0, afterTable));
-      const name = `${schema}.${table}`;
-      if (skip.has(name)) {
+      const id = tableId(schema, table);
+      if (skip.has(id)) {
         entry = await reader.seek(prefixEnd(prefix));
         continue;
       }
       const head = `{"type":"column-versions","schema":${JSON.stringify(schema)},"table":${JSON.stringify(table)},"entries":[`;
-      yield JSON.stringify({ type: 'table-start', schema, table, estimatedEntries: counts.get(name) ?? 0 });
+      yield JSON.stringify({ type: 'table-start', schema, table, estimatedEntries: counts.get(id) ?? 0 });
       let written = 0;
       let batch: string[] = [];
       for (; entry && entry[0].length > prefix.length && startsWith(entry[0], prefix); entry = reader.nextBuffered() ?? await reader.current()) {
@@ -155,6 +167,57 @@ export async function* streamSnapshot(replica: ReplicaContext, options: Snapshot
   } finally {
     await it.close();
   }
+}
+
+/** Whether a dotted name could split into (schema, table) in more than one way. */
+function hasTwoDots(name: string): boolean {
+  const first = name.indexOf('.');
+  return first !== -1 && name.indexOf('.', first + 1) !== -1;
+}
+
+/**
+ * Every table this view knows of, by id: those with column versions, with
+ * tombstones, or named by a table migration. A completed entry is ambiguous
+ * if it reads as any two of them, even one whose rows are gone now: the
+ * client may have completed that one when it still had rows. Walks the
+ * tombstone range one table at a time (a seek per table) through the same
+ * view and leaves the reader there; the caller seeks back.
+ */
+async function existingTables(reader: Reader, tables: TableInfo[], migrations: { json: string }[]): Promise<{ schema: string; table: string }[]> {
+  const byId = new Map<string, { schema: string; table: string; id: string }>(tables.map((t) => [t.id, t]));
+  const add = (schema: string, table: string): void => {
+    const id = tableId(schema, table);
+    if (!byId.has(id)) byId.set(id, { schema, table, id });
+  };
+  for (const m of migrations) {
+    const wire = JSON.parse(m.json) as { type: string; schema: string; table: string; fromTable?: string };
+    if (wire.type.endsWith('_index')) continue;
+    add(wire.schema, wire.table);
+    if (wire.fromTable !== undefined) add(wire.schema, wire.fromTable);
+  }
+  for (let entry = await reader.seek(Buffer.of(NS_TOMBSTONE)); entry && entry[0][0] === NS_TOMBSTONE;) {
+    const [schema, afterSchema] = decodeComponent(entry[0], 1);
+    const [table, afterTable] = decodeComponent(entry[0], afterSchema);
+    add(schema, table);
+    entry = await reader.seek(prefixEnd(entry[0].subarray(0, afterTable)));
+  }
+  return [...byId.values()];
+}
+
+/**
+ * The ids of the streamable `tables` that `completed` names unambiguously
+ * (PROTOCOL.md §6): an entry is `schema + "." + table`, so it is skipped only
+ * when exactly one table of `existing` reads as it. Entries naming no table
+ * (dropped since, or never here) are ignored.
+ */
+function completedTableIds(completed: string[], tables: TableInfo[], existing: { schema: string; table: string }[]): string[] {
+  const wanted = new Set(completed);
+  const readings = new Map<string, number>();
+  for (const t of existing) {
+    const name = `${t.schema}.${t.table}`;
+    if (wanted.has(name)) readings.set(name, (readings.get(name) ?? 0) + 1);
+  }
+  return tables.filter((t) => readings.get(`${t.schema}.${t.table}`) === 1).map((t) => t.id);
 }
 
 /** Entry-at-a-time view over an iterator that reads in batches. */

@@ -79,6 +79,48 @@ describe('http routes', () => {
       }
     });
 
+    it('keeps names and pks that differ only by a lone surrogate vs U+FFFD apart, end to end', async () => {
+      const body = { changes: [site.txn([
+        { pk: [1], column: 'c\ud83d', value: 'lone' }, { pk: [1], column: 'c\ufffd', value: 'replacement' },
+        { pk: ['p\udc00'], value: 'lone pk' }, { pk: ['p\ufffd'], value: 'replacement pk' },
+      ])] };
+      await request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send(body).expect(200)
+        .expect((res) => expect(res.body.data.applied).to.equal(4));
+      const res = await request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', reader.wire).expect(200);
+      const got = (res.body.data.changes as { changes: { pk: unknown[]; column: string; value: unknown }[] }[]).flatMap((s) => s.changes).map((c) => [c.pk, c.column, c.value]);
+      expect(got).to.have.deep.members([[[1], 'c\ud83d', 'lone'], [[1], 'c\ufffd', 'replacement'], [['p\udc00'], 'title', 'lone pk'], [['p\ufffd'], 'title', 'replacement pk']]);
+    });
+
+    it('reads GET changes query parameters strictly: only an absent sinceHLC means from the beginning', async () => {
+      await request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send({ changes: [site.txn([{ pk: [1], value: 'a' }])] }).expect(200);
+      // A cursor whose base64 holds a "+": site id byte 2 = f8 puts one at character 16.
+      const plusSite = new TestSite(Buffer.from('3f1af8445a0b4e8d9a2e61730cd5ee07', 'hex'));
+      const cursor = plusSite.hlc(Date.now() - 3_600_000, 0, 0);
+      expect(cursor).to.contain('+');
+      const get = (query: string): request.Test => request(server.app).get(`/sync${PATH}/changes${query}`).set('X-Site-Id', reader.wire);
+      const cases: [string, number, string, string][] = [
+        ['?sinceHLC=', 400, 'INVALID_HLC', 'sinceHLC: empty'],
+        ['?sinceHLC', 400, 'INVALID_HLC', 'sinceHLC: empty'],
+        [`?sinceHLC=${encodeURIComponent(cursor)}&sinceHLC=${encodeURIComponent(cursor)}`, 400, 'INVALID_HLC', 'more than once'],
+        [`?sinceHLC=${cursor}`, 400, 'INVALID_HLC', '%2B'],
+        ['?sinceHLC=%ZZ', 400, 'INVALID_HLC', 'percent-encoding'],
+        ['?since=AAAA', 400, 'INVALID_MESSAGE', 'query parameter "since"'],
+        [`?sinceHLC=${encodeURIComponent(cursor)}&limit=5`, 400, 'INVALID_MESSAGE', 'query parameter "limit"'],
+        ['?sinceHLC[]=x', 400, 'INVALID_MESSAGE', 'query parameter "sinceHLC[]"'],
+      ];
+      for (const [query, status, code, message] of cases) {
+        const res = await get(query);
+        expect(res.status, query).to.equal(status);
+        expect(res.body.error.code, query).to.equal(code);
+        expect(res.body.error.message, query).to.contain(message);
+      }
+      // Percent-encoded, the same cursor is read exactly (the change is newer than it); absent reads everything.
+      for (const query of [`?sinceHLC=${encodeURIComponent(cursor)}`, '', '?']) {
+        const res = await get(query).expect(200);
+        expect(res.body.data.changes, query).to.have.length(1);
+      }
+    });
+
     it('answers 410 SNAPSHOT_REQUIRED for a cursor behind the retention floor', async () => {
       await server.close();
       let now = Date.now();

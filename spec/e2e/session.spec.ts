@@ -242,19 +242,45 @@ describe('ws session', () => {
       expect(pushes).to.equal(0);
     });
 
-    it('answers resume_snapshot and refuses a bad checkpoint without ending the session', async () => {
+    it('answers resume_snapshot with the checkpoint a real client sends, and refuses a malformed one without ending the session', async () => {
+      const writer = await server.connect(DB);
+      await writer.apply([siteOf(writer).txn([{ pk: [1], value: 'x' }, { table: 'tags', pk: [1], value: 't' }])]);
       const a = await server.connect(DB);
-      await a.apply([siteOf(a).txn([{ pk: [1], value: 'x' }, { table: 'tags', pk: [1], value: 't' }])]);
-      const chunks = await a.snapshot();
-      const header = chunks[0] as Extract<SnapshotChunk, { type: 'header' }>;
+      const header = (await a.snapshot())[0] as Extract<SnapshotChunk, { type: 'header' }>;
+      // As in spec/fixtures/real-client-resume.jsonl seq 165: the client's own site id, and here a table dropped since.
       const resumed = await a.snapshot({
-        snapshotId: header.snapshotId, siteId: header.siteId, hlc: header.hlc, lastTableIndex: 0, lastEntryIndex: 0,
-        completedTables: ['main.notes'], entriesProcessed: 1, createdAt: Date.now(),
+        snapshotId: header.snapshotId, siteId: a.options.siteId, hlc: header.hlc, lastTableIndex: 0, lastEntryIndex: 0,
+        completedTables: ['main.notes', 'main.missing'], entriesProcessed: 1, createdAt: Date.now(),
       });
+      expect(resumed[0]).to.include({ type: 'header', snapshotId: header.snapshotId, hlc: header.hlc });
       expect(resumed.filter((c) => c.type === 'table-start').map((c) => (c as { table: string }).table)).to.deep.equal(['tags']);
-      await a.snapshot({ ...(header as unknown as Record<string, unknown>), completedTables: ['main.missing'], lastTableIndex: 0, lastEntryIndex: 0, entriesProcessed: 0, createdAt: 1 } as never)
-        .then(() => expect.fail('should refuse'), (err: SyncClientError) => expect(err.code).to.equal('INVALID_CHECKPOINT'));
+      await a.snapshot({ ...(header as unknown as Record<string, unknown>), siteId: a.options.siteId, completedTables: 'main.notes', lastTableIndex: 0, lastEntryIndex: 0, entriesProcessed: 0, createdAt: 1 } as never)
+        .then(() => expect.fail('should refuse'), (err: SyncClientError) => {
+          expect(err.code).to.equal('INVALID_CHECKPOINT');
+          expect(err.message).to.contain('checkpoint.completedTables');
+        });
       await a.ping();
+    });
+
+    it('bootstraps a client resuming from a checkpoint of a restored database with a fresh full snapshot, then serves its get_changes', async () => {
+      const writer = await server.connect(DB);
+      await writer.apply([siteOf(writer).txn([{ pk: [1], value: 'x' }, { table: 'tags', pk: [1], value: 't' }])]);
+      const a = await server.connect(DB);
+      // A checkpoint from a stream this database never issued: its hlc is ahead of every stamp here.
+      const future = new TestSite().hlc(Date.now() + 86_400_000, 0, 0);
+      const chunks = await a.snapshot({
+        snapshotId: 'from-before-the-restore', siteId: a.options.siteId, hlc: future, lastTableIndex: 1, lastEntryIndex: 0,
+        completedTables: ['main.notes', 'main.tags'], entriesProcessed: 2, createdAt: Date.now(),
+      });
+      const header = chunks[0] as Extract<SnapshotChunk, { type: 'header' }>;
+      expect(header.snapshotId).to.not.equal('from-before-the-restore');
+      expect(header.hlc).to.not.equal(future);
+      expect(chunks.filter((c) => c.type === 'table-start').map((c) => (c as { table: string }).table)).to.have.members(['notes', 'tags']);
+      // The header cursor is valid: nothing is missing and nothing is refused after it.
+      const after = await a.getChanges(header.hlc);
+      expect(after.changeSets).to.deep.equal([]);
+      await writer.apply([siteOf(writer).txn([{ pk: [2], value: 'later' }])]);
+      expect(rowsFrom((await a.catchUp(header.hlc)).changeSets)).to.deep.equal(new Map([['["notes",[2],"title"', 'later']]));
     });
   });
 });

@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
 import { RawSocket } from '../helpers/raw-socket.js';
+import type { SyncClientError } from '../../lib/client/sync-client.js';
 import { parseOptions, DEFAULTS } from '../../lib/config/options.js';
 import { exceedsJsonDepth, TokenBucket, AddressRateLimiter, ConnectionCounter, clientAddress } from '../../lib/service/limits.js';
 import type { ChangeSet } from '../../lib/protocol/messages.js';
@@ -92,6 +93,20 @@ describe('hardening: validation at the edge', () => {
     // Identity is checked before the body is read.
     expect(await codeOf(await fetch(url, { method: 'POST', body: '{"changes": [' }))).to.deep.equal([401, 'AUTH_FAILED']);
     await storedNothing();
+  });
+
+  it('refuses an empty, null or non-string sinceHLC in get_changes with INVALID_HLC and keeps the session', async () => {
+    const writer = await server.connect(DB, { siteId: site.wire });
+    await writer.apply([site.txn([{ pk: [1], value: 'x' }])]);
+    const client = await server.connect(DB, { siteId: reader.wire });
+    for (const sinceHLC of ['', null, 0, false, {}]) {
+      // Answered with `changes` (the whole history) before the fix, so this fails at once rather than timing out.
+      const err = await client.getChanges(sinceHLC as never).then(() => expect.fail(`${JSON.stringify(sinceHLC)}: should refuse`), (e: SyncClientError) => e);
+      expect(err, JSON.stringify(sinceHLC)).to.include({ code: 'INVALID_HLC', fatal: false });
+      expect(err.message).to.match(/^sinceHLC: /);
+    }
+    // Only an absent sinceHLC reads from the beginning.
+    expect((await client.getChanges()).changeSets).to.have.length(1);
   });
 
   describe('upgrades', () => {

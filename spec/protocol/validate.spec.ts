@@ -137,6 +137,13 @@ describe('validate', () => {
       expect(validateCursor(HLC)!.toString('base64')).to.equal(HLC);
       expect(() => validateCursor('not-an-hlc')).to.throw(SyncError, 'sinceHLC').with.property('code', 'INVALID_HLC');
     });
+    it('treats only an absent cursor as from the beginning: "", null and other non-strings are INVALID_HLC', () => {
+      for (const value of ['', null, 0, false, [], {}, [HLC]]) {
+        expect(() => validateCursor(value), JSON.stringify(value)).to.throw(SyncError, 'sinceHLC').with.property('code', 'INVALID_HLC');
+      }
+      expect(() => validateCursor('')).to.throw(SyncError, 'leave the field out to read from the beginning');
+      expect(() => validateCursor(null)).to.throw(SyncError, 'sinceHLC: got null');
+    });
   });
 
   describe('#validateCheckpoint', () => {
@@ -146,10 +153,16 @@ describe('validate', () => {
     });
     it('refuses wrong types and ranges with INVALID_CHECKPOINT', () => {
       for (const [field, value] of [['snapshotId', 5], ['siteId', 'x'], ['hlc', 'AAAA'], ['lastTableIndex', -2], ['lastEntryIndex', 1.5],
-        ['completedTables', 'main.notes'], ['completedTables', [7]], ['entriesProcessed', '3'], ['createdAt', null]] as const) {
+        ['hlc', ''], ['hlc', null], ['hlc', undefined], ['siteId', ''],
+        ['completedTables', 'main.notes'], ['completedTables', [7]], ['completedTables', ['nodot']], ['entriesProcessed', '3'], ['createdAt', null]] as const) {
         expect(() => validateCheckpoint({ ...good, [field]: value }), field).to.throw(SyncError, `checkpoint.${field}`).with.property('code', 'INVALID_CHECKPOINT');
       }
       expect(() => validateCheckpoint(null)).to.throw(SyncError).with.property('code', 'INVALID_CHECKPOINT');
+    });
+    it('accepts any well-formed site id: real clients send their own (PROTOCOL.md §6, §8)', () => {
+      for (const siteId of [SITE, 'PxqcRFELTo2aLmFzDNXuBw', '2d_GdFOwQiq_UTmrMGnUSQ']) {
+        expect(validateCheckpoint({ ...good, siteId }).siteId).to.equal(siteId);
+      }
     });
   });
 });

@@ -7,6 +7,7 @@ import type { ChangeSet, SnapshotChunk } from '../../lib/protocol/messages.js';
 import { Replica } from '../../lib/replica/replica.js';
 import { openLevelStore } from '../../lib/storage/leveldb.js';
 import { SyncError } from '../../lib/errors.js';
+import { logs } from '../../lib/log.js';
 
 describe('replica', () => {
   const fixture = new ReplicaFixture();
@@ -340,26 +341,84 @@ describe('replica', () => {
       expect(resumed.filter((c) => c.type === 'tombstone')).to.have.length(2);
     });
 
-    it('refuses bad checkpoints before streaming anything', async () => {
+    it('resumes a checkpoint as a real client sends it: its own site id, and a table dropped since', async () => {
       const replica = await seeded();
       const header = (await collectSnapshot(replica))[0] as Extract<SnapshotChunk, { type: 'header' }>;
-      const good = { snapshotId: header.snapshotId, siteId: header.siteId, hlc: header.hlc, lastTableIndex: 0, lastEntryIndex: 0, completedTables: [], entriesProcessed: 0, createdAt: 1 };
+      const client = new TestSite();
+      // As in spec/fixtures/real-client-resume.jsonl seq 165: checkpoint.siteId is the client's own.
+      const checkpoint = {
+        snapshotId: header.snapshotId, siteId: client.wire, hlc: header.hlc, lastTableIndex: 1, lastEntryIndex: 0,
+        completedTables: ['main.notes', 'main.dropped_since'], entriesProcessed: 7, createdAt: Date.now(),
+      };
+      const resumed = await collectSnapshot(replica, { checkpoint });
+      expect(resumed[0]).to.include({ siteId: replica.siteIdWire, hlc: header.hlc, snapshotId: header.snapshotId, tableCount: 1 });
+      expect(resumed.filter((c) => c.type === 'table-start').map((c) => (c as { table: string }).table)).to.deep.equal(['tags']);
+      expect(resumed.at(-1)).to.include({ type: 'footer', totalTables: 1, totalEntries: 3 });
+    });
+
+    it('streams a fresh full snapshot for a checkpoint later than anything this database issued (restored backup)', async () => {
+      const replica = await seeded();
+      const last = hlcToWire((await replica.lastStamp())!);
       const future = hlcToWire(encodeHlc({ wallTime: Date.now() + 10 ** 9, counter: 0, siteId: replica.siteId, opSeq: 0 }));
+      const lines = await capturingReplicaLog(async () => {
+        const chunks = await collectSnapshot(replica, { checkpoint: { ...checkpointFor('old-snapshot', future), completedTables: ['main.notes', 'main.tags'] } });
+        expectFullSnapshot(chunks, 'old-snapshot', last);
+      });
+      expect(lines.join('\n')).to.contain('old-snapshot').and.contain('fresh full snapshot');
+    });
+
+    it('streams a fresh full snapshot for any checkpoint to a database that has issued nothing', async () => {
+      const { replica } = await fixture.create();
+      const hlc = hlcToWire(encodeHlc({ wallTime: Date.now() - 1000, counter: 0, siteId: replica.siteId, opSeq: 0 }));
+      const chunks = await collectSnapshot(replica, { checkpoint: { ...checkpointFor('gone', hlc), completedTables: ['main.notes'] } });
+      expect(chunks[0]).to.include({ type: 'header', hlc: hlcToWire(Buffer.concat([Buffer.alloc(10), replica.siteId, Buffer.alloc(4)])), tableCount: 0 });
+      expect(chunks[0]).to.not.include({ snapshotId: 'gone' });
+      expect(chunks.map((c) => c.type)).to.deep.equal(['header', 'footer']);
+    });
+
+    it('streams a fresh full snapshot for a checkpoint older than the retention floor, with a cursor get_changes accepts', async () => {
+      let now = Date.now();
+      const { replica } = await fixture.create({ retentionHorizonMs: 1000, now: () => now });
+      const a = new TestSite();
+      await replica.apply(valid([a.txn([{ pk: [1], value: 'kept' }, { pk: [2], value: 'doomed' }])]));
+      const old = (await collectSnapshot(replica))[0] as Extract<SnapshotChunk, { type: 'header' }>;
+      await replica.apply(valid([a.txn([{ pk: [2], delete: true }])]));
+      now += 10_000;
+      expect((await replica.sweep()).swept).to.equal(1);
+      const last = hlcToWire((await replica.lastStamp())!);
+      const lines = await capturingReplicaLog(async () => {
+        const chunks = await collectSnapshot(replica, { checkpoint: { ...checkpointFor(old.snapshotId, old.hlc), completedTables: ['main.notes'] } });
+        expectFullSnapshot(chunks, old.snapshotId, last);
+        const cells = chunks.filter((c) => c.type === 'column-versions').flatMap((c) => (c as { entries: { pk: unknown[] }[] }).entries.map((e) => e.pk));
+        expect(cells).to.deep.equal([[1]]);
+      });
+      expect(lines.join('\n')).to.contain('retention floor');
+      // The new header cursor is above the floor: the client's next get_changes is answered.
+      expect((await replica.changesSince(hlcFromWire(last), undefined)).changeSets).to.deep.equal([]);
+    });
+
+    it('refuses a malformed checkpoint with INVALID_CHECKPOINT naming the field and value, before streaming anything', async () => {
+      const replica = await seeded();
+      const header = (await collectSnapshot(replica))[0] as Extract<SnapshotChunk, { type: 'header' }>;
+      const good = checkpointFor(header.snapshotId, header.hlc);
       const cases: [string, unknown, string][] = [
-        ['unknown table', { ...good, completedTables: ['main.nope'] }, 'checkpoint.completedTables[0]'],
-        ['other server', { ...good, siteId: new TestSite().wire }, 'checkpoint.siteId'],
-        ['future hlc', { ...good, hlc: future }, 'checkpoint.hlc'],
-        ['wrong type', { ...good, lastEntryIndex: 'x' }, 'checkpoint.lastEntryIndex'],
-        ['not an object', 'resume!', 'checkpoint'],
+        ['wrong type', { ...good, lastEntryIndex: 'x' }, 'checkpoint.lastEntryIndex: expected an integer >= -1, got "x"'],
+        ['out of range', { ...good, lastTableIndex: -2 }, 'checkpoint.lastTableIndex: expected an integer >= -1, got -2'],
+        ['bad base64 hlc', { ...good, hlc: 'not base64!' }, 'checkpoint.hlc: expected 30 bytes of base64, got "not base64!"'],
+        ['empty hlc', { ...good, hlc: '' }, 'checkpoint.hlc: got an empty string'],
+        ['null hlc', { ...good, hlc: null }, 'checkpoint.hlc: got null'],
+        ['malformed site id', { ...good, siteId: 'abc' }, 'checkpoint.siteId: expected 22 base64url characters, got "abc"'],
+        ['table entry without a dot', { ...good, completedTables: ['notes'] }, 'checkpoint.completedTables[0]: expected "schema.table", got "notes"'],
+        ['not an object', 'resume!', 'checkpoint: expected an object, got "resume!"'],
       ];
-      for (const [label, checkpoint, field] of cases) {
+      for (const [label, checkpoint, message] of cases) {
         const got: string[] = [];
         try {
           for await (const text of replica.snapshot({ checkpoint })) got.push(text);
           expect.fail(`${label}: should refuse`);
         } catch (err) {
           expect((err as SyncError).code, label).to.equal('INVALID_CHECKPOINT');
-          expect((err as Error).message, label).to.contain(field);
+          expect((err as Error).message, label).to.contain(message);
         }
         expect(got, label).to.deep.equal([]);
       }
@@ -396,3 +455,35 @@ describe('replica', () => {
     });
   });
 });
+
+/** A well-formed checkpoint of snapshot `snapshotId` at header `hlc`, held by some client. */
+function checkpointFor(snapshotId: string, hlc: string): Record<string, unknown> {
+  return { snapshotId, siteId: new TestSite().wire, hlc, lastTableIndex: 0, lastEntryIndex: 0, completedTables: [], entriesProcessed: 0, createdAt: Date.now() };
+}
+
+/** A complete stream under a new snapshot id whose header carries the current last stamp. */
+function expectFullSnapshot(chunks: SnapshotChunk[], oldSnapshotId: string, lastStamp: string): void {
+  const header = chunks[0] as Extract<SnapshotChunk, { type: 'header' }>;
+  const footer = chunks.at(-1) as Extract<SnapshotChunk, { type: 'footer' }>;
+  expect(header).to.include({ type: 'header', hlc: lastStamp });
+  expect(header.snapshotId).to.be.a('string').and.not.equal(oldSnapshotId);
+  expect(footer).to.include({ type: 'footer', snapshotId: header.snapshotId, totalTables: header.tableCount });
+  const started = chunks.filter((c) => c.type === 'table-start').length;
+  expect(started).to.equal(header.tableCount);
+}
+
+/** Runs `fn` with the sync-coordinator:replica debug namespace captured; returns the lines it logged. */
+async function capturingReplicaLog(fn: () => Promise<void>): Promise<string[]> {
+  const lines: string[] = [];
+  const logger = logs.replica;
+  const saved = { enabled: logger.enabled, log: logger.log };
+  logger.enabled = true;
+  logger.log = (...args: unknown[]) => { lines.push(args.map(String).join(' ')); };
+  try {
+    await fn();
+  } finally {
+    logger.enabled = saved.enabled;
+    logger.log = saved.log;
+  }
+  return lines;
+}
