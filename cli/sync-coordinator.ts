@@ -3,12 +3,15 @@ import { readFileSync } from 'node:fs';
 import createDebug from 'debug';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { ConfigError, CONFIG_SETTINGS, loadConfig, parseCliOverrides, type ConfigSettingKey, type ConfigText } from '../lib/config/load-config.js';
+import { ConfigError, CONFIG_SETTINGS, parseCliOverrides, resolveConfig, type ConfigSettingKey, type ConfigText, type ResolvedConfig } from '../lib/config/load-config.js';
 import { SERVER_DEFAULTS } from '../lib/config/options.js';
 import { createCoordinatorServer, type CoordinatorServer } from '../lib/create-coordinator-server.js';
+import { LOG_LAYERS, LOG_PREFIX } from '../lib/log.js';
 
 const NAME = 'sync-coordinator';
-const DEFAULT_DEBUG = 'sync-coordinator:*';
+const DEFAULT_DEBUG = `${LOG_PREFIX}:*`;
+/** How often to look whether npm, our parent's parent, is gone (see watchNpmParent). */
+const PARENT_POLL_MS = 1000;
 
 /** Exit codes, also listed in --help. */
 const EXIT_OK = 0;
@@ -46,6 +49,73 @@ function firstLine(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
 }
 
+function warn(message: string): void {
+  process.stderr.write(`${NAME}: warning: ${message.replace(/\s*[\r\n]+\s*/g, ' ')}\n`);
+}
+
+/**
+ * Turns a --debug list into `debug` namespaces. Layer names may be given
+ * bare (`ws`, `http,service`, `-ws`, `re*`) and get the sync-coordinator
+ * prefix; `*`, and names with a ":" (`sync-coordinator:ws`, `express:*`),
+ * pass unchanged. Throws ConfigError for a bare name that is no layer,
+ * which would otherwise enable nothing without a word.
+ */
+function debugNamespaces(spec: string): string {
+  if (spec.trim() === '') return DEFAULT_DEBUG;
+  return spec
+    .split(/[\s,]+/)
+    .filter((part) => part !== '')
+    .map((part) => {
+      const negated = part.startsWith('-');
+      const name = negated ? part.slice(1) : part;
+      let namespace: string;
+      if (name === '*' || name.includes(':')) namespace = name;
+      else if (name === LOG_PREFIX) namespace = DEFAULT_DEBUG;
+      else if (LOG_LAYERS.includes(name) || name.includes('*')) namespace = `${LOG_PREFIX}:${name}`;
+      else {
+        throw new ConfigError('--debug', spec, `unknown namespace "${name}" (expected ${LOG_LAYERS.join(', ')}, "*", or a full name like "${LOG_PREFIX}:ws" or "express:*")`);
+      }
+      return negated ? `-${namespace}` : namespace;
+    })
+    .join(',');
+}
+
+/** How a setting's source is named in a message: the flag for defaults, since that is how to change it. */
+function settingLabel(resolved: ResolvedConfig, key: ConfigSettingKey): string {
+  const source = resolved.sources[key];
+  return source === 'default' ? `${CONFIG_SETTINGS[key].flag} (default ${JSON.stringify(SERVER_DEFAULTS[key])})` : source;
+}
+
+/**
+ * npm (npx, npm start, npm exec) runs us under `sh -c`, and forwards SIGTERM
+ * to that shell only: the shell dies, npm exits, and we would live on as an
+ * orphan holding the port and the data directory. Since npm never passes the
+ * signal on, the only sign is that the shell is gone and we were reparented;
+ * when that happens, shut down as if signalled. Outside npm a changed parent
+ * is normal (`node ... &` from a shell that then exits), so only npm's
+ * children watch.
+ */
+function watchNpmParent(onGone: () => void): void {
+  if (process.env.npm_lifecycle_event === undefined) return;
+  const parent = process.ppid;
+  const timer = setInterval(function checkParent() {
+    if (process.ppid === parent) return;
+    clearInterval(timer);
+    onGone();
+  }, PARENT_POLL_MS);
+  // The check must not keep the process alive once the server has stopped.
+  timer.unref();
+}
+
+/** Writes to a closed stdout/stderr (the terminal or npm went away) must not crash a shutdown. */
+function ignoreBrokenPipes(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+    });
+  }
+}
+
 async function main(): Promise<void> {
   const argv = await yargs(hideBin(process.argv))
     .scriptName(NAME)
@@ -69,6 +139,7 @@ async function main(): Promise<void> {
     .parserConfiguration({ 'duplicate-arguments-array': false, 'boolean-negation': false })
     .strict()
     .version(packageVersion())
+    .alias('version', 'v')
     .help()
     .alias('help', 'h')
     .epilog('Exit codes: 0 stopped by SIGINT/SIGTERM, 1 failed to start or stop, 2 invalid configuration or arguments.')
@@ -76,7 +147,14 @@ async function main(): Promise<void> {
     .fail((message, err) => die(EXIT_USAGE, `${message ?? firstLine(err)} (see ${NAME} --help)`))
     .parseAsync();
 
-  if (argv.debug !== undefined) createDebug.enable(argv.debug === '' ? DEFAULT_DEBUG : argv.debug);
+  ignoreBrokenPipes();
+  if (argv.debug !== undefined) {
+    try {
+      createDebug.enable(debugNamespaces(argv.debug));
+    } catch (err) {
+      die(EXIT_USAGE, firstLine(err));
+    }
+  }
 
   const texts: ConfigText = {
     host: argv.host,
@@ -91,18 +169,20 @@ async function main(): Promise<void> {
   };
 
   let server: CoordinatorServer;
+  let resolved: ResolvedConfig;
   try {
-    const config = loadConfig({ overrides: parseCliOverrides(texts), configFile: argv.config });
-    server = createCoordinatorServer({ config });
+    resolved = resolveConfig({ overrides: parseCliOverrides(texts), configFile: argv.config });
+    server = createCoordinatorServer({ config: resolved.config });
   } catch (err) {
     // createSyncRouter reports misuse as TypeError; both are configuration problems, not crashes.
     if (err instanceof ConfigError || err instanceof TypeError) die(EXIT_USAGE, firstLine(err));
     throw err;
   }
+  for (const warning of resolved.warnings) warn(warning);
 
   const started = server.start();
   let signals = 0;
-  const onSignal = (signal: NodeJS.Signals): void => {
+  const onSignal = (signal: string): void => {
     signals += 1;
     if (signals > 1) die(EXIT_FAILURE, `${NAME}: ${signal} again, exiting without finishing shutdown`);
     process.stdout.write(`${NAME} shutting down (${signal})\n`);
@@ -117,12 +197,15 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  watchNpmParent(() => onSignal('parent process exited'));
 
   let url: string;
   try {
     ({ url } = await started);
   } catch (err) {
     if (signals > 0) return;
+    // start() names the data directory "dataDir"; say it the way the user set it.
+    if (err instanceof ConfigError && err.setting === 'dataDir') die(EXIT_FAILURE, `${settingLabel(resolved, 'dataDir')}: ${err.problem}`);
     die(EXIT_FAILURE, `${NAME}: failed to start on ${server.config.host}:${server.config.port}: ${firstLine(err)}`);
   }
   process.stdout.write(`${NAME} listening on ${url}\n`);

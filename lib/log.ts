@@ -1,13 +1,19 @@
 import createDebug from 'debug';
 
+/** Prefix of every namespace below: `DEBUG=sync-coordinator:*` enables them all. */
+export const LOG_PREFIX = 'sync-coordinator';
+
 /** Debug loggers, one namespace per layer: enable with DEBUG=sync-coordinator:*. */
 export const logs = {
-  server: createDebug('sync-coordinator:server'),
-  http: createDebug('sync-coordinator:http'),
-  ws: createDebug('sync-coordinator:ws'),
-  service: createDebug('sync-coordinator:service'),
-  auth: createDebug('sync-coordinator:auth'),
-  config: createDebug('sync-coordinator:config'),
-  replica: createDebug('sync-coordinator:replica'),
-  storage: createDebug('sync-coordinator:storage'),
+  server: createDebug(`${LOG_PREFIX}:server`),
+  http: createDebug(`${LOG_PREFIX}:http`),
+  ws: createDebug(`${LOG_PREFIX}:ws`),
+  service: createDebug(`${LOG_PREFIX}:service`),
+  auth: createDebug(`${LOG_PREFIX}:auth`),
+  config: createDebug(`${LOG_PREFIX}:config`),
+  replica: createDebug(`${LOG_PREFIX}:replica`),
+  storage: createDebug(`${LOG_PREFIX}:storage`),
 } as const;
+
+/** The layer names (`ws`, `http` ...), i.e. the namespaces without LOG_PREFIX. */
+export const LOG_LAYERS: readonly string[] = Object.freeze(Object.keys(logs));

@@ -35,13 +35,17 @@ export class ConfigError extends Error {
   readonly setting: string;
   /** The offending value as it was given (raw text for env vars and flags). */
   readonly value: unknown;
+  /** The message without the leading `<setting>: `, so a caller that knows the source better can rename it. */
+  readonly problem: string;
 
   constructor(setting: string, value: unknown, problem: string, options?: { cause?: unknown }) {
+    const oneLine = (text: string): string => text.replace(/\s*[\r\n]+\s*/g, ' ');
     // One line, always: the CLI prints the message verbatim as its only output.
-    super(`${setting}: ${problem}`.replace(/\s*[\r\n]+\s*/g, ' '), options);
+    super(oneLine(`${setting}: ${problem}`), options);
     this.name = 'ConfigError';
     this.setting = setting;
     this.value = value;
+    this.problem = oneLine(problem);
   }
 }
 
@@ -247,6 +251,66 @@ function hintFor(key: string, known: Iterable<string>): string {
   return match ? ` (did you mean "${match}"?)` : '';
 }
 
+/** Edit distance (insertions, deletions, substitutions) between two short strings. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length]!;
+}
+
+/**
+ * Names people reach for that are not settings, with where the thing they
+ * want actually lives.
+ */
+const ENV_NOT_SETTINGS: Readonly<Record<string, string>> = {
+  SYNC_DEBUG: 'use DEBUG=sync-coordinator:* or --debug',
+  SYNC_CONFIG: 'the config file is named with --config',
+  SYNC_CONFIG_FILE: 'the config file is named with --config',
+  SYNC_PATH: 'did you mean SYNC_BASE_PATH?',
+  SYNC_TOKENS: 'did you mean SYNC_AUTH_TOKENS?',
+  SYNC_TOKEN: 'did you mean SYNC_AUTH_TOKENS?',
+};
+
+/** The hint for an unknown SYNC_* variable: a near miss (ignoring "_"), else a known confusion, else nothing. */
+function envHint(name: string, known: readonly string[]): string {
+  const squash = (s: string): string => s.toUpperCase().replace(/_/g, '');
+  const special = ENV_NOT_SETTINGS[name.toUpperCase()];
+  if (special) return ` (${special})`;
+  let best: { name: string; distance: number } | undefined;
+  for (const candidate of known) {
+    const distance = editDistance(squash(name), squash(candidate));
+    if (!best || distance < best.distance) best = { name: candidate, distance };
+  }
+  // Two edits catch a dropped, doubled or swapped letter without pairing unrelated names.
+  return best && best.distance <= 2 ? ` (did you mean ${best.name}?)` : '';
+}
+
+/**
+ * Storage settings of the S3 backend, which is not implemented yet: setting
+ * them must not look like it worked, since the data would silently stay on
+ * the local disk.
+ */
+export const S3_ENV_VARS: readonly string[] = Object.freeze([
+  'S3_BUCKET',
+  'S3_REGION',
+  'S3_ENDPOINT',
+  'S3_ACCESS_KEY_ID',
+  'S3_SECRET_ACCESS_KEY',
+  'S3_FORCE_PATH_STYLE',
+  'S3_KEY_PREFIX',
+]);
+
+/** True for an address that listens on every interface (0.0.0.0, ::, ::0 ...). */
+function isWildcardHost(host: string): boolean {
+  return host === '0.0.0.0' || (isIP(host) === 6 && /^[0:]+$/.test(host));
+}
+
 function checkRouter(value: unknown, name: (key: string) => string, allowObjects: boolean): RouterConfig {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new ConfigError(name(''), value, `expected an object of router options, ${got(value)}`);
@@ -324,20 +388,22 @@ function overridesLayer(overrides: Partial<CoordinatorConfig>): { layer: Layer; 
   return { layer, router };
 }
 
-function envLayer(env: Record<string, string | undefined>): Layer {
+function envLayer(env: Record<string, string | undefined>, warnings: string[]): Layer {
   const layer: Layer = {};
-  const known = new Set<string>();
+  const known = SETTING_KEYS.map((key) => SETTINGS[key].env);
   for (const key of SETTING_KEYS) {
     const spec = SETTINGS[key] as SettingSpec<ConfigSettingKey>;
-    known.add(spec.env);
     const text = env[spec.env];
     // Empty means unset: deployment templates often render `SYNC_PORT=` for "not configured".
     if (text === undefined || text.trim() === '') continue;
     setLayer(layer, key, named(spec.env, text, () => spec.fromText(text), spec.secret), spec.env);
   }
-  for (const name of Object.keys(env)) {
-    // S3_* is reserved for storage backends that are not implemented yet.
-    if (name.startsWith('SYNC_') && !known.has(name)) log('ignoring unknown environment variable %s', name);
+  // Warnings, not errors: the environment is shared with other programs, which may own SYNC_* names too.
+  for (const name of Object.keys(env).sort()) {
+    // Case-blind: `sync_port=` is an easy slip, and POSIX names are case-sensitive.
+    if (name.toUpperCase().startsWith('SYNC_') && !known.includes(name)) {
+      warnings.push(`ignoring unknown environment variable ${name}${envHint(name, known)}`);
+    }
   }
   return layer;
 }
@@ -384,19 +450,50 @@ function fileLayer(file: { label: string; data: Record<string, unknown> }): { la
   return { layer, router };
 }
 
+/** What `resolveConfig` returns. */
+export interface ResolvedConfig {
+  /** The configuration, as `loadConfig` returns it. */
+  config: CoordinatorConfig;
+  /**
+   * Where each setting came from, in the form errors use: a CLI flag
+   * (`--data-dir`), an env var (`SYNC_DATA_DIR`), `<file>: <key>`, or
+   * `default`.
+   */
+  sources: Record<ConfigSettingKey, string>;
+  /**
+   * One-line warnings about settings that are legal but probably not what
+   * the operator meant: unknown `SYNC_*` variables (with a did-you-mean),
+   * `S3_*` variables (not supported yet; names only, never values), and an
+   * unauthenticated server on every interface. Without a trailing newline.
+   */
+  warnings: string[];
+}
+
 /**
  * Builds the standalone server's configuration from, highest precedence
  * first: `overrides` (the CLI), `SYNC_*` env vars, the JSON config file and
  * SERVER_DEFAULTS. Every value from every source is checked; a bad one is a
  * ConfigError naming its source and value. `dataDir` comes back absolute.
- * Returns a fresh object the caller may mutate.
+ * Returns a fresh object the caller may mutate. Warnings go to the
+ * `sync-coordinator:config` debug log; `resolveConfig` returns them instead.
  */
 export function loadConfig(options: LoadConfigOptions = {}): CoordinatorConfig {
+  const { config, warnings } = resolveConfig(options);
+  for (const warning of warnings) log('warning: %s', warning);
+  return config;
+}
+
+/**
+ * `loadConfig`, plus where each setting came from and the warnings the CLI
+ * prints (see {@link ResolvedConfig}). Throws ConfigError like `loadConfig`.
+ */
+export function resolveConfig(options: LoadConfigOptions = {}): ResolvedConfig {
   const cwd = options.cwd ?? process.cwd();
   const env = options.env ?? process.env;
+  const warnings: string[] = [];
   const file = readConfigFile(cwd, options.configFile);
   const fromFile = file ? fileLayer(file) : { layer: {} as Layer };
-  const fromEnv = envLayer(env);
+  const fromEnv = envLayer(env, warnings);
   const fromOverrides = overridesLayer(options.overrides ?? {});
   const layers = [fromOverrides.layer, fromEnv, fromFile.layer];
 
@@ -432,8 +529,26 @@ export function loadConfig(options: LoadConfigOptions = {}): CoordinatorConfig {
   };
   if (fromFile.router || fromOverrides.router) config.router = { ...fromFile.router, ...fromOverrides.router };
 
+  const sources = Object.fromEntries(SETTING_KEYS.map((key) => [key, pick(key).setting])) as Record<ConfigSettingKey, string>;
   for (const key of SETTING_KEYS) {
-    if (!SETTINGS[key].secret) log('%s = %o (from %s)', key, config[key], pick(key).setting);
+    if (!SETTINGS[key].secret) log('%s = %o (from %s)', key, config[key], sources[key]);
   }
-  return config;
+  // Names only: these hold credentials.
+  const s3 = S3_ENV_VARS.filter((name) => (env[name] ?? '').trim() !== '');
+  if (s3.length > 0) {
+    warnings.push(
+      `${s3.join(', ')} ${s3.length === 1 ? 'is' : 'are'} set, but S3 storage is not supported yet: ` +
+        `${s3.length === 1 ? 'it is' : 'they are'} ignored and databases are stored in ${JSON.stringify(config.dataDir)}`,
+    );
+  }
+  if (isWildcardHost(config.host) && config.authMode === 'none') {
+    const origin = (key: ConfigSettingKey): string => (sources[key] === 'default' ? 'the default' : `from ${sources[key]}`);
+    const reach = config.port === 0 ? 'the server' : `port ${config.port}`;
+    warnings.push(
+      `host ${config.host} (${origin('host')}) listens on every interface and authMode is "none" (${origin('authMode')}): ` +
+        `anyone who can reach ${reach} can read and write every database; ` +
+        `set ${SETTINGS.host.flag} 127.0.0.1 or ${SETTINGS.authMode.flag} token-whitelist`,
+    );
+  }
+  return { config, sources, warnings };
 }

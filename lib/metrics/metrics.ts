@@ -1,4 +1,67 @@
+import { createRequire } from 'node:module';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { logs } from '../log.js';
+
+/** Prefix of every metric of this package, the default process metrics included. */
+const PREFIX = 'sync_';
+
+/**
+ * prom-client's default collectors that work only when scraped. Its
+ * `collectDefaultMetrics()` also starts an event-loop-delay monitor (a 10 ms
+ * timer) and a GC PerformanceObserver for each registry, which nothing can
+ * stop: every router created (tests make hundreds) would leave both running
+ * for the life of the process. These collectors are its own modules, loaded
+ * one by one; one that a later prom-client moves is skipped (and logged)
+ * rather than breaking the router, and spec/e2e/default-metrics.spec.ts
+ * notices.
+ */
+const SCRAPE_TIME_COLLECTORS = [
+  'processCpuTotal',
+  'processStartTime',
+  'osMemoryHeap',
+  'processOpenFileDescriptors',
+  'processMaxFileDescriptors',
+  'processResources',
+  'processHandles',
+  'processRequests',
+  'heapSizeAndUsed',
+  'heapSpacesSizeAndUsed',
+  'version',
+] as const;
+
+type DefaultCollector = (registry: Registry, config: { prefix: string }) => void;
+
+const requireFromHere = createRequire(import.meta.url);
+
+/**
+ * Registers the process and Node.js metrics of prom-client's default set in
+ * `registry`, prefixed `sync_` (`sync_process_cpu_seconds_total`,
+ * `sync_process_resident_memory_bytes`, `sync_nodejs_heap_size_used_bytes`,
+ * `sync_nodejs_version_info` ...), plus `sync_nodejs_eventloop_lag_seconds`
+ * measured at scrape time. Nothing runs between scrapes.
+ */
+function registerProcessMetrics(registry: Registry): void {
+  for (const name of SCRAPE_TIME_COLLECTORS) {
+    let collector: DefaultCollector;
+    try {
+      collector = requireFromHere(`prom-client/lib/metrics/${name}`) as DefaultCollector;
+    } catch (err) {
+      logs.server('default metric collector %s unavailable: %s', name, (err as Error).message);
+      continue;
+    }
+    collector(registry, { prefix: PREFIX });
+  }
+  new Gauge({
+    name: `${PREFIX}nodejs_eventloop_lag_seconds`,
+    help: 'Time a callback queued at scrape time waited for the event loop, in seconds',
+    registers: [registry],
+    async collect() {
+      const start = process.hrtime.bigint();
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      this.set(Number(process.hrtime.bigint() - start) / 1e9);
+    },
+  });
+}
 
 /** The coordinator's named metrics, all registered in one (injected) registry. */
 export interface Metrics {
@@ -22,8 +85,13 @@ export interface Metrics {
   laggingSessionsTotal: Counter;
 }
 
-/** Creates the metrics in `registry` (never the global one). */
+/**
+ * Creates the metrics in `registry` (never the global one), with the default
+ * process and Node.js metrics (see registerProcessMetrics). Throws prom-client's
+ * Error when `registry` already holds them (one registry per router).
+ */
 export function createMetrics(registry: Registry): Metrics {
+  registerProcessMetrics(registry);
   const registers = [registry];
   const durations = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
   return {

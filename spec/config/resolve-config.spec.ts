@@ -1,0 +1,98 @@
+import { expect } from 'chai';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { resolveConfig, S3_ENV_VARS, type LoadConfigOptions, type ResolvedConfig } from '../../lib/config/load-config.js';
+import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
+
+describe('load-config', () => {
+  let cwd: string;
+
+  beforeEach(async () => {
+    cwd = await makeTempDir('resolve-config-');
+  });
+
+  afterEach(async () => {
+    await removeTempDir(cwd);
+  });
+
+  /** A loopback server, so only the warning under test shows up. */
+  function resolve(options: LoadConfigOptions = {}): ResolvedConfig {
+    return resolveConfig({ cwd, ...options, env: { SYNC_HOST: '127.0.0.1', ...options.env } });
+  }
+
+  describe('#resolveConfig', () => {
+    describe('sources', () => {
+      it('names where each setting came from the way errors do', async () => {
+        await writeFile(join(cwd, 'sync-coordinator.json'), JSON.stringify({ batchSize: 5 }));
+        const { sources } = resolve({ env: { SYNC_PORT: '1234' }, overrides: { dataDir: 'd' } });
+        expect(sources).to.include({ host: 'SYNC_HOST', port: 'SYNC_PORT', dataDir: '--data-dir', batchSize: 'sync-coordinator.json: batchSize', basePath: 'default' });
+      });
+    });
+
+    describe('warnings', () => {
+      it('gives none for a plain loopback configuration', () => {
+        expect(resolve().warnings).to.deep.equal([]);
+      });
+
+      const nearMisses: [string, string][] = [
+        ['SYNC_PROT', 'SYNC_PORT'],
+        ['SYNC_PORTS', 'SYNC_PORT'],
+        ['SYNC_DATADIR', 'SYNC_DATA_DIR'],
+        ['SYNC_DATA_DIRS', 'SYNC_DATA_DIR'],
+        ['SYNC_AUTH_TOKEN', 'SYNC_AUTH_TOKENS'],
+        ['SYNC_CORS_ORIGINS', 'SYNC_CORS_ORIGIN'],
+        ['SYNC_BATCHSIZE', 'SYNC_BATCH_SIZE'],
+        ['sync_port', 'SYNC_PORT'],
+      ];
+      for (const [name, meant] of nearMisses) {
+        it(`warns about ${name} suggesting ${meant}`, () => {
+          expect(resolve({ env: { [name]: 'x' } }).warnings).to.deep.equal([`ignoring unknown environment variable ${name} (did you mean ${meant}?)`]);
+        });
+      }
+
+      it('points SYNC_DEBUG and SYNC_CONFIG at what does exist, and suggests nothing for an unrelated name', () => {
+        expect(resolve({ env: { SYNC_DEBUG: '1', SYNC_CONFIG: 'f.json', SYNC_INTERVAL: '5' } }).warnings).to.deep.equal([
+          'ignoring unknown environment variable SYNC_CONFIG (the config file is named with --config)',
+          'ignoring unknown environment variable SYNC_DEBUG (use DEBUG=sync-coordinator:* or --debug)',
+          'ignoring unknown environment variable SYNC_INTERVAL',
+        ]);
+      });
+
+      it('names every S3_* variable that is set in one warning, without values', () => {
+        const env = Object.fromEntries(S3_ENV_VARS.map((name) => [name, `value-of-${name}`]));
+        const { warnings } = resolve({ env });
+        expect(warnings).to.have.length(1);
+        expect(warnings[0]).to.equal(
+          `${S3_ENV_VARS.join(', ')} are set, but S3 storage is not supported yet: they are ignored and databases are stored in ${JSON.stringify(join(cwd, '.data'))}`,
+        );
+        expect(warnings[0]).not.to.include('value-of-');
+        expect(S3_ENV_VARS).to.deep.equal(['S3_BUCKET', 'S3_REGION', 'S3_ENDPOINT', 'S3_ACCESS_KEY_ID', 'S3_SECRET_ACCESS_KEY', 'S3_FORCE_PATH_STYLE', 'S3_KEY_PREFIX']);
+      });
+
+      it('treats an empty S3_* variable as unset', () => {
+        expect(resolve({ env: { S3_BUCKET: '', S3_REGION: ' ' } }).warnings).to.deep.equal([]);
+      });
+
+      for (const host of ['0.0.0.0', '::', '::0', '0:0:0:0:0:0:0:0']) {
+        it(`warns that host ${host} without authentication lets anyone read and write`, () => {
+          const { warnings } = resolve({ env: { SYNC_HOST: host, SYNC_PORT: '8080' } });
+          expect(warnings).to.deep.equal([
+            `host ${host} (from SYNC_HOST) listens on every interface and authMode is "none" (the default): ` +
+              'anyone who can reach port 8080 can read and write every database; set --host 127.0.0.1 or --auth-mode token-whitelist',
+          ]);
+        });
+      }
+
+      it('warns about the defaults, which serve every interface without authentication', () => {
+        const { warnings } = resolveConfig({ cwd, env: {} });
+        expect(warnings).to.have.length(1);
+        expect(warnings[0]).to.match(/^host 0\.0\.0\.0 \(the default\) listens on every interface and authMode is "none" \(the default\): anyone who can reach port 3000 /);
+      });
+
+      it('does not warn about every interface with token-whitelist, nor about a single address', () => {
+        expect(resolve({ env: { SYNC_HOST: '0.0.0.0', SYNC_AUTH_MODE: 'token-whitelist', SYNC_AUTH_TOKENS: 't' } }).warnings).to.deep.equal([]);
+        expect(resolve({ env: { SYNC_HOST: '::1' } }).warnings).to.deep.equal([]);
+      });
+    });
+  });
+});
