@@ -29,6 +29,7 @@ export const ErrorCode = {
   SnapshotRequired: 'SNAPSHOT_REQUIRED',
   // Server side
   NotFound: 'NOT_FOUND',
+  MethodNotAllowed: 'METHOD_NOT_ALLOWED',
   StoreClosed: 'STORE_CLOSED',
   ShuttingDown: 'SHUTTING_DOWN',
   Internal: 'INTERNAL_ERROR',
@@ -110,6 +111,7 @@ export const ERROR_DISPOSITIONS: Readonly<Record<ErrorCode, ErrorDisposition>> =
   RATE_LIMITED: { status: 429, fatal: false },
   SNAPSHOT_REQUIRED: { status: 410, fatal: false },
   NOT_FOUND: { status: 404, fatal: false },
+  METHOD_NOT_ALLOWED: { status: 405, fatal: false },
   STORE_CLOSED: { status: 503, fatal: false, close: CloseCode.TryAgainLater },
   SHUTTING_DOWN: { status: 503, fatal: false, close: CloseCode.GoingAway },
   INTERNAL_ERROR: { status: 500, fatal: false, close: CloseCode.InternalError },

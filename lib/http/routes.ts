@@ -65,7 +65,12 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
   async function callerOf(req: Request, action: Operation['action']): Promise<Caller> {
     const databaseId = validateDatabaseId(req.params.databaseId);
     const header = req.get('x-site-id');
-    if (header === undefined || header === '') throw new SyncError(ErrorCode.AuthFailed, 'X-Site-Id: header required');
+    if (header === undefined || header === '') {
+      // Refused before authentication runs, but an authentication failure all the same.
+      metrics.authAttemptsTotal.inc();
+      metrics.authFailuresTotal.inc();
+      throw new SyncError(ErrorCode.AuthFailed, 'X-Site-Id: header required');
+    }
     siteIdFromWire(header, 'X-Site-Id');
     const auth = req.get('authorization');
     const token = auth && /^Bearer /i.test(auth) ? auth.slice(7).trim() : undefined;
@@ -148,6 +153,13 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
     res.end();
   });
 
+  // A known route asked with another method: 405 with the methods it takes (RFC 9110 §15.5.6).
+  for (const [route, methods] of [['/status', 'GET, HEAD'], ['/metrics', 'GET, HEAD'], ['/:databaseId/changes', 'GET, HEAD, POST'], ['/:databaseId/snapshot', 'GET, HEAD']] as const) {
+    router.all(route, function methodNotAllowed(req: Request, res: Response) {
+      res.set('Allow', methods);
+      res.status(405).json({ ok: false, error: { code: ErrorCode.MethodNotAllowed, message: `${req.method} is not allowed on ${req.originalUrl.split('?')[0]}; use ${methods}` } });
+    });
+  }
   router.use(notFound);
 
   router.use(function sendError(err: unknown, req: Request, res: Response, _next: NextFunction) {

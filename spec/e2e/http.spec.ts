@@ -121,6 +121,31 @@ describe('http routes', () => {
       }
     });
 
+    it('answers a known route with a wrong method 405, with Allow listing the right ones', async () => {
+      const cases: [string, () => request.Test, string][] = [
+        ['/sync/status', () => request(server.app).post('/sync/status'), 'GET, HEAD'],
+        ['/sync/metrics', () => request(server.app).delete('/sync/metrics'), 'GET, HEAD'],
+        [`/sync${PATH}/changes`, () => request(server.app).put(`/sync${PATH}/changes`).set('X-Site-Id', site.wire), 'GET, HEAD, POST'],
+        [`/sync${PATH}/snapshot`, () => request(server.app).post(`/sync${PATH}/snapshot`).set('X-Site-Id', site.wire), 'GET, HEAD'],
+      ];
+      for (const [path, send, allow] of cases) {
+        const res = await send().expect(405);
+        expect(res.headers.allow, path).to.equal(allow);
+        expect(res.body.error.code, path).to.equal('METHOD_NOT_ALLOWED');
+      }
+      await request(server.app).post('/sync/nowhere/else/at/all').expect(404);
+    });
+
+    it('counts a request without X-Site-Id as an authentication failure', async () => {
+      const failures = async (): Promise<number> => {
+        const text = (await request(server.app).get('/sync/metrics')).text;
+        return Number(/^sync_auth_failures_total (\S+)$/m.exec(text)?.[1] ?? 0);
+      };
+      const before = await failures();
+      await request(server.app).get(`/sync${PATH}/changes`).expect(401);
+      expect(await failures()).to.equal(before + 1);
+    });
+
     it('answers 410 SNAPSHOT_REQUIRED for a cursor behind the retention floor', async () => {
       await server.close();
       let now = Date.now();
