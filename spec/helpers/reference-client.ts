@@ -234,17 +234,24 @@ export class ReferenceClient {
     return this.conn?.ready ?? false;
   }
 
+  /** True while a debounced push of local commits is pending. */
+  get pushScheduled(): boolean {
+    return this.debounceTimer !== undefined;
+  }
+
   /** True while a reconnect is scheduled. */
   get reconnectScheduled(): boolean {
     return this.reconnectTimer !== undefined;
   }
 
   /**
-   * Nothing in flight: ready, reading, no commit waiting to be pushed, no push
-   * waiting for its apply_result, and no frame received for `quietMs`.
+   * Nothing in flight: connected (handshake acknowledged), reading, no commit
+   * waiting to be pushed, no push waiting for its apply_result, and no frame
+   * received for `quietMs`. A snapshot that stopped arriving counts as idle:
+   * the client waits for nothing it will act on.
    */
   idle(quietMs: number): boolean {
-    return this.ready && !this.readingPaused && this.debounceTimer === undefined && this.pendingPushes.size === 0 &&
+    return (this.conn?.open ?? false) && !this.readingPaused && this.debounceTimer === undefined && this.pendingPushes.size === 0 &&
       Date.now() - this.lastFrameAt >= quietMs;
   }
 

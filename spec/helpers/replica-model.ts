@@ -95,6 +95,9 @@ export class ReplicaModel {
   readonly rows = new Map<string, ModelRow>();
   readonly tombstones = new Map<string, ModelTombstone>();
   readonly migrations = new Map<string, { migration: SchemaMigration; hlc: Buffer }>();
+  /** Bumped by every change of state, so the digest is computed once per state. */
+  private version = 0;
+  private cachedDigest?: { version: number; digest: ModelDigest };
 
   /** True when the replica holds nothing at all (no cell, tombstone or migration). */
   isEmpty(): boolean {
@@ -154,6 +157,7 @@ export class ReplicaModel {
     const existing = this.migrations.get(key);
     if (existing && compareHlc(existing.hlc, hlc) >= 0) return 'skipped';
     this.migrations.set(key, { migration, hlc });
+    this.version++;
     return 'applied';
   }
 
@@ -189,6 +193,7 @@ export class ReplicaModel {
       this.rows.set(key, row);
     }
     row.cells.set(column, cell);
+    this.version++;
     return 'applied';
   }
 
@@ -198,6 +203,7 @@ export class ReplicaModel {
     if (existing && compareHlc(existing.hlc, hlc) >= 0) return 'skipped';
     this.tombstones.set(key, { schema, table, pk, hlc, ...(priorRow !== undefined ? { priorRow } : {}) });
     this.rows.delete(key);
+    this.version++;
     return 'applied';
   }
 
@@ -251,11 +257,14 @@ export class ReplicaModel {
   }
 
   digest(): ModelDigest {
+    if (this.cachedDigest?.version === this.version) return this.cachedDigest.digest;
     let cells = 0;
     for (const row of this.rows.values()) cells += row.cells.size;
     const hash = createHash('sha256');
     for (const line of this.canonicalLines()) hash.update(line).update('\n');
-    return { rows: this.rows.size, cells, tombstones: this.tombstones.size, migrations: this.migrations.size, hash: hash.digest('hex') };
+    const digest = { rows: this.rows.size, cells, tombstones: this.tombstones.size, migrations: this.migrations.size, hash: hash.digest('hex') };
+    this.cachedDigest = { version: this.version, digest };
+    return digest;
   }
 
   /** True when both replicas hold exactly the same cells (value and HLC), tombstones and migrations. */
