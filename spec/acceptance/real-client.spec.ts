@@ -71,7 +71,8 @@ async function debounceLapsed(client: ReferenceClient): Promise<void> {
 }
 
 function describeClient(name: string, client: ReferenceClient): string {
-  return `${name}: ${client.connections} connection(s), closes [${client.closeCodes.join(',')}], errors ${client.errorSummary()}`;
+  return `${name}: ${client.connections} connection(s), closes [${client.closeCodes.join(',')}], errors ${client.errorSummary()}, ` +
+    `pages with hasMore ${client.pagesWithMore}, dropped while a snapshot landed ${client.droppedWhileLanding}`;
 }
 
 describe('acceptance: real clients get every change (PROTOCOL.md §8, §9), against a coordinator process', function () {

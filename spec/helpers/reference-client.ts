@@ -110,6 +110,12 @@ export class ReferenceClient {
   readonly received = new Map<string, number>();
   /** `changes` and `push_changes` dropped because a snapshot was landing. */
   droppedWhileLanding = 0;
+  /**
+   * `changes` messages that said `hasMore: true`. Counted for failure
+   * messages only: the client never acts on it (§8), so a page with more
+   * behind it is where a client left to itself stops.
+   */
+  pagesWithMore = 0;
   /** Connections that got a handshake_ack. */
   connections = 0;
   /** Largest ChangeSet.hlc of the last `changes` message (§8 watermark), wire form. */
@@ -255,6 +261,15 @@ export class ReferenceClient {
       Date.now() - this.lastFrameAt >= quietMs;
   }
 
+  /** Resolves once `idle(quietMs)` holds; rejects after `timeoutMs`. */
+  async whenIdle(quietMs = 500, timeoutMs = 60_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while (!this.idle(quietMs)) {
+      if (Date.now() > until) throw new Error(`${this.siteIdWire}: not idle within ${timeoutMs} ms (errors: ${this.errorSummary()}; closes: ${this.closeCodes.join(',')})`);
+      await sleep(10);
+    }
+  }
+
   /** True once every local commit has been acknowledged by an apply_result. */
   get allOwnAcked(): boolean {
     const last = this.ownChangeSets.at(-1);
@@ -383,7 +398,12 @@ export class ReferenceClient {
       }
       if (this.options.record) this.frames.push({ conn: conn.id, dir: 's2c', msg: message as unknown as Record<string, unknown> });
       this.received.set(message.type, (this.received.get(message.type) ?? 0) + 1);
-      this.handle(conn, message);
+      try {
+        this.handle(conn, message);
+      } catch (err) {
+        // A frame this client cannot use (a malformed id, say) is reported to the app, like any other error.
+        this.errors.push({ code: '#CLIENT_ERROR', message: `${message.type}: ${(err as Error).message}`, fatal: undefined });
+      }
     });
     ws.on('error', () => { /* the close event follows */ });
     ws.on('close', (code: number) => {
@@ -424,7 +444,7 @@ export class ReferenceClient {
         return this.onHandshakeAck(conn, message);
       case 'changes':
       case 'push_changes':
-        return this.onChanges(conn, message.type, message.changeSets);
+        return this.onChanges(conn, message.type, message.changeSets, message);
       case 'snapshot_chunk':
         return this.onSnapshotChunk(conn, message.chunk);
       case 'snapshot_complete':
@@ -469,11 +489,12 @@ export class ReferenceClient {
     this.pushLocalChanges();
   }
 
-  private onChanges(conn: Connection, type: 'changes' | 'push_changes', changeSets: ChangeSet[] | undefined): void {
+  private onChanges(conn: Connection, type: 'changes' | 'push_changes', changeSets: ChangeSet[] | undefined, message: object): void {
     if (conn.landing) {
       this.droppedWhileLanding++;
       return;
     }
+    if (type === 'changes' && (message as { hasMore?: unknown }).hasMore === true) this.pagesWithMore++;
     const sets = changeSets ?? [];
     this.model.applyChangeSets(sets);
     for (const set of sets) this.observe(set);
