@@ -1,6 +1,6 @@
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-import express, { type Router } from 'express';
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { Registry } from 'prom-client';
 import { parseOptions, type Config, type SyncRouterOptions } from './config/options.js';
 import { createMetrics, type Metrics } from './metrics/metrics.js';
@@ -12,6 +12,12 @@ import { logs } from './log.js';
 
 /** An Express router that also serves the WebSocket side of the protocol. */
 export interface SyncRouter extends Router {
+  /**
+   * The `path` option: where the router must be mounted, since WebSocket
+   * upgrades are taken at `<path>/ws` (`app.use(sync.path, sync)`).
+   * @default '/sync'
+   */
+  readonly path: string;
   /** Takes an HTTP upgrade for `<path>/ws`; returns false and leaves other paths alone. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
   /** Registers `handleUpgrade` on a server's `upgrade` event. Returns the router. */
@@ -29,9 +35,15 @@ export interface SyncRouter extends Router {
 /**
  * Builds a sync coordinator as Express middleware:
  *
- *     const sync = createSyncRouter({ path: '/sync' });
- *     app.use('/sync', sync);
- *     sync.attach(server);
+ *     const sync = createSyncRouter({ path: '/api/sync' });
+ *     app.use(sync.path, sync);        // before app.use(express.json()), see routes.ts
+ *     sync.attach(server);             // WebSocket sessions at /api/sync/ws
+ *
+ * Throws TypeError for an unknown or invalid option (config/options.ts).
+ * A router mounted somewhere other than `path` serves HTTP there but no
+ * WebSocket (upgrades are matched against `<path>/ws` before Express sees
+ * them); the first HTTP request through such a mount emits a process
+ * warning with code SYNC_MOUNT_MISMATCH.
  */
 export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}): SyncRouter {
   const config = parseOptions(options);
@@ -40,8 +52,34 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   const coordinator = new Coordinator(config, metrics, limits);
   const upgrades = createUpgradeHandler(config, coordinator, metrics, limits);
   const router = express.Router();
+  router.use(checkMount);
   const routes = mountRoutes(router, { config, coordinator, metrics, limits });
   const attached = new Set<Server>();
+
+  let warnedMount = false;
+  /**
+   * Warns once when the router is reached through a mount other than
+   * `config.path`. Upgrades are not taken at the mount learned here: they
+   * usually come before any HTTP request, so the WebSocket would work or
+   * hang depending on which request came first after a restart, and a
+   * router mounted twice or under a pattern has no single mount to learn.
+   */
+  function checkMount(req: Request, _res: Response, next: NextFunction): void {
+    if (!warnedMount) {
+      const mount = req.baseUrl === '' ? '/' : req.baseUrl;
+      // Express matches mount paths case-insensitively unless told otherwise; only a different path is a mistake.
+      if (mount.toLowerCase() !== config.path.toLowerCase()) {
+        warnedMount = true;
+        process.emitWarning(
+          `The sync router is mounted at "${mount}" but its path option is "${config.path}": HTTP works at ${mount}, ` +
+          `but WebSocket clients connecting to ${joinPath(mount, 'ws')} get no answer until they time out, because upgrades are only taken at ${joinPath(config.path, 'ws')}. ` +
+          `Mount it with app.use(sync.path, sync), or create it with createSyncRouter({ path: ${JSON.stringify(mount)} }).`,
+          { code: 'SYNC_MOUNT_MISMATCH' },
+        );
+      }
+    }
+    next();
+  }
 
   function handleSyncUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
     return upgrades.handleUpgrade(req, socket, head);
@@ -66,6 +104,7 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   }
 
   const sync = Object.assign(router, {
+    path: config.path,
     handleUpgrade: handleSyncUpgrade,
     attach,
     close,
@@ -75,4 +114,9 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
     config,
   }) as SyncRouter;
   return sync;
+}
+
+/** `base` + '/' + `leaf`, without doubling the slash of the root mount. */
+function joinPath(base: string, leaf: string): string {
+  return `${base === '/' ? '' : base}/${leaf}`;
 }

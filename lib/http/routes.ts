@@ -89,24 +89,72 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
   });
 
   const readBody = express.raw({ limit: config.maxMessageBytes, type: () => true });
-  /** Parses the body as JSON after the checks JSON.parse does not make: charset, UTF-8, nesting depth. */
+  // ---- Parse step: from whatever reached the router to a JSON value for postChanges. ----
+  let warnedPreparsed = false;
+  /**
+   * Leaves the parsed body in `req.body`. Usually it is the Buffer readBody
+   * read, checked for what JSON.parse does not check: charset, UTF-8 and
+   * nesting depth (maxJsonDepth). A host app that runs a body parser before
+   * the router (`app.use(express.json())` ahead of the mount is common) has
+   * consumed the request already, so readBody passes on what that parser
+   * made: a parsed value is kept (its depth checked without recursion, since
+   * JSON.parse accepts any depth), a string (express.text) is parsed like
+   * the Buffer. That parser's size limit then applied instead of
+   * maxMessageBytes; a Content-Length above maxMessageBytes is still
+   * PAYLOAD_TOO_LARGE here. Errors: INVALID_BODY (missing, not UTF-8, not
+   * JSON), INVALID_MESSAGE (too deep), PAYLOAD_TOO_LARGE.
+   */
   function parseJson(req: Request, _res: Response, next: NextFunction): void {
     const body: unknown = req.body;
-    if (!Buffer.isBuffer(body) || body.length === 0) return next(new SyncError(ErrorCode.InvalidBody, 'body: required, {"changes": ChangeSet[]}'));
-    const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(req.get('content-type') ?? '')?.[1];
-    if (charset !== undefined && !/^utf-?8$/i.test(charset)) return next(new SyncError(ErrorCode.InvalidBody, `body: JSON must be UTF-8, got charset ${JSON.stringify(charset.slice(0, 40))}`));
-    if (!isUtf8(body)) return next(new SyncError(ErrorCode.InvalidBody, 'body: not valid UTF-8'));
-    if (exceedsJsonDepth(body, config.maxJsonDepth)) {
-      limits.refused('json_depth');
-      return next(new SyncError(ErrorCode.InvalidMessage, `body: JSON nested deeper than ${config.maxJsonDepth} levels (maxJsonDepth)`));
+    if (Buffer.isBuffer(body)) return next(parseBytes(req, body, true));
+    if (body === undefined || body === null) return next(new SyncError(ErrorCode.InvalidBody, 'body: required, {"changes": ChangeSet[]}'));
+    warnPreparsed(req);
+    const declared = Number(req.get('content-length'));
+    if (declared > config.maxMessageBytes) {
+      return next(new SyncError(ErrorCode.PayloadTooLarge, `body: larger than the limit of ${config.maxMessageBytes} bytes (maxMessageBytes)`));
     }
+    if (typeof body === 'string') return next(parseBytes(req, Buffer.from(body, 'utf8'), false));
+    if (exceedsValueDepth(body, config.maxJsonDepth)) return next(tooDeep());
+    next();
+  }
+  /** Parses JSON bytes into `req.body`; returns the error, or undefined. `checkCharset` is false when an upstream parser decoded the text already. */
+  function parseBytes(req: Request, body: Buffer, checkCharset: boolean): SyncError | undefined {
+    if (body.length === 0) return new SyncError(ErrorCode.InvalidBody, 'body: required, {"changes": ChangeSet[]}');
+    if (checkCharset) {
+      const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(req.get('content-type') ?? '')?.[1];
+      if (charset !== undefined && !/^utf-?8$/i.test(charset)) return new SyncError(ErrorCode.InvalidBody, `body: JSON must be UTF-8, got charset ${JSON.stringify(charset.slice(0, 40))}`);
+      if (!isUtf8(body)) return new SyncError(ErrorCode.InvalidBody, 'body: not valid UTF-8');
+    }
+    if (exceedsJsonDepth(body, config.maxJsonDepth)) return tooDeep();
     try {
       req.body = JSON.parse(body.toString('utf8'));
     } catch (err) {
-      return next(new SyncError(ErrorCode.InvalidBody, `body: not valid JSON (${messageOf(err)})`));
+      return new SyncError(ErrorCode.InvalidBody, `body: not valid JSON (${messageOf(err)})`);
     }
-    next();
+    return undefined;
   }
+  function tooDeep(): SyncError {
+    limits.refused('json_depth');
+    return new SyncError(ErrorCode.InvalidMessage, `body: JSON nested deeper than ${config.maxJsonDepth} levels (maxJsonDepth)`);
+  }
+  /**
+   * Bodies over the upstream parser's limit (100 kB by default for
+   * express.json()) get its 413 and never reach the router, so nothing here
+   * can explain that 413; this says it once, at the first body that shows
+   * such a parser is in front.
+   */
+  function warnPreparsed(req: Request): void {
+    if (warnedPreparsed) return;
+    warnedPreparsed = true;
+    const mount = req.baseUrl === '' ? '/' : req.baseUrl;
+    process.emitWarning(
+      `The sync router at ${mount} received a request body already parsed by a body parser that runs before it (app.use(express.json()) ahead of the sync router?). ` +
+      `That parser's size limit applies first: bigger pushes get its own 413 "request entity too large" (100kb by default for express.json()) and never reach the sync router, whose limit is maxMessageBytes (${config.maxMessageBytes} bytes). ` +
+      `Mount the sync router before express.json(), or give express.json({ limit: ${config.maxMessageBytes} }).`,
+      { code: 'SYNC_BODY_PREPARSED' },
+    );
+  }
+  // ---- End of the parse step. ----
   // Authentication comes before the body is read, so an unknown client cannot make the server read megabytes.
   async function authorizeApply(req: Request, res: Response, next: NextFunction): Promise<void> {
     res.locals.caller = await callerOf(req, 'apply_changes');
@@ -257,4 +305,24 @@ function drained(res: Response, timeoutMs: number): Promise<boolean> {
     res.on('close', onDrain);
     if (timeoutMs > 0) timer = setTimeout(() => done(false), timeoutMs);
   });
+}
+
+/**
+ * True when a parsed JSON value nests arrays and objects deeper than `max`
+ * (counted as exceedsJsonDepth counts the text: `[]` is depth 1). Walks with
+ * an explicit stack, because a value JSON.parse accepted may be nested far
+ * past what a recursive walk survives; stops descending below `max`, so a
+ * cyclic value (not JSON, but a host middleware could make one) ends too.
+ */
+export function exceedsValueDepth(value: unknown, max: number): boolean {
+  const stack: { value: object; depth: number }[] = [];
+  if (typeof value === 'object' && value !== null) stack.push({ value, depth: 1 });
+  while (stack.length > 0) {
+    const { value: node, depth } = stack.pop()!;
+    if (depth > max) return true;
+    for (const child of Array.isArray(node) ? node : Object.values(node)) {
+      if (typeof child === 'object' && child !== null) stack.push({ value: child, depth: depth + 1 });
+    }
+  }
+  return false;
 }
