@@ -38,9 +38,10 @@ server.on('upgrade', (req, socket, head) => {
   chat.handleUpgrade(req, socket, head, (ws) => chat.emit('connection', ws, req));
 });
 
-// Sync: HTTP routes under /sync, WebSocket sessions at /sync/ws.
+// Sync: HTTP routes under /sync, WebSocket sessions at /sync/ws. The path is
+// given once: mounting at sync.path keeps HTTP and WebSocket in agreement.
 const sync = createSyncRouter({ path: '/sync', dataDir });
-app.use('/sync', sync);
+app.use(sync.path, sync);
 sync.attach(server);
 
 server.listen(port, host, () => {
