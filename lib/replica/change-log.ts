@@ -3,7 +3,7 @@ import { compareHlc, hlcToWire } from '../protocol/hlc.js';
 import type { ChangeSet } from '../protocol/messages.js';
 import { siteIdToWire } from '../protocol/site-id.js';
 import { META_FLOOR, NS_LOG, LOG_MIGRATION, logKeyAfter, logEntryFrom, logEntryOrigin, logEntryPayload, logKeyStamp, logKeyHasStamp } from './keys.js';
-import type { ReplicaContext } from './replica.js';
+import type { ReplicaContext } from './context.js';
 
 /** Bytes per native read: about one default page of changes. */
 const PAGE_READ_AHEAD = 256 * 1024;

@@ -12,6 +12,9 @@ import { localStampSource, type StampSource, type StampSourceFactory } from './s
 import { readChangesSince, type ChangesPage } from './change-log.js';
 import { streamSnapshot, type SnapshotOptions } from './snapshot.js';
 import { sweepTombstones, type SweepResult } from './retention.js';
+import type { ReplicaContext } from './context.js';
+
+export type { ReplicaContext };
 
 const log = createDebug('sync-coordinator:replica');
 
@@ -40,16 +43,6 @@ export interface ReplicaOptions {
   syncWrites?: boolean;
   /** Entries per snapshot chunk. @default 1000 */
   snapshotChunkSize?: number;
-}
-
-/** Internal view of a replica shared with the change log, snapshot and retention code. */
-export interface ReplicaContext {
-  readonly store: KvStore;
-  readonly siteId: Buffer;
-  readonly now: () => number;
-  readonly retentionHorizonMs: number;
-  readonly snapshotChunkSize: number;
-  readonly syncWrites: boolean;
 }
 
 interface PendingApply {

@@ -1,7 +1,7 @@
 import { compareHlc } from '../protocol/hlc.js';
 import type { KvOp } from '../storage/kv.js';
 import { META_FLOOR, NS_TOMBSTONE_AGE, tombstoneAgeKey, parseTombstoneAgeKey, factLogKey, factStamp, tombstoneCreatedAt } from './keys.js';
-import type { ReplicaContext } from './replica.js';
+import type { ReplicaContext } from './context.js';
 
 /** What a sweep removed. */
 export interface SweepResult {

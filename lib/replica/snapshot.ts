@@ -10,7 +10,7 @@ import {
   META_LAST_STAMP, META_FLOOR, factHlc, factJson, tombstoneJson,
   decodeComponent, prefixEnd, readU64, tableId,
 } from './keys.js';
-import type { ReplicaContext } from './replica.js';
+import type { ReplicaContext } from './context.js';
 
 /** Bytes per native read of a long scan: fewer thread hops per entry. */
 export const SCAN_READ_AHEAD = 512 * 1024;

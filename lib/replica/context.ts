@@ -1,0 +1,15 @@
+import type { KvStore } from '../storage/kv.js';
+
+/**
+ * The view of a replica that its change log, snapshot and retention code
+ * read: its own file, so those modules need not import replica.ts (which
+ * imports them).
+ */
+export interface ReplicaContext {
+  readonly store: KvStore;
+  readonly siteId: Buffer;
+  readonly now: () => number;
+  readonly retentionHorizonMs: number;
+  readonly snapshotChunkSize: number;
+  readonly syncWrites: boolean;
+}
