@@ -14,6 +14,7 @@ import type { Subscriber } from '../hub/hub.js';
 import { messageOf, type Caller, type Coordinator } from '../service/coordinator.js';
 import type { ClientInfo } from '../service/hooks.js';
 import { TokenBucket, exceedsJsonDepth, type Limits } from '../service/limits.js';
+import type { InboundMeter } from './inbound.js';
 
 const log = logs.ws;
 
@@ -44,6 +45,8 @@ export interface SessionDeps {
   limits: Limits;
   /** The client address the limits and hooks see (see `trustProxy`). */
   address: string;
+  /** This socket's share of the router's inbound budget (§9): told when each message has been handled; it closes itself with the socket. */
+  inbound?: InboundMeter;
   /** Called once when the session has ended. */
   onEnd(session: Session): void;
 }
@@ -138,6 +141,7 @@ export class Session implements Subscriber {
   }
 
   private frameDone(size: number): void {
+    this.deps.inbound?.release();
     this.pendingFrames--;
     this.pendingBytes -= size;
     if (this.readPaused && this.state !== 'closed' && this.pendingFrames <= MAX_PENDING_FRAMES / 2 && this.pendingBytes < this.deps.config.maxMessageBytes / 2) {
