@@ -26,6 +26,14 @@ export interface InboundMeter {
    * budget. Call once per 'message' event, in order. No-op once closed.
    */
   release(): void;
+  /**
+   * Keeps the bytes of the message being handled (the oldest one not yet
+   * released) counted until the returned function is called, whether
+   * `release()` comes before or after: for work that outlives the message's
+   * turn, such as an apply whose commit is still running. Its parsed form
+   * costs several times its bytes, so it must count until it is done.
+   */
+  keep(): () => void;
   /** Releases everything this socket still holds and stops counting (also done on the socket's 'close'). Idempotent. */
   close(): void;
   /** Bytes of this socket in the budget: received and not yet released. */
@@ -375,6 +383,22 @@ class SocketMeter extends Member implements InboundMeter {
     if (size === undefined) return;
     this.budget.remove(this, size, true);
     this.budget.evaluate();
+  }
+
+  keep(): () => void {
+    const size = this.messages[0];
+    if (this.closed || size === undefined) return () => {};
+    // Counted again as a whole message of its own: release() takes the
+    // message's first count, the returned function this one.
+    this.budget.add(this, size);
+    this.budget.complete(this, size);
+    let done = false;
+    return () => {
+      if (done || this.closed) return;
+      done = true;
+      this.budget.remove(this, size, true);
+      this.budget.evaluate();
+    };
   }
 
   close(): void {

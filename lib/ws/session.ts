@@ -45,7 +45,7 @@ export interface SessionDeps {
   limits: Limits;
   /** The client address the limits and hooks see (see `trustProxy`). */
   address: string;
-  /** This socket's share of the router's inbound budget (§9): told when each message has been handled; it closes itself with the socket. */
+  /** This socket's share of the router's inbound budget (§9): told when each message has been handled (an apply: answered); it closes itself with the socket. */
   inbound?: InboundMeter;
   /** Called once when the session has ended. */
   onEnd(session: Session): void;
@@ -315,6 +315,7 @@ export class Session implements Subscriber {
   private async onApplyChanges(message: Record<string, unknown>): Promise<void> {
     const { coordinator } = this.deps;
     const requestId = message.requestId;
+    const inboundDone = this.deps.inbound?.keep();
     if (this.appliesInFlight >= MAX_APPLIES_IN_FLIGHT) await this.applyTail;
     this.appliesInFlight++;
     let submitted: { done: Promise<ApplyResult> } | undefined;
@@ -336,6 +337,7 @@ export class Session implements Subscriber {
       } catch (err) {
         this.replyError(err, ErrorCode.ApplyChangesError);
       } finally {
+        inboundDone?.();
         this.appliesInFlight--;
       }
     });

@@ -158,6 +158,22 @@ describe('ws/inbound', () => {
       expect(h.budget.used).to.equal(0);
     });
 
+    it('keeps a message counted past release() until the work that kept it is done', async () => {
+      const h = await start(1024 * 1024, 64 * 1024);
+      const { client, peer } = await h.open();
+      client.send(text(100));
+      client.send(text(200));
+      expect(await eventually(() => peer.messages.length === 2)).to.equal(true);
+      const done = peer.meter.keep();
+      peer.meter.release();
+      expect(h.budget.used, 'the first message is still counted, once').to.equal(106 + 208);
+      peer.meter.release();
+      expect(h.budget.used).to.equal(106);
+      done();
+      done();
+      expect(h.budget.used).to.equal(0);
+    });
+
     it('releases control frames (ping, pong) as soon as ws has handled them', async () => {
       const h = await start(1024 * 1024, 64 * 1024);
       const { client, peer } = await h.open();
