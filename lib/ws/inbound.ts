@@ -91,10 +91,12 @@ export interface InboundBudget {
  * How it bounds memory: `ws` buffers a whole frame before it emits
  * 'message', so bytes are counted as they arrive on the raw socket, and a
  * small scanner follows the frame headers to know where each message ends.
- * A message's bytes stay counted until the session has handled it. Over the
- * limit, a socket that delivers more bytes is paused (TCP then pushes back on
- * its client); when usage falls back to the limit or under, every held
- * socket reads again.
+ * A message's bytes stay counted until the session has handled it (an
+ * apply: until it is answered, see `keep()`). Over the limit, a socket that
+ * delivers more bytes is paused (TCP then pushes back on its client); when
+ * usage falls back to the limit or under, every held socket reads again. An
+ * HTTP body is claimed whole before it is read and waits while the budget is
+ * at or over its limit.
  *
  * Why it never deadlocks: bytes of whole messages are released once handled,
  * so only partial frames can hold the budget forever. When every counted
@@ -102,8 +104,8 @@ export interface InboundBudget {
  * socket with the largest unfinished message is let read (it is bounded by
  * `maxMessageBytes`: ws closes a larger frame with 1009). It keeps reading
  * until that message is whole. So in steady state usage stays under
- * `limitBytes + maxMessageBytes`, plus at most one socket read (64 KiB) per
- * held socket.
+ * `limitBytes` plus one message let finish past it, one HTTP body granted
+ * just under it, and one socket read (64 KiB) per held socket.
  *
  * Stalled senders (slowloris): a sender let read that then sends nothing, or
  * trickles, would hold everyone else up. A watchdog handles it: while some
