@@ -8,6 +8,7 @@ import { Coordinator } from './service/coordinator.js';
 import { mountRoutes } from './http/routes.js';
 import { createLimits } from './service/limits.js';
 import { createUpgradeHandler } from './ws/upgrade.js';
+import { createInboundBudget } from './ws/inbound.js';
 import { logs } from './log.js';
 
 /** An Express router that also serves the WebSocket side of the protocol. */
@@ -47,13 +48,14 @@ export interface SyncRouter extends Router {
  */
 export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}): SyncRouter {
   const config = parseOptions(options);
-  const metrics = createMetrics(config.registry);
+  const inbound = createInboundBudget({ limitBytes: config.maxInboundBytes, maxMessageBytes: config.maxMessageBytes });
+  const metrics = createMetrics(config.registry, inbound);
   const limits = createLimits(config, metrics);
   const coordinator = new Coordinator(config, metrics, limits);
-  const upgrades = createUpgradeHandler(config, coordinator, metrics, limits);
+  const upgrades = createUpgradeHandler(config, coordinator, metrics, limits, inbound);
   const router = express.Router();
   router.use(checkMount);
-  const routes = mountRoutes(router, { config, coordinator, metrics, limits });
+  const routes = mountRoutes(router, { config, coordinator, metrics, limits, inbound });
   const attached = new Set<Server>();
 
   let warnedMount = false;

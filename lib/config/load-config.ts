@@ -223,6 +223,7 @@ const ROUTER_INTS: Readonly<Record<string, number>> = {
   maxOpenStores: 1,
   storeIdleMs: 0,
   maxMessageBytes: 1024,
+  maxInboundBytes: 1024,
   handshakeTimeoutMs: 0,
   heartbeatIntervalMs: 0,
   maxChangesPerMessage: 1,

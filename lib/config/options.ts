@@ -39,8 +39,23 @@ export interface SyncRouterOptions<I = unknown> {
   maxOpenStores?: number;
   /** Close a store nobody has used for this long, in ms; 0 disables. @default 300000 */
   storeIdleMs?: number;
-  /** Largest accepted WebSocket frame or HTTP body, in bytes. @default 16777216 (16 MiB) */
+  /**
+   * Largest accepted WebSocket frame or HTTP body, in bytes; a larger frame
+   * closes the socket with 1009, a larger body gets 413. A real client's
+   * batch is 1,000 changes whatever their size (PROTOCOL.md §8) and it cannot
+   * split a refused one, so this must hold its biggest batch.
+   * @default 67108864 (64 MiB)
+   */
   maxMessageBytes?: number;
+  /**
+   * Bytes of WebSocket frames and HTTP bodies being received or parsed at
+   * once, across all connections of this router (PROTOCOL.md §9). Above it
+   * the server stops reading from sockets that send more (TCP pushes back on
+   * their clients) until handled messages free room; an HTTP body waits for
+   * room before it is read. At least `maxMessageBytes`.
+   * @default 2 × maxMessageBytes (128 MiB with the default): one largest message being handled while the next is read
+   */
+  maxInboundBytes?: number;
   /** Close sockets that have not completed a handshake within this time, in ms. @default 10000 */
   handshakeTimeoutMs?: number;
   /** Interval of server WebSocket pings; a socket that misses one is terminated. 0 disables. @default 30000 */
@@ -117,6 +132,7 @@ export interface Config {
   readonly maxOpenStores: number;
   readonly storeIdleMs: number;
   readonly maxMessageBytes: number;
+  readonly maxInboundBytes: number;
   readonly handshakeTimeoutMs: number;
   readonly heartbeatIntervalMs: number;
   readonly maxChangesPerMessage: number;
@@ -152,7 +168,9 @@ export const DEFAULTS = Object.freeze({
   syncWrites: false,
   maxOpenStores: 100,
   storeIdleMs: 5 * 60 * 1000,
-  maxMessageBytes: 16 * 1024 * 1024,
+  maxMessageBytes: 64 * 1024 * 1024,
+  /** With the default maxMessageBytes; otherwise 2 × the maxMessageBytes given. */
+  maxInboundBytes: 2 * 64 * 1024 * 1024,
   handshakeTimeoutMs: 10_000,
   heartbeatIntervalMs: 30_000,
   maxChangesPerMessage: 50_000,
@@ -217,6 +235,11 @@ export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
   if (!(registry instanceof Registry)) throw new TypeError('Option "registry" must be a prom-client Registry');
   const now = o.now ?? Date.now;
   if (typeof now !== 'function') throw new TypeError('Option "now" must be a function returning ms since the epoch');
+  const maxMessageBytes = intOption(o, 'maxMessageBytes', DEFAULTS.maxMessageBytes, 1024);
+  const maxInboundBytes = intOption(o, 'maxInboundBytes', 2 * maxMessageBytes, 1024);
+  if (maxInboundBytes < maxMessageBytes) {
+    throw new TypeError(`Option "maxInboundBytes" must be at least maxMessageBytes (${maxMessageBytes}) so one largest message fits, got ${maxInboundBytes}`);
+  }
 
   return Object.freeze({
     path,
@@ -234,7 +257,8 @@ export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
     syncWrites: boolOption(o, 'syncWrites', DEFAULTS.syncWrites),
     maxOpenStores: intOption(o, 'maxOpenStores', DEFAULTS.maxOpenStores, 1),
     storeIdleMs: intOption(o, 'storeIdleMs', DEFAULTS.storeIdleMs, 0),
-    maxMessageBytes: intOption(o, 'maxMessageBytes', DEFAULTS.maxMessageBytes, 1024),
+    maxMessageBytes,
+    maxInboundBytes,
     handshakeTimeoutMs: timerOption(o, 'handshakeTimeoutMs', DEFAULTS.handshakeTimeoutMs),
     heartbeatIntervalMs: timerOption(o, 'heartbeatIntervalMs', DEFAULTS.heartbeatIntervalMs),
     maxChangesPerMessage: intOption(o, 'maxChangesPerMessage', DEFAULTS.maxChangesPerMessage, 1),

@@ -10,6 +10,7 @@ import { validateDatabaseId } from '../storage/database-id.js';
 import type { Caller, Coordinator } from '../service/coordinator.js';
 import type { Operation } from '../service/hooks.js';
 import { clientAddress, exceedsJsonDepth, type Limits } from '../service/limits.js';
+import type { InboundBudget } from '../ws/inbound.js';
 
 const log = logs.http;
 
@@ -23,6 +24,8 @@ interface RouteDeps {
   coordinator: Coordinator;
   metrics: Metrics;
   limits: Limits;
+  /** The router's inbound budget, shared with its WebSockets (§9). */
+  inbound: InboundBudget;
 }
 
 /** What the router needs to stop the HTTP side. */
@@ -32,7 +35,7 @@ export interface HttpRoutes {
 }
 
 /** Adds the HTTP routes of §7 to `router`, relative to wherever it is mounted. */
-export function mountRoutes(router: Router, { config, coordinator, metrics, limits }: RouteDeps): HttpRoutes {
+export function mountRoutes(router: Router, { config, coordinator, metrics, limits, inbound }: RouteDeps): HttpRoutes {
   const streams = new Set<Response>();
   router.use(function countRequests(req: Request, res: Response, next: NextFunction) {
     res.on('finish', () => {
@@ -89,6 +92,21 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
   });
 
   const readBody = express.raw({ limit: config.maxMessageBytes, type: () => true });
+  /**
+   * Reads the body once the inbound budget has room for it (§9), and keeps
+   * it counted until the reply has gone. The claim is the declared length,
+   * or maxMessageBytes when none is declared; a declared length over the
+   * limit is refused by the reader without reading, so it claims nothing.
+   */
+  function readBodyWithinBudget(req: Request, res: Response, next: NextFunction): void {
+    const declared = req.get('content-length') === undefined ? config.maxMessageBytes : Number(req.get('content-length'));
+    if (!(declared <= config.maxMessageBytes)) return readBody(req, res, next);
+    const claim = inbound.reserve(declared);
+    res.once('close', () => claim.close());
+    void claim.ready.then((granted) => {
+      if (granted) readBody(req, res, (err?: unknown) => { claim.received(); next(err); });
+    });
+  }
   // ---- Parse step: from whatever reached the router to a JSON value for postChanges. ----
   let warnedPreparsed = false;
   /**
@@ -160,7 +178,7 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
     res.locals.caller = await callerOf(req, 'apply_changes');
     next();
   }
-  router.post('/:databaseId/changes', authorizeApply, readBody, parseJson, async function postChanges(req: Request, res: Response) {
+  router.post('/:databaseId/changes', authorizeApply, readBodyWithinBudget, parseJson, async function postChanges(req: Request, res: Response) {
     const caller = res.locals.caller as Caller;
     const body = req.body as { changes?: unknown } | undefined;
     if (typeof body !== 'object' || body === null || !Array.isArray(body.changes)) {

@@ -83,14 +83,25 @@ export interface Metrics {
   changeBatchSize: Histogram;
   limitRefusalsTotal: Counter<'limit'>;
   laggingSessionsTotal: Counter;
+  inboundBytes: Gauge;
+  inboundPausedSockets: Gauge;
+}
+
+/** Live figures of the inbound budget (lib/ws/inbound.ts), read at each scrape. */
+export interface InboundFigures {
+  /** Bytes received or reserved and not yet handled. */
+  readonly used: number;
+  /** Sockets held and HTTP bodies waiting for room. */
+  readonly paused: number;
 }
 
 /**
  * Creates the metrics in `registry` (never the global one), with the default
- * process and Node.js metrics (see registerProcessMetrics). Throws prom-client's
- * Error when `registry` already holds them (one registry per router).
+ * process and Node.js metrics (see registerProcessMetrics); the inbound
+ * gauges read `inbound` when given, else stay 0. Throws prom-client's Error
+ * when `registry` already holds them (one registry per router).
  */
-export function createMetrics(registry: Registry): Metrics {
+export function createMetrics(registry: Registry, inbound?: InboundFigures): Metrics {
   registerProcessMetrics(registry);
   const registers = [registry];
   const durations = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
@@ -113,5 +124,13 @@ export function createMetrics(registry: Registry): Metrics {
     changeBatchSize: new Histogram({ name: 'sync_change_batch_size', help: 'Changes per applied message', buckets: [1, 5, 10, 50, 100, 500, 1000, 5000], registers }),
     limitRefusalsTotal: new Counter({ name: 'sync_limit_refusals_total', help: 'Messages, requests and connections refused by a limit', labelNames: ['limit'] as const, registers }),
     laggingSessionsTotal: new Counter({ name: 'sync_lagging_sessions_total', help: 'Times a session stopped getting pushes because it read too slowly', registers }),
+    inboundBytes: new Gauge({
+      name: 'sync_inbound_bytes', help: 'Bytes of WebSocket frames and HTTP bodies being received or parsed (bounded by maxInboundBytes)', registers,
+      collect() { this.set(inbound?.used ?? 0); },
+    }),
+    inboundPausedSockets: new Gauge({
+      name: 'sync_inbound_paused_sockets', help: 'Sockets not read, and HTTP bodies waiting, because inbound bytes are over maxInboundBytes', registers,
+      collect() { this.set(inbound?.paused ?? 0); },
+    }),
   };
 }

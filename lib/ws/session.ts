@@ -14,6 +14,7 @@ import { backlogRequest } from '../delivery/backlog.js';
 import type { Caller, Connection, Coordinator, SubmittedChanges } from '../service/coordinator.js';
 import type { ClientInfo } from '../service/hooks.js';
 import { TokenBucket, exceedsJsonDepth, type Limits } from '../service/limits.js';
+import type { InboundMeter } from './inbound.js';
 import { Outbound } from './outbound.js';
 
 const log = logs.ws;
@@ -45,6 +46,8 @@ export interface SessionDeps {
   limits: Limits;
   /** The client address the limits and hooks see (see `trustProxy`). */
   address: string;
+  /** This socket's share of the router's inbound budget (§9): told when each message has been handled (an apply: answered); it closes itself with the socket. */
+  inbound?: InboundMeter;
   /** Called once when the session has ended. */
   onEnd(session: Session): void;
 }
@@ -136,6 +139,7 @@ export class Session implements Subscriber {
   }
 
   private frameDone(size: number): void {
+    this.deps.inbound?.release();
     this.pendingFrames--;
     this.pendingBytes -= size;
     if (this.readPaused && this.state !== 'closed' && this.pendingFrames <= MAX_PENDING_FRAMES / 2 && this.pendingBytes < this.deps.config.maxMessageBytes / 2) {
@@ -309,6 +313,7 @@ export class Session implements Subscriber {
   private async onApplyChanges(message: Record<string, unknown>): Promise<void> {
     const { coordinator } = this.deps;
     const requestId = message.requestId;
+    const inboundDone = this.deps.inbound?.keep();
     if (this.appliesInFlight >= MAX_APPLIES_IN_FLIGHT) await this.applyTail;
     this.appliesInFlight++;
     let submitted: SubmittedChanges | undefined;
@@ -332,6 +337,7 @@ export class Session implements Subscriber {
       } catch (err) {
         this.replyError(err, ErrorCode.ApplyChangesError);
       } finally {
+        inboundDone?.();
         this.appliesInFlight--;
       }
     });

@@ -8,6 +8,7 @@ import type { Coordinator } from '../service/coordinator.js';
 import { clientAddress, type Limits } from '../service/limits.js';
 import { logs } from '../log.js';
 import { Session } from './session.js';
+import type { InboundBudget } from './inbound.js';
 
 const log = logs.ws;
 
@@ -25,9 +26,10 @@ export interface UpgradeHandler {
  * Checks upgrades at the door (path, shutdown, origin, rate and connection
  * limits) before handing them to a `ws` server in noServer mode, and runs the
  * heartbeat that terminates sockets which stop answering pings. A refused
- * upgrade gets a plain HTTP status and the error envelope of §7.
+ * upgrade gets a plain HTTP status and the error envelope of §7. Every
+ * socket's bytes count against the router's `inbound` budget (§9).
  */
-export function createUpgradeHandler(config: Config, coordinator: Coordinator, metrics: Metrics, limits: Limits): UpgradeHandler {
+export function createUpgradeHandler(config: Config, coordinator: Coordinator, metrics: Metrics, limits: Limits, inbound: InboundBudget): UpgradeHandler {
   const wsPath = `${config.path === '/' ? '' : config.path}/ws`;
   const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxMessageBytes, perMessageDeflate: false, clientTracking: false });
   const sessions = new Set<Session>();
@@ -84,6 +86,7 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
       limits.connections.opened(address);
       const session = new Session(ws, req, {
         config, coordinator, metrics, limits, address,
+        inbound: inbound.track(ws, socket),
         onEnd: (s) => {
           sessions.delete(s);
           limits.connections.closed(address);

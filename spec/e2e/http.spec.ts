@@ -3,6 +3,7 @@ import request from 'supertest';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
 import type { SnapshotChunk } from '../../lib/protocol/messages.js';
+import { eventually } from '../helpers/coordinator-process.js';
 
 const DB = 'acme:notes-42';
 const PATH = `/${encodeURIComponent(DB)}`;
@@ -166,6 +167,38 @@ describe('http routes', () => {
       const res = await request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send({ changes: [big] }).expect(413);
       expect(res.body.error.code).to.equal('PAYLOAD_TOO_LARGE');
       await request(server.app).get('/sync/status').expect(200);
+    });
+  });
+
+  describe('inbound budget (PROTOCOL.md §9)', () => {
+    it('counts a body until its reply, and makes the next body wait for room before it is read', async () => {
+      let openGate!: () => void;
+      const gate = new Promise<void>((resolve) => { openGate = resolve; });
+      let calls = 0;
+      server = await startTestServer({
+        maxMessageBytes: 65_536, maxInboundBytes: 65_536,
+        hooks: {
+          async onBeforeApplyChanges(_identity, changeSets) {
+            if (calls++ === 0) await gate;
+            return { approved: changeSets };
+          },
+        },
+      });
+      const metric = async (name: string): Promise<number> => (await server.sync.registry.getSingleMetric(name)!.get()).values[0]?.value ?? 0;
+      const post = (body: string) => request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).set('Content-Type', 'application/json').send(body).then((res) => res);
+      // The first body fills the budget exactly and is held in the hook.
+      const first = post(JSON.stringify({ changes: [site.txn([{ pk: [1], value: 'a' }])] }).padEnd(65_536, ' '));
+      expect(await eventually(async () => await metric('sync_inbound_bytes') === 65_536)).to.equal(true);
+      const second = post(JSON.stringify({ changes: [site.txn([{ pk: [2], value: 'b' }])] }));
+      expect(await eventually(async () => await metric('sync_inbound_paused_sockets') === 1)).to.equal(true);
+      expect(await metric('sync_inbound_bytes'), 'the waiting body is not counted yet').to.equal(65_536);
+      expect(calls, 'the waiting body has not reached the service').to.equal(1);
+      openGate();
+      const [a, b] = await Promise.all([first, second]);
+      expect(a.status).to.equal(200);
+      expect(b.body).to.deep.equal({ ok: true, data: { applied: 1, skipped: 0, conflicts: 0, transactions: 1 } });
+      expect(await metric('sync_inbound_bytes')).to.equal(0);
+      expect(await metric('sync_inbound_paused_sockets')).to.equal(0);
     });
   });
 

@@ -154,6 +154,14 @@ describe('hardening: limit building blocks', () => {
       expect(() => parseOptions({ messageBurst: 0 })).to.throw(TypeError, /messageBurst/);
       expect(() => parseOptions({ trustProxy: 'yes' as never })).to.throw(TypeError, /trustProxy/);
     });
+
+    it('takes frames of a real 1,000-change batch (64 MiB) and bounds inbound bytes at twice that unless told otherwise', () => {
+      expect(parseOptions({}).maxMessageBytes).to.equal(64 * 1024 * 1024);
+      expect(parseOptions({}).maxInboundBytes).to.equal(DEFAULTS.maxInboundBytes).and.to.equal(128 * 1024 * 1024);
+      expect(parseOptions({ maxMessageBytes: 4096 }).maxInboundBytes, 'follows maxMessageBytes').to.equal(8192);
+      expect(parseOptions({ maxMessageBytes: 4096, maxInboundBytes: 4096 }).maxInboundBytes).to.equal(4096);
+      expect(() => parseOptions({ maxMessageBytes: 4096, maxInboundBytes: 4095 })).to.throw(TypeError, 'Option "maxInboundBytes" must be at least maxMessageBytes (4096) so one largest message fits, got 4095');
+    });
   });
 
   describe('#exceedsJsonDepth', () => {
