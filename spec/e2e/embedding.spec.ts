@@ -125,8 +125,8 @@ describe('embedding the sync router in an Express app', () => {
       const text = warnings.list[0]!.message;
       expect(text).to.include('The sync router at /api/sync received a request body already parsed');
       expect(text).to.include('express.json()');
-      expect(text).to.include('maxMessageBytes (16777216 bytes)');
-      expect(text).to.include('Mount the sync router before express.json(), or give express.json({ limit: 16777216 })');
+      expect(text).to.include('maxMessageBytes (67108864 bytes)');
+      expect(text).to.include('Mount the sync router before express.json(), or give express.json({ limit: 67108864 })');
       // express.json() refuses this before the router runs: its 413, not the router's envelope.
       const big = await push('x'.repeat(200 * 1024)).expect(413);
       expect(big.body?.error?.code).to.equal(undefined);

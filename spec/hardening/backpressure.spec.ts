@@ -7,7 +7,7 @@ import { RawSocket } from '../helpers/raw-socket.js';
 const DB = 'backpressure:db';
 const MB = 1024 * 1024;
 
-/** Fills the database with 1000 cells of 8 KiB: one `get_changes` page of about 8 MiB. */
+/** Fills the database with 1000 cells of 8 KiB: about 8 MiB, two `get_changes` pages of the 4 MiB page budget. */
 async function fill(proc: CoordinatorProcess): Promise<void> {
   const site = new TestSite();
   const { socket } = await RawSocket.handshake(proc.wsUrl, DB, site.wire);
@@ -34,11 +34,12 @@ describe('hardening: backpressure on replies and streams (against a coordinator 
           return true;
         },
       });
-      reader.send(JSON.stringify({ type: 'handshake', databaseId: DB, siteId: new TestSite().wire, protocolVersion: 1 }));
+      // clientPaging: one reply per get_changes, so every request has exactly one answer to count.
+      reader.send(JSON.stringify({ type: 'handshake', databaseId: DB, siteId: new TestSite().wire, protocolVersion: 1, clientPaging: true }));
       expect((await reader.next()).type).to.equal('handshake_ack');
       const before = proc.rss();
       reader.pauseReading();
-      // 40 pages of ~8 MiB: over 300 MiB if the server queued every answer.
+      // 40 pages of ~4 MiB: over 150 MiB if the server queued every answer.
       const REQUESTS = 40;
       for (let i = 0; i < REQUESTS; i++) reader.send('{"type":"get_changes"}');
       let peak = before;
