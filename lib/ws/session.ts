@@ -457,6 +457,7 @@ const CLOSE_REASONS: Record<string, string> = {
   [ErrorCode.AuthFailed]: 'Authentication failed',
   [ErrorCode.Forbidden]: 'Authentication failed',
   [ErrorCode.ShuttingDown]: 'Server shutting down',
+  [ErrorCode.InvalidMessage]: 'Malformed handshake',
 };
 
 function closeReason(code: string): string {
