@@ -2,7 +2,7 @@ import createDebug from 'debug';
 import { SyncError, ErrorCode } from '../errors.js';
 import { randomSiteId, siteIdToWire } from '../protocol/site-id.js';
 import type { ValidChangeSet } from '../protocol/validate.js';
-import type { KvStore } from '../storage/kv.js';
+import type { KvOp, KvStore } from '../storage/kv.js';
 import { KEY_FORMAT, META_FORMAT, META_SITE_ID, META_LAST_STAMP, NS_TABLE_STATS, NS_COLUMN, NS_TOMBSTONE, decodeComponent, readU64 } from './keys.js';
 import { applyGroup, makeTableKeys, type ApplyContext, type ApplyOutcome, type GroupResult, type TableKeys, type TableStats } from './apply.js';
 
@@ -55,6 +55,8 @@ interface PendingApply {
 const MAX_GROUP_CHANGES = 5000;
 /** Above this many keys a database reads instead of keeping a key filter (which stays under ~2.5 MiB). */
 const MAX_FILTER_KEYS = 1_000_000;
+/** A commit larger than this (bytes of keys and values) is followed by a memtable rotation (see rotateMemtable). */
+const LARGE_BATCH_BYTES = 4 * 1024 * 1024;
 /** Bound of the table key cache (tables are few; this only guards against abuse). */
 const MAX_CACHED_TABLES = 4096;
 
@@ -223,6 +225,7 @@ export class Replica implements ReplicaContext {
       if (result.lastStamp) result.ops.push({ type: 'put', key: META_LAST_STAMP, value: result.lastStamp });
       await this.store.write(result.ops, { sync: this.syncWrites });
       if (result.lastStamp) this.committed = result.lastStamp;
+      if (batchBytes(result.ops) > LARGE_BATCH_BYTES) await this.rotateMemtable();
       const filter = this.filter;
       if (filter) {
         for (const op of result.ops) {
@@ -248,6 +251,19 @@ export class Replica implements ReplicaContext {
       log('applied %d, skipped %d, conflicts %d in %d change sets', outcome.applied, outcome.skipped, outcome.conflicts, outcome.transactions);
       group[i]!.resolve(outcome);
     }
+  }
+
+  /**
+   * LevelDB keeps a whole write batch in its memtable, however far past the
+   * write buffer size, until the NEXT write swaps the memtable out and flushes
+   * it. A database that took one 40 MB batch would otherwise hold about twice
+   * that in native memory for as long as it stays quiet, per database. A tiny
+   * write right after such a batch starts the flush now.
+   */
+  private async rotateMemtable(): Promise<void> {
+    const version = Buffer.allocUnsafe(4);
+    version.writeUInt32BE(KEY_FORMAT, 0);
+    await this.store.write([{ type: 'put', key: META_FORMAT, value: version }], { sync: false });
   }
 
   /** Key prefixes of a table, cached (bounded) since every change needs them. */
@@ -316,3 +332,9 @@ export class Replica implements ReplicaContext {
   }
 }
 
+/** Bytes of keys and values a write carries. */
+function batchBytes(ops: readonly KvOp[]): number {
+  let n = 0;
+  for (const op of ops) n += op.key.length + (op.type === 'put' ? op.value.length : 0);
+  return n;
+}
