@@ -241,7 +241,7 @@ async function catchUp(url: string, databaseId: string): Promise<{ ms: number; c
   return { ms, changes, pages };
 }
 
-/** Catch-up as real clients get it: ONE get_changes, every page streamed by the server (PROTOCOL.md §9). */
+/** Catch-up as real clients get it: ONE get_changes, every page streamed by the server (docs/protocol.md §9). */
 async function catchUpStreamed(url: string, databaseId: string): Promise<{ ms: number; changes: number; pages: number }> {
   const ws = await connect(url, databaseId);
   const started = performance.now();

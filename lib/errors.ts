@@ -3,7 +3,7 @@
  * never change once published; the README lists each with its meaning.
  */
 export const ErrorCode = {
-  // Session (PROTOCOL.md §4)
+  // Session (docs/protocol.md §4)
   NotAuthenticated: 'NOT_AUTHENTICATED',
   AlreadyAuthenticated: 'ALREADY_AUTHENTICATED',
   ProtocolVersionMismatch: 'PROTOCOL_VERSION_MISMATCH',
@@ -15,7 +15,7 @@ export const ErrorCode = {
   GetChangesError: 'GET_CHANGES_ERROR',
   ApplyChangesError: 'APPLY_CHANGES_ERROR',
   SnapshotError: 'SNAPSHOT_ERROR',
-  // Validation (PROTOCOL.md §7)
+  // Validation (docs/protocol.md §7)
   InvalidMessage: 'INVALID_MESSAGE',
   InvalidChangeSet: 'INVALID_CHANGESET',
   InvalidHlc: 'INVALID_HLC',
@@ -74,7 +74,7 @@ export interface ErrorDisposition {
   readonly status: number;
   /**
    * Sent with `fatal: true` on WebSocket. Real clients stop reconnecting for
-   * good on a fatal error (PROTOCOL.md §8), so only a refusal that a retry
+   * good on a fatal error (docs/protocol.md §8), so only a refusal that a retry
    * cannot cure is fatal; a server-side fault never is.
    */
   readonly fatal: boolean;
@@ -83,7 +83,7 @@ export interface ErrorDisposition {
 }
 
 /**
- * The one table of every code's disposition (PROTOCOL.md §4, §7). Codes not
+ * The one table of every code's disposition (docs/protocol.md §4, §7). Codes not
  * listed here do not exist; `dispositionOf` maps anything else to INTERNAL_ERROR.
  */
 export const ERROR_DISPOSITIONS: Readonly<Record<ErrorCode, ErrorDisposition>> = Object.freeze({
@@ -122,7 +122,7 @@ export function dispositionOf(code: string): ErrorDisposition {
   return (ERROR_DISPOSITIONS as Record<string, ErrorDisposition>)[code] ?? ERROR_DISPOSITIONS.INTERNAL_ERROR;
 }
 
-/** HTTP status for an error code (PROTOCOL.md §7). */
+/** HTTP status for an error code (docs/protocol.md §7). */
 export function httpStatusOf(code: string): number {
   return dispositionOf(code).status;
 }

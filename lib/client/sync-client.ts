@@ -4,7 +4,7 @@ import type {
   ApplyResultMessage, ChangeSet, ChangesMessage, ErrorMessage, HandshakeAckMessage, ServerMessage, SnapshotChunk, SnapshotCheckpoint,
 } from '../protocol/messages.js';
 
-/** Options of a SyncClient connection (the fields of its handshake, PROTOCOL.md §4). */
+/** Options of a SyncClient connection (the fields of its handshake, docs/protocol.md §4). */
 export interface SyncClientOptions {
   /** WebSocket URL of the coordinator: `<mount>/ws`, e.g. `ws://127.0.0.1:3000/sync/ws`. */
   url: string;
@@ -14,7 +14,7 @@ export interface SyncClientOptions {
    * This replica's site id: 22 base64url characters (16 bytes, e.g. from
    * `siteIdToWire(randomSiteId())`). Keep it for the life of the replica and
    * never share it: the server never returns a site's own change sets to it
-   * (PROTOCOL.md §5).
+   * (docs/protocol.md §5).
    */
   siteId: string;
   /** Sent as `token` in the handshake when set; needed when the server requires tokens. */
@@ -27,7 +27,7 @@ export interface SyncClientOptions {
    * Sends `"clientPaging": true` in the handshake: the server then answers
    * each `get_changes` with exactly one page, and `catchUp` pages by
    * itself. With false, the server sends every page after one `get_changes`
-   * on its own (PROTOCOL.md §9): `getChanges` resolves with the first page
+   * on its own (docs/protocol.md §9): `getChanges` resolves with the first page
    * and the later ones arrive only as 'message' events (type `changes`).
    * @default true
    */
@@ -35,7 +35,7 @@ export interface SyncClientOptions {
 }
 
 /**
- * An `error` frame from the server (PROTOCOL.md §4), as the rejection of the
+ * An `error` frame from the server (docs/protocol.md §4), as the rejection of the
  * request it answered or as an 'error' event.
  */
 export class SyncClientError extends Error {
@@ -62,7 +62,7 @@ interface Pending {
  * used by the examples, tests and benchmark. It speaks the wire format and
  * matches replies to requests; it keeps no replica, cursor or outbox, does
  * not reconnect and does not answer `request_changes`: that is the caller's
- * part (PROTOCOL.md §8).
+ * part (docs/protocol.md §8).
  *
  * Replies are matched by type, first come first served: `getChanges` takes
  * the next `changes` frame, `ping` the next `pong`, and so on; `apply`
@@ -76,7 +76,7 @@ interface Pending {
  * Events:
  * - `'message'` (ServerMessage): every frame received, before it is matched.
  * - `'push'` (ChangeSet[]): the change sets of each `push_changes`, each
- *   `hlc` being the coordinator's stamp (PROTOCOL.md §5).
+ *   `hlc` being the coordinator's stamp (docs/protocol.md §5).
  * - `'error'` (SyncClientError): an `error` frame that answered no pending
  *   call; emitted only while someone listens. (Error): a frame that is not
  *   JSON; emitted always, so attach an 'error' listener, or such a frame
@@ -166,7 +166,7 @@ export class SyncClient extends EventEmitter {
   }
 
   /**
-   * Sends `apply_changes` with `changes` (wire ChangeSets, PROTOCOL.md §2) and
+   * Sends `apply_changes` with `changes` (wire ChangeSets, docs/protocol.md §2) and
    * resolves with its `apply_result` (`applied`, `skipped`, `conflicts`,
    * `transactions`, `rejected`?). `requestId` defaults to `r1`, `r2`, … per
    * client; give distinct ids to calls in flight together. Rejects with a
@@ -217,7 +217,7 @@ export class SyncClient extends EventEmitter {
 
   /**
    * Downloads a snapshot with `get_snapshot`, or resumes one with
-   * `resume_snapshot` when `checkpoint` is given (PROTOCOL.md §6), and
+   * `resume_snapshot` when `checkpoint` is given (docs/protocol.md §6), and
    * resolves with every chunk, header first and footer last, once
    * `snapshot_complete` arrives. The whole snapshot is held in memory.
    * Rejects with a SyncClientError (INVALID_CHECKPOINT, SNAPSHOT_REQUIRED,

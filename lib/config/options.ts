@@ -42,14 +42,14 @@ export interface SyncRouterOptions<I = unknown> {
   /**
    * Largest accepted WebSocket frame or HTTP body, in bytes; a larger frame
    * closes the socket with 1009, a larger body gets 413. A real client's
-   * batch is 1,000 changes whatever their size (PROTOCOL.md §8) and it cannot
+   * batch is 1,000 changes whatever their size (docs/protocol.md §8) and it cannot
    * split a refused one, so this must hold its biggest batch.
    * @default 67108864 (64 MiB)
    */
   maxMessageBytes?: number;
   /**
    * Bytes of WebSocket frames and HTTP bodies being received or parsed at
-   * once, across all connections of this router (PROTOCOL.md §9). Above it
+   * once, across all connections of this router (docs/protocol.md §9). Above it
    * the server stops reading from sockets that send more (TCP pushes back on
    * their clients) until handled messages free room; an HTTP body waits for
    * room before it is read. At least `maxMessageBytes`.
@@ -87,7 +87,7 @@ export interface SyncRouterOptions<I = unknown> {
   /**
    * Above this many bytes queued on a socket, live pushes stop being queued
    * for it; once its buffer drains, it is sent what it missed from the
-   * stored log, then goes live again (PROTOCOL.md §9). Nothing is skipped
+   * stored log, then goes live again (docs/protocol.md §9). Nothing is skipped
    * and the client need not do anything. @default 8388608 (8 MiB)
    */
   pushHighWaterBytes?: number;

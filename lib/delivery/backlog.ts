@@ -3,7 +3,7 @@ import { compareHlc, hlcToWire } from '../protocol/hlc.js';
 /**
  * A real client pushes at most about this many changes per `apply_changes`
  * (whole transactions, so a batch may overshoot it) and sends nothing more
- * until its next local commit (PROTOCOL.md §8). A batch at least this large
+ * until its next local commit (docs/protocol.md §8). A batch at least this large
  * may have more behind it.
  */
 export const CLIENT_BATCH_CHANGES = 1000;
@@ -11,7 +11,7 @@ export const CLIENT_BATCH_CHANGES = 1000;
 /**
  * The `request_changes` frame that pulls a client's next batch after an
  * applied batch of `changeCount` changes whose largest change-set HLC is
- * `lastHlc` (PROTOCOL.md §9), or undefined when the batch was smaller than a
+ * `lastHlc` (docs/protocol.md §9), or undefined when the batch was smaller than a
  * full client batch (nothing is left on the device). `serverSiteId` is the
  * database's server site id: the client then sends what did not originate
  * there, after `lastHlc` in its own HLC order.

@@ -17,7 +17,7 @@ export interface DeliverySink {
   readonly open: boolean;
 }
 
-/** One page of the stored change log (PROTOCOL.md §5): whole transactions in stamp order. */
+/** One page of the stored change log (docs/protocol.md §5): whole transactions in stamp order. */
 export interface LogPage {
   /** The change sets as JSON text of an array, each `hlc` being its stamp. */
   readonly json: string;

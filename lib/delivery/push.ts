@@ -4,7 +4,7 @@ import type { ChangeSet } from '../protocol/messages.js';
 /**
  * The change sets one committed message added to the log, ready to push to
  * every other site on the database: each `hlc` is the coordinator's stamp
- * (PROTOCOL.md §4, §5), never the origin's. The frame is serialized once, on
+ * (docs/protocol.md §4, §5), never the origin's. The frame is serialized once, on
  * first use, and shared by every subscriber.
  */
 export class Push {

@@ -13,7 +13,7 @@ export interface DeliveryOptions {
   /**
    * The client pages by itself (its handshake said `"clientPaging": true`):
    * each `get_changes` gets exactly one page. Otherwise the stream sends the
-   * following pages on its own (PROTOCOL.md §9).
+   * following pages on its own (docs/protocol.md §9).
    */
   clientPaging: boolean;
   /**
@@ -35,7 +35,7 @@ type Mode = 'live' | 'catching-up';
 
 /**
  * Everything one socket is sent of a database's changes, in stamp order,
- * with no gap and no repeat (PROTOCOL.md §9):
+ * with no gap and no repeat (docs/protocol.md §9):
  *
  * - after `get_changes`, pages of the log from the client's cursor, each as a
  *   `changes` message sent once the previous one has been flushed, until the

@@ -265,7 +265,7 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
 }
 
 /**
- * The `sinceHLC` of a `GET /:databaseId/changes` URL (PROTOCOL.md §7),
+ * The `sinceHLC` of a `GET /:databaseId/changes` URL (docs/protocol.md §7),
  * undefined when the parameter is absent. Read from the raw query string
  * rather than `req.query`, whose shape depends on the host app's query
  * parser and which has already turned a `+` into a space. Throws

@@ -1,6 +1,6 @@
 import { SyncError, ErrorCode, describeValue } from '../errors.js';
 
-/** Size of an HLC in its binary form (PROTOCOL.md §1). */
+/** Size of an HLC in its binary form (docs/protocol.md §1). */
 export const HLC_BYTES = 30;
 /** Size of a site id in bytes. */
 export const SITE_ID_BYTES = 16;

@@ -8,7 +8,7 @@ export type HlcString = string;
 /** base64url of a 16-byte site id, 22 characters. */
 export type SiteIdString = string;
 
-/** A column write (PROTOCOL.md §2). prior* are both present or both absent. */
+/** A column write (docs/protocol.md §2). prior* are both present or both absent. */
 export interface ColumnChange {
   type: 'column';
   schema: string;

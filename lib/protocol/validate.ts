@@ -52,7 +52,7 @@ export interface ValidChangeSet {
  * Turns an untrusted `changes` array into checked change sets, or throws a
  * SyncError whose message names the path of the first bad field. Every HLC in
  * it is held to the drift bound. Unknown keys are dropped; the returned wire
- * objects hold only the fields of PROTOCOL.md §2, present-only.
+ * objects hold only the fields of docs/protocol.md §2, present-only.
  */
 export function validateChangeSets(value: unknown, ctx: ValidationContext, path = 'changes'): ValidChangeSet[] {
   if (!Array.isArray(value)) throw new SyncError(ErrorCode.InvalidMessage, `${path}: expected an array of change sets, got ${describeValue(value)}`);
@@ -151,7 +151,7 @@ function validateMigration(value: unknown, now: number, maxDrift: number, path: 
 }
 
 /**
- * Checks an optional cursor (`sinceHLC`, PROTOCOL.md §4, §5). Only an ABSENT
+ * Checks an optional cursor (`sinceHLC`, docs/protocol.md §4, §5). Only an ABSENT
  * field (undefined) means "from the beginning"; `null`, `""` and anything
  * else that is not a wire HLC throw INVALID_HLC naming `field`, since
  * reading them as "from the beginning" would answer the whole history to a
@@ -171,7 +171,7 @@ function cursor(value: unknown, field: string): Buffer {
 }
 
 /**
- * Checks the shape of a resume checkpoint (types and ranges, PROTOCOL.md §6):
+ * Checks the shape of a resume checkpoint (types and ranges, docs/protocol.md §6):
  * throws INVALID_CHECKPOINT naming the field and value. `siteId` must be a
  * well-formed site id but is whatever the client stored (real clients put
  * their own, §8), so nothing compares it. What the tables and `hlc` mean

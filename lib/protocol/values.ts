@@ -4,7 +4,7 @@ import { SyncError, ErrorCode, describeValue } from '../errors.js';
 export interface WireBlob { __bin: string }
 /** A 64-bit integer too large for a double, as decimal text. */
 export interface WireBigint { __bigint: string }
-/** A cell or primary-key value as it travels in JSON (PROTOCOL.md §1). */
+/** A cell or primary-key value as it travels in JSON (docs/protocol.md §1). */
 export type WireSqlValue = null | number | string | boolean | WireBlob | WireBigint;
 /** The same value in memory. */
 export type SqlValue = null | number | string | boolean | Uint8Array | bigint;

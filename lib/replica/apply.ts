@@ -387,7 +387,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
 }
 
 /**
- * The canonical wire JSON of an applied change (key order of PROTOCOL.md §2),
+ * The canonical wire JSON of an applied change (key order of docs/protocol.md §2),
  * assembled from pieces already serialized for its column record; the same
  * text JSON.stringify would give for the validated wire object.
  */

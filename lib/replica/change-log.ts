@@ -27,7 +27,7 @@ export interface ChangesPage {
 }
 
 /**
- * Reads the change log after `cursor` (PROTOCOL.md §5). Transactions are
+ * Reads the change log after `cursor` (docs/protocol.md §5). Transactions are
  * added whole until their changes reach `batchSize` or their JSON reaches
  * `maxBytes`, so the last one may overshoot either (a page always holds at
  * least one transaction). The log only ever holds live facts, so nothing is stale.

@@ -3,7 +3,7 @@
  * win, and how each is counted. Pure: the caller loads the stored records and
  * writes the outcome. Decisions depend only on the set of HLCs involved, never
  * on the order of change sets or of changes inside them, so the state and the
- * counts come out the same for any arrival order (PROTOCOL.md §3).
+ * counts come out the same for any arrival order (docs/protocol.md §3).
  */
 
 import { compareHlc } from '../protocol/hlc.js';

@@ -184,7 +184,7 @@ export class Replica implements ReplicaContext {
   }
 
   /**
-   * Merges validated change sets as one atomic write (PROTOCOL.md §3). Either
+   * Merges validated change sets as one atomic write (docs/protocol.md §3). Either
    * every effect of the message is stored, or (on error) none is. Messages
    * that queue up while a write is in flight are committed together (group
    * commit), each with the outcome it would have had alone.
@@ -286,7 +286,7 @@ export class Replica implements ReplicaContext {
 
   /**
    * Whole transactions accepted after `cursor`, current values only, never
-   * those of `askingSite` (PROTOCOL.md §5). SNAPSHOT_REQUIRED if retention
+   * those of `askingSite` (docs/protocol.md §5). SNAPSHOT_REQUIRED if retention
    * has swept facts the cursor would need.
    */
   changesSince(cursor: Buffer | undefined, askingSite: Buffer | undefined, batchSize = DEFAULT_BATCH_SIZE, maxBytes = Infinity): Promise<ChangesPage> {

@@ -28,13 +28,13 @@ const log = logs.replica;
 interface TableInfo { schema: string; table: string; count: number; id: string }
 
 /**
- * Streams a snapshot as JSON chunk texts in the order of PROTOCOL.md §6.
+ * Streams a snapshot as JSON chunk texts in the order of docs/protocol.md §6.
  * Meta, counts, migrations, column versions and tombstones are all read
  * through ONE iterator, so they come from a single consistent view and the
  * header's stamp is exactly the last change the chunks contain. Memory stays
  * bounded by one chunk (plus the migrations, which are few).
  *
- * A resume checkpoint (PROTOCOL.md §6) is validated before the first chunk:
+ * A resume checkpoint (docs/protocol.md §6) is validated before the first chunk:
  * a malformed one (types, ranges) rejects the stream with INVALID_CHECKPOINT
  * naming the field, and yields nothing. A well-formed one is never refused,
  * since a real client ignores non-fatal errors and would stay empty for good
@@ -206,7 +206,7 @@ async function existingTables(reader: Reader, tables: TableInfo[], migrations: {
 
 /**
  * The ids of the streamable `tables` that `completed` names unambiguously
- * (PROTOCOL.md §6): an entry is `schema + "." + table`, so it is skipped only
+ * (docs/protocol.md §6): an entry is `schema + "." + table`, so it is skipped only
  * when exactly one table of `existing` reads as it. Entries naming no table
  * (dropped since, or never here) are ignored.
  */

@@ -1,7 +1,7 @@
 import { HlcClock, compareHlc } from '../protocol/hlc.js';
 
 /**
- * Issues the coordinator-side stamps that key the change log (PROTOCOL.md §5).
+ * Issues the coordinator-side stamps that key the change log (docs/protocol.md §5).
  * Each call returns a timestamp strictly greater than every earlier one for
  * this database. A single node uses its own clock; a cluster can supply
  * stamps from a shared log so that cursors stay valid on every node.

@@ -29,7 +29,7 @@ export interface Caller {
   identity: Identity;
 }
 
-/** A WebSocket handshake's claims (PROTOCOL.md §4), not yet checked. */
+/** A WebSocket handshake's claims (docs/protocol.md §4), not yet checked. */
 export interface ConnectRequest {
   databaseId: unknown;
   siteId: unknown;
@@ -194,7 +194,7 @@ export class Coordinator {
   }
 
   /**
-   * Accepts a WebSocket client (PROTOCOL.md §4): checks the database id and
+   * Accepts a WebSocket client (docs/protocol.md §4): checks the database id and
    * site id, authenticates, authorizes `connect`, opens the database and asks
    * `onClientConnect`. Refusals are SyncErrors marked fatal, so the client
    * stops retrying: AUTH_FAILED (bad credentials, malformed ids) or FORBIDDEN.
@@ -376,7 +376,7 @@ export class Coordinator {
 
   /**
    * The caller's view of its database's change log: pages of whole
-   * transactions after a stamp, never the caller's own (PROTOCOL.md §5).
+   * transactions after a stamp, never the caller's own (docs/protocol.md §5).
    * SNAPSHOT_REQUIRED for a cursor older than the retention horizon.
    */
   changeFeed(caller: Caller): ChangeFeed {
@@ -396,7 +396,7 @@ export class Coordinator {
   /**
    * Subscribes a session to its database's pushes and returns the stamp it
    * is live from: the last committed one. Both happen at once, so every
-   * later commit reaches the subscriber (PROTOCOL.md §9).
+   * later commit reaches the subscriber (docs/protocol.md §9).
    */
   subscribe(subscriber: Subscriber, connection: Connection): Buffer | undefined {
     this.hub.join(subscriber);
@@ -466,7 +466,7 @@ export class Coordinator {
 }
 
 /**
- * A handshake refusal, fatal so the client stops retrying (PROTOCOL.md §8):
+ * A handshake refusal, fatal so the client stops retrying (docs/protocol.md §8):
  * FORBIDDEN stays, malformed ids and anything the authentication hooks
  * threw are AUTH_FAILED, SHUTTING_DOWN passes through.
  */

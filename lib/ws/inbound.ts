@@ -51,7 +51,7 @@ export interface InboundReservation {
 }
 
 /**
- * The inbound budget of one router (PROTOCOL.md §9: frames up to
+ * The inbound budget of one router (docs/protocol.md §9: frames up to
  * `maxMessageBytes` are taken while the bytes being read or parsed across all
  * sockets stay bounded). Figures are live, for metrics.
  */

@@ -55,7 +55,7 @@ export interface SessionDeps {
 type State = 'handshake' | 'open' | 'closed';
 
 /**
- * One WebSocket = one database (PROTOCOL.md §4): lifecycle and dispatch.
+ * One WebSocket = one database (docs/protocol.md §4): lifecycle and dispatch.
  * Messages are handled in arrival order; one bad message gets an error
  * reply and never ends the session unless the protocol calls it fatal.
  * Writes and backpressure live in `Outbound`, what the client is sent of
@@ -291,7 +291,7 @@ export class Session implements Subscriber {
 
   /**
    * Answers with the first page, then the delivery stream sends the rest on
-   * its own (unless the client pages itself) and goes live (PROTOCOL.md §9).
+   * its own (unless the client pages itself) and goes live (docs/protocol.md §9).
    */
   private async onGetChanges(message: Record<string, unknown>): Promise<void> {
     try {

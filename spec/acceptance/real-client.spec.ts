@@ -8,7 +8,7 @@ import {
 import type { WireSqlValue } from '../../lib/protocol/values.js';
 
 /**
- * PROTOCOL.md §9 through the eyes of real clients: every scenario runs
+ * docs/protocol.md §9 through the eyes of real clients: every scenario runs
  * against the real CLI as a child process and talks to it only through
  * ReferenceClients, which do exactly what §8 says real Quereus clients do and
  * nothing more (one get_changes per connection, no paging, ~1,000-change
@@ -75,7 +75,7 @@ function describeClient(name: string, client: ReferenceClient): string {
     `pages with hasMore ${client.pagesWithMore}, dropped while a snapshot landed ${client.droppedWhileLanding}`;
 }
 
-describe('acceptance: real clients get every change (PROTOCOL.md §8, §9), against a coordinator process', function () {
+describe('acceptance: real clients get every change (docs/protocol.md §8, §9), against a coordinator process', function () {
   this.timeout(180_000);
   let proc: CoordinatorProcess;
   const clients: ReferenceClient[] = [];

@@ -33,7 +33,7 @@ async function collect(socket: RawSocket, done: (frames: Frame[]) => boolean): P
   return frames;
 }
 
-describe('delivery over WebSocket (PROTOCOL.md §9)', () => {
+describe('delivery over WebSocket (docs/protocol.md §9)', () => {
   let server: TestServer;
   const sockets: RawSocket[] = [];
   beforeEach(async () => { server = await startTestServer({ batchSize: 100 }); });

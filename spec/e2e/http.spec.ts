@@ -170,7 +170,7 @@ describe('http routes', () => {
     });
   });
 
-  describe('inbound budget (PROTOCOL.md §9)', () => {
+  describe('inbound budget (docs/protocol.md §9)', () => {
     it('counts a body until its reply, and makes the next body wait for room before it is read', async () => {
       let openGate!: () => void;
       const gate = new Promise<void>((resolve) => { openGate = resolve; });

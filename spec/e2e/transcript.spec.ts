@@ -9,7 +9,7 @@ interface Line { seq: number; conn: string; dir: string; step: string; msg: Reco
 const transcript: Line[] = readFileSync(FIXTURE, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
 const RECORDED_AT = 1795619935600;
 
-// Where PROTOCOL.md asks for better than the reference did, the code differs
+// Where docs/protocol.md asks for better than the reference did, the code differs
 // by design (its validation errors were opaque APPLY_CHANGES_ERROR texts).
 const SAME_CODE = new Set(['NOT_AUTHENTICATED', 'ALREADY_AUTHENTICATED', 'PROTOCOL_VERSION_MISMATCH', 'MISSING_DATABASE_ID', 'AUTH_FAILED', 'UNKNOWN_MESSAGE', 'MESSAGE_ERROR', 'INVALID_DATABASE_ID', 'INVALID_BODY']);
 // Fields we add on purpose.

@@ -93,7 +93,7 @@ class FrameFactory {
   }
 
   handshake(siteId: string): Json {
-    // clientPaging: this client reads one reply per frame, so it asks for one page per get_changes (PROTOCOL.md §9).
+    // clientPaging: this client reads one reply per frame, so it asks for one page per get_changes (docs/protocol.md §9).
     return { type: 'handshake', databaseId: DB, siteId, protocolVersion: 1, clientPaging: true, ...(this.r.next() < 0.2 ? { token: 'whatever' } : {}) };
   }
 

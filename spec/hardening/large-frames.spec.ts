@@ -4,7 +4,7 @@ import { TestSite } from '../helpers/changes.js';
 import { startCoordinatorProcess, cleanupCoordinatorProcesses, type CoordinatorProcess } from '../helpers/coordinator-process.js';
 import { RawSocket } from '../helpers/raw-socket.js';
 
-/** A real client's batch: 1,000 changes (PROTOCOL.md §8), here of ~40 KB each. */
+/** A real client's batch: 1,000 changes (docs/protocol.md §8), here of ~40 KB each. */
 const CHANGES = 1000;
 const VALUE_BYTES = 40 * 1024;
 const MiB = 1024 * 1024;

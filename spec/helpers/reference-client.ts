@@ -11,7 +11,7 @@ export { ReplicaModel, readServerState, type ModelDigest, type ServerState } fro
 
 /**
  * Codes that stop reconnecting when the server's error carries no `fatal`
- * flag (PROTOCOL.md §8, "Errors").
+ * flag (docs/protocol.md §8, "Errors").
  */
 const FATAL_WITHOUT_FLAG = new Set(['AUTH_FAILED', 'MISSING_DATABASE_ID', 'ALREADY_AUTHENTICATED']);
 
@@ -75,7 +75,7 @@ interface Connection {
 }
 
 /**
- * A sync client that behaves exactly as PROTOCOL.md §8 says real Quereus
+ * A sync client that behaves exactly as docs/protocol.md §8 says real Quereus
  * clients do, and as the fixtures `real-client-transcript.jsonl` and
  * `real-client-resume.jsonl` show, and nothing more: it never pages with
  * `hasMore`, never sends a second `get_changes` on a connection, never

@@ -31,7 +31,7 @@ export interface ModelTombstone {
   priorRow?: WireSqlValue[];
 }
 
-/** Counts of one `applyChangeSets` call, as PROTOCOL.md §3 counts them. */
+/** Counts of one `applyChangeSets` call, as docs/protocol.md §3 counts them. */
 export interface ModelApplyCounts { applied: number; skipped: number; conflicts: number }
 
 /** A comparable summary of a replica's merged state. */
@@ -78,7 +78,7 @@ type LogEntry =
   | { hlc: Buffer; kind: 'migration'; migration: SchemaMigration };
 
 /**
- * One replica's merged state, by the merge rules of PROTOCOL.md §3 with the
+ * One replica's merged state, by the merge rules of docs/protocol.md §3 with the
  * default setting (no resurrection): column versions last-writer-wins by the
  * change's HLC, row tombstones that block every column write to their row,
  * schema migrations keyed by (schema, kind, name, schemaVersion). It is what
@@ -209,7 +209,7 @@ export class ReplicaModel {
 
   /**
    * The replica's facts as change sets, the way a real client's
-   * `getChangesSince(peer, since)` returns them (PROTOCOL.md §8): every fact
+   * `getChangesSince(peer, since)` returns them (docs/protocol.md §8): every fact
    * with an HLC after `since` whose HLC was not stamped by `excludeSite`, in
    * HLC order, grouped into their transactions (one ChangeSet per transaction,
    * `hlc` = its largest fact HLC), whole transactions added until the count
@@ -320,7 +320,7 @@ export interface ServerState {
 }
 
 /**
- * Reads a database's full state through the HTTP snapshot route (PROTOCOL.md
+ * Reads a database's full state through the HTTP snapshot route (docs/protocol.md
  * §7: NDJSON, one chunk per line) into a ReplicaModel, for comparison with
  * clients. `baseUrl` is the mount URL, e.g. `http://127.0.0.1:1234/sync`.
  * Rejects on a non-200 answer or a stream that ends with an error line.

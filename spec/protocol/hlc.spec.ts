@@ -9,7 +9,7 @@ const SITE = 'PxqcRFELTo2aLmFzDNXuBw';
 const SITE_HEX = '3f1a9c44510b4e8d9a2e61730cd5ee07';
 
 describe('hlc', () => {
-  describe('test vectors of PROTOCOL.md §1', () => {
+  describe('test vectors of docs/protocol.md §1', () => {
     const vectors: [number, number, number, string][] = [
       [1764000000000, 0, 0, 'AAABmraX6AAAAD8anERRC06Nmi5hcwzV7gcAAAAA'],
       [1764000000000, 0, 1, 'AAABmraX6AAAAD8anERRC06Nmi5hcwzV7gcAAAAB'],

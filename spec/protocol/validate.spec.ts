@@ -159,7 +159,7 @@ describe('validate', () => {
       }
       expect(() => validateCheckpoint(null)).to.throw(SyncError).with.property('code', 'INVALID_CHECKPOINT');
     });
-    it('accepts any well-formed site id: real clients send their own (PROTOCOL.md §6, §8)', () => {
+    it('accepts any well-formed site id: real clients send their own (docs/protocol.md §6, §8)', () => {
       for (const siteId of [SITE, 'PxqcRFELTo2aLmFzDNXuBw', '2d_GdFOwQiq_UTmrMGnUSQ']) {
         expect(validateCheckpoint({ ...good, siteId }).siteId).to.equal(siteId);
       }

@@ -12,7 +12,7 @@ const COLUMNS = ['title', 'body', 'n'];
 const PKS: unknown[][] = [[1], [2], ['k'], [1, 'a']];
 
 /**
- * The reference model of PROTOCOL.md §3, written as directly as possible:
+ * The reference model of docs/protocol.md §3, written as directly as possible:
  * gather every fact ever sent, then per slot take the maximum HLC, with the
  * tombstone rule deciding which column writes count.
  */

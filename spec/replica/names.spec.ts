@@ -106,7 +106,7 @@ describe('replica: names and keys that differ only in ways a byte encoding can l
     });
   });
 
-  describe('dotted names in a resume checkpoint (PROTOCOL.md §6)', () => {
+  describe('dotted names in a resume checkpoint (docs/protocol.md §6)', () => {
     async function resume(replica: Replica, completedTables: string[]): Promise<string[][]> {
       const header = (await collectSnapshot(replica))[0] as Extract<SnapshotChunk, { type: 'header' }>;
       const chunks = await collectSnapshot(replica, {
