@@ -10,7 +10,7 @@ import { ConfigError } from './config/load-config.js';
 import { SERVER_DEFAULTS, type CoordinatorConfig } from './config/options.js';
 import { openLevelStore } from './storage/leveldb.js';
 import type { KvStore } from './storage/kv.js';
-import type { CoordinatorHooks } from './service/hooks.js';
+import type { CoordinatorHooks } from './config/hooks.js';
 import { createSyncRouter, type SyncRouter } from './create-sync-router.js';
 import { logs } from './log.js';
 import { ErrorCode } from './errors.js';

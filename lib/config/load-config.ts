@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { describeValue } from '../errors.js';
 import { logs } from '../log.js';
-import { SERVER_DEFAULTS, type AuthMode, type CoordinatorConfig, type CorsOrigin } from './options.js';
+import { MOUNT_PATH_EXPECTED, OPTION_SPECS, SERVER_DEFAULTS, checkMountPath, type AuthMode, type CoordinatorConfig, type CorsOrigin, type OptionSpec, type PlainOptionKey } from './options.js';
 
 const log = logs.config;
 
@@ -72,7 +72,6 @@ interface SettingSpec<K extends ConfigSettingKey> {
 type SettingSpecs = { readonly [K in ConfigSettingKey]: SettingSpec<K> };
 
 const PORT_EXPECTED = 'an integer 0-65535';
-const PATH_EXPECTED = 'a path like "/sync" (starts with "/", no trailing "/", segments of letters, digits, "-", ".", "_", "~")';
 const HOST_EXPECTED = 'an IP address or a host name';
 const CORS_EXPECTED = 'true, false, "*" or origins like "https://app.example.com"';
 const AUTH_MODE_EXPECTED = '"none" or "token-whitelist"';
@@ -112,12 +111,21 @@ function parseIntText(text: string, min: number, max: number, expected: string):
   return value;
 }
 
+/** The router's own rule (options.ts), so the CLI and createSyncRouter accept the same mount paths. */
 function checkBasePath(value: unknown): string {
-  const path = checkString(value, PATH_EXPECTED);
-  // Express 5 route syntax gives ":", "*", "(", "{" ... a meaning, so only plain segments are let through.
-  const plain = path === '/' || /^(\/[A-Za-z0-9._~-]+)+$/.test(path);
-  if (!plain || path.split('/').some((segment) => segment === '.' || segment === '..')) fail(PATH_EXPECTED, value);
-  return path;
+  return checkMountPath(value) ?? fail(MOUNT_PATH_EXPECTED, value);
+}
+
+/** An integer router option as text (env var, CLI flag), with the router's own minimum. */
+function intSettingText(key: PlainOptionKey, unit = ''): (text: string) => number {
+  const { min = 0 } = OPTION_SPECS[key];
+  return (text) => parseIntText(text, min, Number.MAX_SAFE_INTEGER, `an integer >= ${min}${unit}`);
+}
+
+/** An integer router option as a value (config file, overrides), with the router's own minimum. */
+function intSettingValue(key: PlainOptionKey, unit = ''): (value: unknown) => number {
+  const { min = 0 } = OPTION_SPECS[key];
+  return (value) => checkIntInRange(value, min, Number.MAX_SAFE_INTEGER, `an integer >= ${min}${unit}`);
 }
 
 function checkDataDir(value: unknown): string {
@@ -190,14 +198,14 @@ const SETTINGS: SettingSpecs = {
   retentionHorizonMs: {
     env: 'SYNC_RETENTION_HORIZON_MS',
     flag: '--retention-horizon-ms',
-    fromText: (text) => parseIntText(text, 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1 (milliseconds)'),
-    fromValue: (value) => checkIntInRange(value, 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1 (milliseconds)'),
+    fromText: intSettingText('retentionHorizonMs', ' (milliseconds)'),
+    fromValue: intSettingValue('retentionHorizonMs', ' (milliseconds)'),
   },
   batchSize: {
     env: 'SYNC_BATCH_SIZE',
     flag: '--batch-size',
-    fromText: (text) => parseIntText(text, 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1'),
-    fromValue: (value) => checkIntInRange(value, 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1'),
+    fromText: intSettingText('batchSize'),
+    fromValue: intSettingValue('batchSize'),
   },
 };
 
@@ -212,34 +220,16 @@ export const CONFIG_SETTINGS: Readonly<Record<ConfigSettingKey, { readonly env: 
 );
 
 /**
- * Router options a config file may set under `router`, with their checks.
- * The limits mirror parseOptions() so that a bad file value is reported with
- * its file and key at load time, not as a TypeError when the server is built.
+ * Router options a config file may set under `router`: every plain option of
+ * the router (OPTION_SPECS, so defaults and checks are the router's own)
+ * except those that are top-level settings. A bad file value is reported
+ * with its file and key at load time, not as a TypeError when the server is
+ * built.
  */
-const ROUTER_INTS: Readonly<Record<string, number>> = {
-  sweepIntervalMs: 0,
-  maxDriftMs: 0,
-  snapshotChunkSize: 1,
-  maxOpenStores: 1,
-  storeIdleMs: 0,
-  maxMessageBytes: 1024,
-  maxInboundBytes: 1024,
-  handshakeTimeoutMs: 0,
-  heartbeatIntervalMs: 0,
-  maxChangesPerMessage: 1,
-  maxJsonDepth: 8,
-  maxConnections: 0,
-  maxConnectionsPerIp: 0,
-  messagesPerSecond: 0,
-  messageBurst: 1,
-  messagesPerSecondPerIp: 0,
-  messageBurstPerIp: 1,
-  pushHighWaterBytes: 1024,
-  sendHighWaterBytes: 1024,
-  sendHardLimitBytes: 1024,
-  sendHardLimitMs: 0,
-};
-const ROUTER_BOOLS: ReadonlySet<string> = new Set(['allowResurrection', 'syncWrites', 'trustProxy']);
+const TOP_LEVEL_OPTIONS: ReadonlySet<string> = new Set(['path', 'dataDir', 'corsOrigin', 'authMode', 'authTokens', 'retentionHorizonMs', 'batchSize']);
+const ROUTER_SPECS: ReadonlyMap<string, OptionSpec<unknown>> = new Map(
+  (Object.entries(OPTION_SPECS) as [string, OptionSpec<unknown>][]).filter(([key]) => !TOP_LEVEL_OPTIONS.has(key)),
+);
 /** Not expressible in JSON, so only programmatic overrides may carry them; the router checks them. */
 const ROUTER_OBJECTS: ReadonlySet<string> = new Set(['registry', 'now']);
 
@@ -320,19 +310,18 @@ function checkRouter(value: unknown, name: (key: string) => string, allowObjects
   for (const [key, item] of Object.entries(value)) {
     if (item === undefined) continue;
     const setting = name(key);
-    if (key in ROUTER_INTS) {
-      const min = ROUTER_INTS[key]!;
-      router[key] = named(setting, item, () => checkIntInRange(item, min, Number.MAX_SAFE_INTEGER, `an integer >= ${min}`));
-    } else if (ROUTER_BOOLS.has(key)) {
-      if (typeof item !== 'boolean') throw new ConfigError(setting, item, `expected true or false, ${got(item)}`);
-      router[key] = item;
+    const spec = ROUTER_SPECS.get(key);
+    if (spec) {
+      const checked = spec.check(item);
+      if (checked === undefined) throw new ConfigError(setting, item, `expected ${spec.expected}, ${got(item)}`);
+      router[key] = checked;
     } else if (allowObjects && ROUTER_OBJECTS.has(key)) {
       router[key] = item;
     } else {
       const topLevel = key === 'path' ? 'basePath' : (SETTING_KEYS as string[]).includes(key) ? key : undefined;
       const hint = topLevel
         ? ` (set "${topLevel}" at the top level instead)`
-        : hintFor(key, [...Object.keys(ROUTER_INTS), ...ROUTER_BOOLS, ...(allowObjects ? ROUTER_OBJECTS : [])]);
+        : hintFor(key, [...ROUTER_SPECS.keys(), ...(allowObjects ? ROUTER_OBJECTS : [])]);
       throw new ConfigError(setting, item, `unknown router option "${key}"${hint}`);
     }
   }

@@ -1,5 +1,5 @@
 import { Registry } from 'prom-client';
-import type { CoordinatorHooks } from '../service/hooks.js';
+import type { CoordinatorHooks } from './hooks.js';
 
 /** How clients prove who they are. */
 export type AuthMode = 'none' | 'token-whitelist';
@@ -102,6 +102,13 @@ export interface SyncRouterOptions<I = unknown> {
    */
   sendHardLimitMs?: number;
   /**
+   * Bearer tokens that `GET <path>/status` and `GET <path>/metrics` require
+   * (`Authorization: Bearer <token>`, 401 AUTH_FAILED without one). Empty
+   * leaves them open, as health checks and scrapers usually need; they never
+   * show tokens or data, only counts. @default []
+   */
+  statusTokens?: string[];
+  /**
    * Take the client address from the last `X-Forwarded-For` entry (the one
    * your reverse proxy appended) instead of the socket, for the per-address
    * limits and `remoteAddress` in hooks. Only enable behind a proxy that sets
@@ -114,81 +121,123 @@ export interface SyncRouterOptions<I = unknown> {
   now?: () => number;
 }
 
+/** Options whose value is plain data: described by OPTION_SPECS, defaulted and checked from it. */
+export type PlainOptionKey = Exclude<keyof SyncRouterOptions, 'hooks' | 'registry' | 'now'>;
+
 /** The checked, complete, frozen configuration the layers read. */
-export interface Config {
-  readonly path: string;
-  readonly dataDir: string;
-  readonly authMode: AuthMode;
-  readonly authTokens: readonly string[];
+export type Config = { readonly [K in PlainOptionKey]-?: NonNullable<SyncRouterOptions[K]> } & {
   readonly hooks: CoordinatorHooks;
-  readonly corsOrigin: CorsOrigin;
-  readonly batchSize: number;
-  readonly retentionHorizonMs: number;
-  readonly sweepIntervalMs: number;
-  readonly allowResurrection: boolean;
-  readonly maxDriftMs: number;
-  readonly snapshotChunkSize: number;
-  readonly syncWrites: boolean;
-  readonly maxOpenStores: number;
-  readonly storeIdleMs: number;
-  readonly maxMessageBytes: number;
-  readonly maxInboundBytes: number;
-  readonly handshakeTimeoutMs: number;
-  readonly heartbeatIntervalMs: number;
-  readonly maxChangesPerMessage: number;
-  readonly maxJsonDepth: number;
-  readonly maxConnections: number;
-  readonly maxConnectionsPerIp: number;
-  readonly messagesPerSecond: number;
-  readonly messageBurst: number;
-  readonly messagesPerSecondPerIp: number;
-  readonly messageBurstPerIp: number;
-  readonly pushHighWaterBytes: number;
-  readonly sendHighWaterBytes: number;
-  readonly sendHardLimitBytes: number;
-  readonly sendHardLimitMs: number;
-  readonly trustProxy: boolean;
   readonly registry: Registry;
   readonly now: () => number;
+};
+
+/**
+ * How one plain option is defaulted and checked. Its type and its doc are
+ * those of SyncRouterOptions; OPTION_SPECS must have an entry for every
+ * plain option (a missing one does not compile), and DEFAULTS, Config,
+ * parseOptions and the config file's `router` section all derive from it.
+ */
+export interface OptionSpec<T> {
+  readonly default: T;
+  /** What a valid value is, for messages: `an integer >= 1`. */
+  readonly expected: string;
+  /** The value to keep (possibly normalized), or undefined when `value` is invalid. */
+  readonly check: (value: unknown) => T | undefined;
+  /** The lowest accepted value of an integer option (the CLI states it in its messages). */
+  readonly min?: number;
 }
 
-/** Defaults of every plain option. */
-export const DEFAULTS = Object.freeze({
-  path: '/sync',
-  dataDir: './.data',
-  authMode: 'none' as AuthMode,
-  authTokens: [] as readonly string[],
-  corsOrigin: true as CorsOrigin,
-  batchSize: 1000,
-  retentionHorizonMs: 30 * 24 * 60 * 60 * 1000,
-  sweepIntervalMs: 60 * 60 * 1000,
-  allowResurrection: false,
-  maxDriftMs: 60_000,
-  snapshotChunkSize: 1000,
-  syncWrites: false,
-  maxOpenStores: 100,
-  storeIdleMs: 5 * 60 * 1000,
-  maxMessageBytes: 64 * 1024 * 1024,
-  /** With the default maxMessageBytes; otherwise 2 × the maxMessageBytes given. */
-  maxInboundBytes: 2 * 64 * 1024 * 1024,
-  handshakeTimeoutMs: 10_000,
-  heartbeatIntervalMs: 30_000,
-  maxChangesPerMessage: 50_000,
-  maxJsonDepth: 32,
-  maxConnections: 10_000,
-  maxConnectionsPerIp: 500,
-  messagesPerSecond: 1000,
-  messageBurst: 5000,
-  messagesPerSecondPerIp: 5000,
-  messageBurstPerIp: 20_000,
-  pushHighWaterBytes: 8 * 1024 * 1024,
-  sendHighWaterBytes: 1024 * 1024,
-  sendHardLimitBytes: 16 * 1024 * 1024,
-  sendHardLimitMs: 30_000,
-  trustProxy: false,
+/** setTimeout fires at once for delays beyond 2^31-1 ms, so longer ones are refused. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+function int(fallback: number, min: number, max = Number.MAX_SAFE_INTEGER, unit = ''): OptionSpec<number> {
+  const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`;
+  return {
+    default: fallback, min, expected: `an integer ${range}${unit}`,
+    check: (v) => (typeof v === 'number' && Number.isSafeInteger(v) && v >= min && v <= max ? v : undefined),
+  };
+}
+
+function timer(fallback: number): OptionSpec<number> {
+  return int(fallback, 0, MAX_TIMER_MS, ' (ms; 0 disables)');
+}
+
+function bool(fallback: boolean): OptionSpec<boolean> {
+  return { default: fallback, expected: 'true or false', check: (v) => (typeof v === 'boolean' ? v : undefined) };
+}
+
+function text(fallback: string): OptionSpec<string> {
+  return { default: fallback, expected: 'a non-empty string', check: (v) => (typeof v === 'string' && v.length > 0 ? v : undefined) };
+}
+
+function tokens(): OptionSpec<string[]> {
+  return {
+    default: [], expected: 'an array of non-empty strings',
+    check: (v) => (Array.isArray(v) && v.every((t) => typeof t === 'string' && t.length > 0) ? Object.freeze([...v]) as string[] : undefined),
+  };
+}
+
+/** What a mount path may be: "/" or plain segments (Express 5 gives ":", "*", "(", "{" … a meaning). */
+export const MOUNT_PATH_EXPECTED = 'a path like "/sync" (starts with "/", no trailing "/", segments of letters, digits, "-", ".", "_", "~")';
+
+/** The mount path, or undefined when it is not one (see MOUNT_PATH_EXPECTED). */
+export function checkMountPath(value: unknown): string | undefined {
+  if (typeof value !== 'string') return undefined;
+  const plain = value === '/' || /^(\/[A-Za-z0-9._~-]+)+$/.test(value);
+  return plain && !value.split('/').some((segment) => segment === '.' || segment === '..') ? value : undefined;
+}
+
+/** Default and check of every plain option, in the order of SyncRouterOptions. */
+export const OPTION_SPECS: { readonly [K in PlainOptionKey]-?: OptionSpec<NonNullable<SyncRouterOptions[K]>> } = Object.freeze({
+  path: { default: '/sync', expected: MOUNT_PATH_EXPECTED, check: checkMountPath },
+  dataDir: text('./.data'),
+  authMode: {
+    default: 'none', expected: '"none" or "token-whitelist"',
+    check: (v: unknown) => (v === 'none' || v === 'token-whitelist' ? v : undefined),
+  },
+  authTokens: tokens(),
+  corsOrigin: {
+    default: true, expected: 'a boolean, an origin string or an array of origins',
+    check: (v: unknown) => (typeof v === 'boolean' || typeof v === 'string' || (Array.isArray(v) && v.every((x) => typeof x === 'string')) ? v as CorsOrigin : undefined),
+  },
+  batchSize: int(1000, 1),
+  retentionHorizonMs: int(30 * 24 * 60 * 60 * 1000, 1, Number.MAX_SAFE_INTEGER, ' (ms)'),
+  sweepIntervalMs: timer(60 * 60 * 1000),
+  allowResurrection: bool(false),
+  maxDriftMs: int(60_000, 0, Number.MAX_SAFE_INTEGER, ' (ms)'),
+  snapshotChunkSize: int(1000, 1),
+  syncWrites: bool(false),
+  maxOpenStores: int(100, 1),
+  storeIdleMs: timer(5 * 60 * 1000),
+  maxMessageBytes: int(64 * 1024 * 1024, 1024),
+  // Derived from maxMessageBytes when not given (see parseOptions); this is the value with the default.
+  maxInboundBytes: int(2 * 64 * 1024 * 1024, 1024),
+  handshakeTimeoutMs: timer(10_000),
+  heartbeatIntervalMs: timer(30_000),
+  maxChangesPerMessage: int(50_000, 1),
+  maxJsonDepth: int(32, 8),
+  maxConnections: int(10_000, 0),
+  maxConnectionsPerIp: int(500, 0),
+  messagesPerSecond: int(1000, 0),
+  messageBurst: int(5000, 1),
+  messagesPerSecondPerIp: int(5000, 0),
+  messageBurstPerIp: int(20_000, 1),
+  pushHighWaterBytes: int(8 * 1024 * 1024, 1024),
+  sendHighWaterBytes: int(1024 * 1024, 1024),
+  sendHardLimitBytes: int(16 * 1024 * 1024, 1024),
+  sendHardLimitMs: timer(30_000),
+  statusTokens: tokens(),
+  trustProxy: bool(false),
 });
 
-const KNOWN = new Set<string>([...Object.keys(DEFAULTS), 'hooks', 'registry', 'now']);
+type Defaults = { readonly [K in PlainOptionKey]-?: NonNullable<SyncRouterOptions[K]> };
+
+/** Defaults of every plain option. */
+export const DEFAULTS: Defaults = Object.freeze(
+  Object.fromEntries(Object.entries(OPTION_SPECS).map(([key, spec]) => [key, spec.default])) as unknown as Defaults,
+);
+
+const KNOWN = new Set<string>([...Object.keys(OPTION_SPECS), 'hooks', 'registry', 'now']);
 
 const HOOK_NAMES = ['onAuthenticate', 'onAuthorize', 'onBeforeApplyChanges', 'onAfterApplyChanges', 'onClientConnect', 'onClientDisconnect'];
 
@@ -206,19 +255,23 @@ export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
     }
   }
   const o = options as Record<string, unknown>;
-  const path = stringOption(o, 'path', DEFAULTS.path);
-  if (!path.startsWith('/') || (path.length > 1 && path.endsWith('/'))) {
-    throw new TypeError(`Option "path" must start with "/" and not end with "/", got ${JSON.stringify(path)}`);
+  const plain: Record<string, unknown> = {};
+  for (const [key, spec] of Object.entries(OPTION_SPECS) as [PlainOptionKey, OptionSpec<unknown>][]) {
+    const raw = o[key];
+    if (raw === undefined) {
+      plain[key] = spec.default;
+      continue;
+    }
+    const value = spec.check(raw);
+    if (value === undefined) throw new TypeError(`Option "${key}" must be ${spec.expected}, got ${JSON.stringify(raw) ?? String(raw)}`);
+    plain[key] = value;
   }
-  const authMode = stringOption(o, 'authMode', DEFAULTS.authMode) as AuthMode;
-  if (authMode !== 'none' && authMode !== 'token-whitelist') {
-    throw new TypeError(`Option "authMode" must be "none" or "token-whitelist", got ${JSON.stringify(authMode)}`);
+  const maxMessageBytes = plain.maxMessageBytes as number;
+  if (o.maxInboundBytes === undefined) plain.maxInboundBytes = 2 * maxMessageBytes;
+  if ((plain.maxInboundBytes as number) < maxMessageBytes) {
+    throw new TypeError(`Option "maxInboundBytes" must be at least maxMessageBytes (${maxMessageBytes}) so one largest message fits, got ${String(plain.maxInboundBytes)}`);
   }
-  const authTokens = o.authTokens ?? DEFAULTS.authTokens;
-  if (!Array.isArray(authTokens) || authTokens.some((t) => typeof t !== 'string' || t.length === 0)) {
-    throw new TypeError('Option "authTokens" must be an array of non-empty strings');
-  }
-  if (authMode === 'token-whitelist' && authTokens.length === 0 && !(o.hooks as CoordinatorHooks | undefined)?.onAuthenticate) {
+  if (plain.authMode === 'token-whitelist' && (plain.authTokens as string[]).length === 0 && !(o.hooks as CoordinatorHooks | undefined)?.onAuthenticate) {
     throw new TypeError('Option "authTokens" must list at least one token when authMode is "token-whitelist"');
   }
   const hooks = (o.hooks ?? {}) as CoordinatorHooks;
@@ -227,83 +280,11 @@ export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
     if (!HOOK_NAMES.includes(name)) throw new TypeError(`Unknown hook "${name}"; hooks are ${HOOK_NAMES.join(', ')}`);
     if (fn !== undefined && typeof fn !== 'function') throw new TypeError(`Hook "${name}" must be a function`);
   }
-  const corsOrigin = o.corsOrigin ?? DEFAULTS.corsOrigin;
-  if (!(typeof corsOrigin === 'boolean' || typeof corsOrigin === 'string' || (Array.isArray(corsOrigin) && corsOrigin.every((x) => typeof x === 'string')))) {
-    throw new TypeError('Option "corsOrigin" must be a boolean, an origin string or an array of origins');
-  }
   const registry = o.registry ?? new Registry();
   if (!(registry instanceof Registry)) throw new TypeError('Option "registry" must be a prom-client Registry');
   const now = o.now ?? Date.now;
   if (typeof now !== 'function') throw new TypeError('Option "now" must be a function returning ms since the epoch');
-  const maxMessageBytes = intOption(o, 'maxMessageBytes', DEFAULTS.maxMessageBytes, 1024);
-  const maxInboundBytes = intOption(o, 'maxInboundBytes', 2 * maxMessageBytes, 1024);
-  if (maxInboundBytes < maxMessageBytes) {
-    throw new TypeError(`Option "maxInboundBytes" must be at least maxMessageBytes (${maxMessageBytes}) so one largest message fits, got ${maxInboundBytes}`);
-  }
-
-  return Object.freeze({
-    path,
-    dataDir: stringOption(o, 'dataDir', DEFAULTS.dataDir),
-    authMode,
-    authTokens: Object.freeze([...authTokens]),
-    hooks: Object.freeze({ ...hooks }),
-    corsOrigin,
-    batchSize: intOption(o, 'batchSize', DEFAULTS.batchSize, 1),
-    retentionHorizonMs: intOption(o, 'retentionHorizonMs', DEFAULTS.retentionHorizonMs, 1),
-    sweepIntervalMs: intOption(o, 'sweepIntervalMs', DEFAULTS.sweepIntervalMs, 0),
-    allowResurrection: boolOption(o, 'allowResurrection', DEFAULTS.allowResurrection),
-    maxDriftMs: intOption(o, 'maxDriftMs', DEFAULTS.maxDriftMs, 0),
-    snapshotChunkSize: intOption(o, 'snapshotChunkSize', DEFAULTS.snapshotChunkSize, 1),
-    syncWrites: boolOption(o, 'syncWrites', DEFAULTS.syncWrites),
-    maxOpenStores: intOption(o, 'maxOpenStores', DEFAULTS.maxOpenStores, 1),
-    storeIdleMs: intOption(o, 'storeIdleMs', DEFAULTS.storeIdleMs, 0),
-    maxMessageBytes,
-    maxInboundBytes,
-    handshakeTimeoutMs: timerOption(o, 'handshakeTimeoutMs', DEFAULTS.handshakeTimeoutMs),
-    heartbeatIntervalMs: timerOption(o, 'heartbeatIntervalMs', DEFAULTS.heartbeatIntervalMs),
-    maxChangesPerMessage: intOption(o, 'maxChangesPerMessage', DEFAULTS.maxChangesPerMessage, 1),
-    maxJsonDepth: intOption(o, 'maxJsonDepth', DEFAULTS.maxJsonDepth, 8),
-    maxConnections: intOption(o, 'maxConnections', DEFAULTS.maxConnections, 0),
-    maxConnectionsPerIp: intOption(o, 'maxConnectionsPerIp', DEFAULTS.maxConnectionsPerIp, 0),
-    messagesPerSecond: intOption(o, 'messagesPerSecond', DEFAULTS.messagesPerSecond, 0),
-    messageBurst: intOption(o, 'messageBurst', DEFAULTS.messageBurst, 1),
-    messagesPerSecondPerIp: intOption(o, 'messagesPerSecondPerIp', DEFAULTS.messagesPerSecondPerIp, 0),
-    messageBurstPerIp: intOption(o, 'messageBurstPerIp', DEFAULTS.messageBurstPerIp, 1),
-    pushHighWaterBytes: intOption(o, 'pushHighWaterBytes', DEFAULTS.pushHighWaterBytes, 1024),
-    sendHighWaterBytes: intOption(o, 'sendHighWaterBytes', DEFAULTS.sendHighWaterBytes, 1024),
-    sendHardLimitBytes: intOption(o, 'sendHardLimitBytes', DEFAULTS.sendHardLimitBytes, 1024),
-    sendHardLimitMs: timerOption(o, 'sendHardLimitMs', DEFAULTS.sendHardLimitMs),
-    trustProxy: boolOption(o, 'trustProxy', DEFAULTS.trustProxy),
-    registry,
-    now: now as () => number,
-  });
-}
-
-function stringOption(o: Record<string, unknown>, key: string, fallback: string): string {
-  const value = o[key] ?? fallback;
-  if (typeof value !== 'string' || value.length === 0) throw new TypeError(`Option "${key}" must be a non-empty string, got ${JSON.stringify(value)}`);
-  return value;
-}
-
-function intOption(o: Record<string, unknown>, key: string, fallback: number, min: number): number {
-  const value = o[key] ?? fallback;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
-    throw new TypeError(`Option "${key}" must be an integer >= ${min}, got ${JSON.stringify(value)}`);
-  }
-  return value;
-}
-
-/** setTimeout fires at once for delays beyond 2^31-1 ms, so longer ones are refused. */
-function timerOption(o: Record<string, unknown>, key: string, fallback: number): number {
-  const value = intOption(o, key, fallback, 0);
-  if (value > 2 ** 31 - 1) throw new TypeError(`Option "${key}" must be at most ${2 ** 31 - 1} ms, got ${value}`);
-  return value;
-}
-
-function boolOption(o: Record<string, unknown>, key: string, fallback: boolean): boolean {
-  const value = o[key] ?? fallback;
-  if (typeof value !== 'boolean') throw new TypeError(`Option "${key}" must be true or false, got ${JSON.stringify(value)}`);
-  return value;
+  return Object.freeze({ ...plain, hooks: Object.freeze({ ...hooks }), registry, now }) as Config;
 }
 
 /**

@@ -8,8 +8,9 @@ import { logs } from '../log.js';
 import { siteIdFromWire } from '../protocol/site-id.js';
 import { validateDatabaseId } from '../storage/database-id.js';
 import type { Caller, Coordinator } from '../service/coordinator.js';
-import type { Operation } from '../service/hooks.js';
+import type { Operation } from '../config/hooks.js';
 import { clientAddress, exceedsJsonDepth, type Limits } from '../service/limits.js';
+import { TokenList } from '../service/tokens.js';
 import type { InboundBudget } from '../ws/inbound.js';
 
 const log = logs.http;
@@ -46,6 +47,17 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
   });
   router.use(cors({ origin: config.corsOrigin }));
 
+  const statusTokens = new TokenList(config.statusTokens);
+  /** With `statusTokens`, /status and /metrics need one of them as a bearer token. */
+  function statusAuth(req: Request, _res: Response, next: NextFunction): void {
+    if (statusTokens.empty) return next();
+    const token = bearerToken(req) ?? '';
+    if (statusTokens.accepts(token)) return next();
+    metrics.authFailuresTotal.inc();
+    next(new SyncError(ErrorCode.AuthFailed, `Authorization: ${token ? 'token not accepted' : 'Bearer token required'} for ${req.path} (statusTokens)`));
+  }
+  router.use(['/status', '/metrics'], statusAuth);
+
   router.get('/status', function getStatus(_req: Request, res: Response) {
     res.json({ ok: true, data: coordinator.status() });
   });
@@ -75,8 +87,7 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
       throw new SyncError(ErrorCode.AuthFailed, 'X-Site-Id: header required');
     }
     siteIdFromWire(header, 'X-Site-Id');
-    const auth = req.get('authorization');
-    const token = auth && /^Bearer /i.test(auth) ? auth.slice(7).trim() : undefined;
+    const token = bearerToken(req);
     const identity = await coordinator.authenticate({
       databaseId, siteId: header, token, transport: 'http', remoteAddress: addressOf(req), headers: req.headers,
     });
@@ -343,4 +354,10 @@ export function exceedsValueDepth(value: unknown, max: number): boolean {
     }
   }
   return false;
+}
+
+/** The token of an `Authorization: Bearer <token>` header, if there is one. */
+function bearerToken(req: Request): string | undefined {
+  const auth = req.get('authorization');
+  return auth && /^Bearer /i.test(auth) ? auth.slice(7).trim() : undefined;
 }

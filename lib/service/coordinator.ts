@@ -1,4 +1,3 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { SyncError, ErrorCode, isSyncError, messageOf } from '../errors.js';
 import type { Config } from '../config/options.js';
@@ -15,8 +14,9 @@ import { databaseDirectory, validateDatabaseId } from '../storage/database-id.js
 import { ReplicaPool, type Lease } from '../storage/replica-pool.js';
 import type { LogReader } from '../delivery/ports.js';
 import { largestHlc } from '../delivery/backlog.js';
-import type { AuthenticateContext, ClientInfo, Identity, Operation } from './hooks.js';
+import type { AuthenticateContext, ClientInfo, Identity, Operation } from '../config/hooks.js';
 import type { Limits } from './limits.js';
+import { TokenList } from './tokens.js';
 
 const log = logs.service;
 const authLog = logs.auth;
@@ -85,7 +85,7 @@ export class Coordinator {
   private readonly startedAt: number;
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly streams = new Set<Promise<unknown>>();
-  private readonly tokenDigests: Buffer[];
+  private readonly tokens: TokenList;
   private sweepTimer?: NodeJS.Timeout;
   private closing?: Promise<void>;
   private readonly limits?: Limits;
@@ -97,7 +97,7 @@ export class Coordinator {
     this.limits = limits;
     this.hub = new Hub(metrics);
     this.startedAt = Date.now();
-    this.tokenDigests = config.authTokens.map(digest);
+    this.tokens = new TokenList(config.authTokens);
     this.pool = new ReplicaPool<Replica>({
       maxOpen: config.maxOpenStores,
       idleMs: config.storeIdleMs,
@@ -141,7 +141,7 @@ export class Coordinator {
         if (typeof ctx.token !== 'string' || ctx.token.length === 0) {
           throw new SyncError(ErrorCode.AuthFailed, 'token: required (Authorization: Bearer <token>, or "token" in the handshake)');
         }
-        if (!this.tokenAccepted(ctx.token)) throw new SyncError(ErrorCode.AuthFailed, 'token: not accepted');
+        if (!this.tokens.accepts(ctx.token)) throw new SyncError(ErrorCode.AuthFailed, 'token: not accepted');
       }
       const hook = this.config.hooks.onAuthenticate;
       if (!hook) return { databaseId: ctx.databaseId, siteId: ctx.siteId };
@@ -160,14 +160,6 @@ export class Coordinator {
       authLog('authentication failed for %s on %s: %s', ctx.siteId, ctx.databaseId, messageOf(err));
       throw err;
     }
-  }
-
-  /** Constant-time comparison against every accepted token. */
-  private tokenAccepted(token: string): boolean {
-    const d = digest(token);
-    let ok = false;
-    for (const accepted of this.tokenDigests) ok = timingSafeEqual(d, accepted) || ok;
-    return ok;
   }
 
   /** Asks `onAuthorize`; FORBIDDEN when it says no or throws. */
@@ -474,10 +466,6 @@ function refusal(err: unknown): SyncError {
   if (isSyncError(err) && err.code === ErrorCode.ShuttingDown) return err;
   const code = isSyncError(err) && err.code === ErrorCode.Forbidden ? ErrorCode.Forbidden : ErrorCode.AuthFailed;
   return new SyncError(code, messageOf(err), { fatal: true, cause: err });
-}
-
-function digest(token: string): Buffer {
-  return createHash('sha256').update(token, 'utf8').digest();
 }
 
 

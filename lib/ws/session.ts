@@ -12,7 +12,7 @@ import type { Push } from '../delivery/push.js';
 import { DeliveryStream } from '../delivery/stream.js';
 import { backlogRequest } from '../delivery/backlog.js';
 import type { Caller, Connection, Coordinator, SubmittedChanges } from '../service/coordinator.js';
-import type { ClientInfo } from '../service/hooks.js';
+import type { ClientInfo } from '../config/hooks.js';
 import { TokenBucket, exceedsJsonDepth, type Limits } from '../service/limits.js';
 import type { InboundMeter } from './inbound.js';
 import { Outbound } from './outbound.js';

@@ -4,7 +4,7 @@ import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
 import { SyncClient, SyncClientError } from '../../lib/client/sync-client.js';
 import { randomSiteId, siteIdToWire } from '../../lib/protocol/site-id.js';
-import type { CoordinatorHooks, Operation } from '../../lib/service/hooks.js';
+import type { CoordinatorHooks, Operation } from '../../lib/config/hooks.js';
 import type { ErrorMessage } from '../../lib/protocol/messages.js';
 
 const DB = 'hooks-db';

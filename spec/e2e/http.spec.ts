@@ -218,6 +218,20 @@ describe('http routes', () => {
     });
   });
 
+  describe('with statusTokens', () => {
+    beforeEach(async () => { server = await startTestServer({ statusTokens: ['scrape-me'] }); });
+
+    it('requires one of them on /status and /metrics, and nowhere else', async () => {
+      for (const path of ['/sync/status', '/sync/metrics']) {
+        const res = await request(server.app).get(path).expect(401);
+        expect(res.body.error.code, path).to.equal('AUTH_FAILED');
+        await request(server.app).get(path).set('Authorization', 'Bearer wrong').expect(401);
+        await request(server.app).get(path).set('Authorization', 'Bearer scrape-me').expect(200);
+      }
+      await request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).expect(200);
+    });
+  });
+
   describe('metrics', () => {
     beforeEach(async () => { server = await startTestServer(); });
 
