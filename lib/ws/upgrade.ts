@@ -1,4 +1,4 @@
-import type { IncomingMessage } from 'node:http';
+import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import { CloseCode, ErrorCode } from '../errors.js';
@@ -124,7 +124,6 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
 /** How long shutdown waits for sessions to answer what they have received. */
 const SETTLE_TIMEOUT_MS = 2000;
 
-const STATUS_TEXT: Record<number, string> = { 403: 'Forbidden', 404: 'Not Found', 429: 'Too Many Requests', 503: 'Service Unavailable' };
 
 /** Answers an upgrade with a plain HTTP error (the JSON envelope of §7) and closes the socket once it is written. */
 export function refuseUpgrade(socket: Duplex, status: number, code: string, message: string, retryAfterMs?: number): void {
@@ -132,7 +131,7 @@ export function refuseUpgrade(socket: Duplex, status: number, code: string, mess
   const retry = retryAfterMs === undefined ? '' : `Retry-After: ${Math.max(1, Math.ceil(retryAfterMs / 1000))}\r\n`;
   socket.once('finish', () => socket.destroy());
   socket.on('error', () => socket.destroy());
-  socket.end(`HTTP/1.1 ${status} ${STATUS_TEXT[status]}\r\nConnection: close\r\n${retry}Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nConnection: close\r\n${retry}Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }
 
 /**
