@@ -515,3 +515,60 @@ class BodyReservation extends Member implements InboundReservation {
     this.budget.drop(this);
   }
 }
+
+/**
+ * Frames received but not yet handled, at most, before a session stops
+ * reading its socket. Messages are handled one at a time, so without this a
+ * client that sends faster than it is answered (or never reads the answers)
+ * would queue parsed messages without limit; paused, TCP pushes back on it.
+ */
+export const MAX_PENDING_FRAMES = 64;
+
+/**
+ * Read flow control of one session: counts the frames (and their bytes) it
+ * has received but not yet handled, pauses the socket past
+ * MAX_PENDING_FRAMES or `maxBytes`, resumes it at half of both, and tells
+ * the router's inbound budget (the meter) when each frame has been handled.
+ */
+export class FrameGate {
+  private readonly ws: WebSocket;
+  private readonly maxBytes: number;
+  private readonly meter?: InboundMeter;
+  private frames = 0;
+  private bytes = 0;
+  private paused = false;
+
+  constructor(ws: WebSocket, maxBytes: number, meter?: InboundMeter) {
+    this.ws = ws;
+    this.maxBytes = maxBytes;
+    this.meter = meter;
+  }
+
+  /** A frame of `size` bytes arrived and waits to be handled. */
+  received(size: number): void {
+    this.frames++;
+    this.bytes += size;
+    if (!this.paused && (this.frames >= MAX_PENDING_FRAMES || this.bytes >= this.maxBytes)) {
+      this.paused = true;
+      this.ws.pause();
+    }
+  }
+
+  /** The oldest frame (of `size` bytes) has been handled. */
+  handled(size: number): void {
+    this.meter?.release();
+    this.frames--;
+    this.bytes -= size;
+    if (this.paused && this.ws.readyState === this.ws.OPEN && this.frames <= MAX_PENDING_FRAMES / 2 && this.bytes < this.maxBytes / 2) {
+      this.paused = false;
+      this.ws.resume();
+    }
+  }
+
+  /** Reads again while closing, or the client's answering close frame is never seen. */
+  openForClose(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.ws.resume();
+  }
+}

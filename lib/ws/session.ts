@@ -14,18 +14,11 @@ import { backlogRequest } from '../delivery/backlog.js';
 import type { Caller, Connection, Coordinator, SubmittedChanges } from '../service/coordinator.js';
 import type { ClientInfo } from '../config/hooks.js';
 import { TokenBucket, exceedsJsonDepth, type Limits } from '../service/limits.js';
-import type { InboundMeter } from './inbound.js';
+import { FrameGate, type InboundMeter } from './inbound.js';
 import { Outbound } from './outbound.js';
 
 const log = logs.ws;
 
-/**
- * Frames received but not yet handled, at most, before the session stops
- * reading its socket. Messages are handled one at a time, so without this a
- * client that sends faster than it is answered (or never reads the answers)
- * would queue parsed messages without limit; paused, TCP pushes back on it.
- */
-const MAX_PENDING_FRAMES = 64;
 /**
  * Applies of one session submitted but not yet answered. Bounds what one
  * client can queue at its replica (frames past it wait, then TCP pushes back).
@@ -78,9 +71,7 @@ export class Session implements Subscriber {
   /** Replies of applies submitted but not yet answered, in submission order. */
   private applyTail: Promise<void> = Promise.resolve();
   private appliesInFlight = 0;
-  private pendingFrames = 0;
-  private pendingBytes = 0;
-  private readPaused = false;
+  private readonly gate: FrameGate;
   private handshakeTimer?: NodeJS.Timeout;
   private closeTimer?: NodeJS.Timeout;
   private readonly bucket?: TokenBucket;
@@ -93,6 +84,7 @@ export class Session implements Subscriber {
     this.headers = req.headers;
     this.remoteAddress = deps.address;
     const { config } = deps;
+    this.gate = new FrameGate(socket, config.maxMessageBytes, deps.inbound);
     this.out = new Outbound(socket, config, (queued) => {
       log('session %s: %d bytes still queued after %d ms; closing', this.connectionId, queued, config.sendHardLimitMs);
       deps.limits.refused('send_buffer');
@@ -123,29 +115,14 @@ export class Session implements Subscriber {
     if (this.state === 'closed') return;
     const bytes = rawBytes(data);
     const refusal = this.rateRefusal();
-    this.pendingFrames++;
-    this.pendingBytes += bytes.length;
-    if (!this.readPaused && (this.pendingFrames >= MAX_PENDING_FRAMES || this.pendingBytes >= this.deps.config.maxMessageBytes)) {
-      this.readPaused = true;
-      this.socket.pause();
-    }
+    this.gate.received(bytes.length);
     this.queue = this.queue
       .then(() => this.handleFrame(bytes, isBinary, refusal))
       .catch((err) => {
         log('session %s: unexpected failure: %s', this.connectionId, messageOf(err));
         this.sendError(ErrorCode.Internal, messageOf(err), false);
       })
-      .finally(() => this.frameDone(bytes.length));
-  }
-
-  private frameDone(size: number): void {
-    this.deps.inbound?.release();
-    this.pendingFrames--;
-    this.pendingBytes -= size;
-    if (this.readPaused && this.state !== 'closed' && this.pendingFrames <= MAX_PENDING_FRAMES / 2 && this.pendingBytes < this.deps.config.maxMessageBytes / 2) {
-      this.readPaused = false;
-      this.socket.resume();
-    }
+      .finally(() => this.gate.handled(bytes.length));
   }
 
   /** Why this frame is refused by a rate limit (the text of RATE_LIMITED), or undefined. */
@@ -406,8 +383,7 @@ export class Session implements Subscriber {
    */
   close(code: number, reason: string): void {
     if (this.socket.readyState === this.socket.OPEN || this.socket.readyState === this.socket.CONNECTING) {
-      // Read again, or the client's answering close frame is never seen.
-      if (this.readPaused) this.socket.resume();
+      this.gate.openForClose();
       this.socket.close(code, reason);
     }
     if (!this.closeTimer && this.socket.readyState !== this.socket.CLOSED) {
