@@ -58,6 +58,7 @@ export interface ApplyContext {
   siteId: Buffer;
   allowResurrection: boolean;
   now: () => number;
+  /** Replaced when a replay moves the stamps forward. */
   stamps: StampSource;
   tables: ReadonlyMap<string, TableStats>;
   tableKeys(schema: string, table: string): TableKeys;
@@ -174,7 +175,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
  * Resolves and stages a group of messages. The caller writes `ops` in one
  * batch and, once written, adopts `counts`. Nothing is written here.
  */
-export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]): Promise<GroupResult> {
+export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][], fixedStamps?: readonly (readonly Buffer[])[]): Promise<GroupResult> {
   const plans = messages.map((sets) => planMessage(ctx, sets));
 
   // The records as the group has left them so far: absent = never looked up,
@@ -217,7 +218,8 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
   const outcomes: ApplyOutcome[] = [];
   let lastStamp: Buffer | undefined;
 
-  for (const plan of plans) {
+  for (let p = 0; p < plans.length; p++) {
+    const plan = plans[p]!;
     let applied = 0;
     let skipped = plan.ownSkipped;
     let conflicts = 0;
@@ -311,7 +313,8 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       const mApplied = plan.migrationItems[cs]!.filter((m) => m.applied);
       const cApplied = plan.changeItems[cs]!.filter((c) => c.applied);
       if (mApplied.length === 0 && cApplied.length === 0) continue;
-      const stamp = ctx.stamps.next();
+      // Replaying an archive keeps each transaction's original stamp.
+      const stamp = fixedStamps?.[p]?.[cs] ?? ctx.stamps.next();
       stamps.push(stamp);
       lastStamp = stamp;
       let idx = 0;

@@ -8,6 +8,7 @@
  *   10 02                              server site id        16 bytes
  *   10 03                              last stamp issued     HLC (30)
  *   10 04                              retention floor       HLC (30): cursors below it need a snapshot
+ *   10 05                              archived up to        HLC (30): the last stamp a durable archive holds
  *   11 s(schema) s(table)              live column versions  u64 count
  *   20 s(schema) kind s(name) ver:u32  schema migration      stamp(30) idx(4) json
  *   30 s(schema) s(table) s(pk) s(col) column version        hlc(30) stamp(30) idx(4) entry-json
@@ -47,6 +48,7 @@ export const META_FORMAT = Buffer.from([NS_META, 0x01]);
 export const META_SITE_ID = Buffer.from([NS_META, 0x02]);
 export const META_LAST_STAMP = Buffer.from([NS_META, 0x03]);
 export const META_FLOOR = Buffer.from([NS_META, 0x04]);
+export const META_ARCHIVED = Buffer.from([NS_META, 0x05]);
 
 /** Log entry kinds. */
 export const LOG_CHANGE = 0x43; // 'C'

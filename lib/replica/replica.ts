@@ -1,9 +1,10 @@
 import createDebug from 'debug';
 import { SyncError, ErrorCode } from '../errors.js';
+import { compareHlc } from '../protocol/hlc.js';
 import { randomSiteId, siteIdToWire } from '../protocol/site-id.js';
 import type { ValidChangeSet } from '../protocol/validate.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
-import { KEY_FORMAT, META_FORMAT, META_SITE_ID, META_LAST_STAMP, NS_TABLE_STATS, NS_COLUMN, NS_TOMBSTONE, decodeComponent, readU64 } from './keys.js';
+import { KEY_FORMAT, META_FORMAT, META_SITE_ID, META_LAST_STAMP, META_ARCHIVED, NS_META, NS_TOMBSTONE_AGE, NS_TABLE_STATS, NS_COLUMN, NS_TOMBSTONE, decodeComponent, readU64 } from './keys.js';
 import { applyGroup, makeTableKeys, type ApplyContext, type ApplyOutcome, type GroupResult, type TableKeys, type TableStats } from './apply.js';
 
 export type { ApplyOutcome };
@@ -74,7 +75,8 @@ export class Replica implements ReplicaContext {
   readonly snapshotChunkSize: number;
   readonly syncWrites: boolean;
   private readonly allowResurrection: boolean;
-  private readonly stamps: StampSource;
+  private stamps: StampSource;
+  private readonly stampSource: StampSourceFactory;
   private readonly tables: Map<string, TableStats>;
   /** schema → table → keys; two levels so a lookup builds no string. */
   private readonly keyCache = new Map<string, Map<string, TableKeys>>();
@@ -101,7 +103,8 @@ export class Replica implements ReplicaContext {
     this.allowResurrection = options.allowResurrection ?? false;
     this.tables = tables;
     this.committed = last;
-    this.stamps = (options.stampSource ?? localStampSource)({ siteId, last, now: this.now });
+    this.stampSource = options.stampSource ?? localStampSource;
+    this.stamps = this.stampSource({ siteId, last, now: this.now });
     this.applyContext = {
       store, siteId, allowResurrection: this.allowResurrection, now: this.now, stamps: this.stamps, tables,
       tableKeys: (schema, table) => this.tableKeys(schema, table),
@@ -320,6 +323,66 @@ export class Replica implements ReplicaContext {
   /** Tables with live column versions and their counts. */
   tableStats(): { schema: string; table: string; count: number }[] {
     return [...this.tables.values()].map((t) => ({ ...t }));
+  }
+
+  /**
+   * Replays archived transactions with the stamps they were given when they
+   * were first accepted, so cursors and checkpoints handed out before stay
+   * valid (restore from an archive). `sets[i]` was stamped `stamps[i]`;
+   * both in stamp order, each stamp above everything this replica holds.
+   * Merged like any apply (a transaction that changes nothing leaves no
+   * trace); new stamps then continue above the last one replayed.
+   */
+  replay(sets: readonly ValidChangeSet[], stamps: readonly Buffer[]): Promise<void> {
+    if (sets.length !== stamps.length) throw new TypeError('replay needs one stamp per change set');
+    return this.serial(async () => {
+      for (let from = 0; from < sets.length;) {
+        let to = from;
+        for (let size = 0; to < sets.length && (to === from || size < MAX_GROUP_CHANGES); to++) size += sets[to]!.changes.length + sets[to]!.migrations.length;
+        const result = await applyGroup(this.applyContext, sets.slice(from, to).map((set) => [set]), stamps.slice(from, to).map((stamp) => [stamp]));
+        const last = stamps[to - 1]!;
+        result.ops.push({ type: 'put', key: META_LAST_STAMP, value: last });
+        await this.store.write(result.ops, { sync: this.syncWrites });
+        this.committed = last;
+        for (const [id, stats] of result.counts) {
+          if (stats.count === 0) this.tables.delete(id);
+          else this.tables.set(id, stats);
+        }
+        for (const op of result.ops) if (op.type === 'put' && (op.key[0] === NS_COLUMN || op.key[0] === NS_TOMBSTONE)) this.filter?.add(op.key);
+        from = to;
+      }
+      // Stamps issued from now on continue above the replayed ones.
+      this.stamps = this.stampSource({ siteId: this.siteId, last: this.committed, now: this.now });
+      this.applyContext.stamps = this.stamps;
+    });
+  }
+
+  /**
+   * Every key and value of the store, read through ONE iterator (a
+   * consistent view), in key order: what an archive snapshot holds. The
+   * entries are views of the iterator's buffers, valid until the next one.
+   */
+  async *entries(): AsyncGenerator<[Buffer, Buffer], void, undefined> {
+    const it = this.store.iterator({ gte: Buffer.of(NS_META), lt: Buffer.of(NS_TOMBSTONE_AGE + 1), readAhead: 512 * 1024 });
+    try {
+      for (let batch = await it.nextBatch(1024); batch.length > 0; batch = await it.nextBatch(1024)) yield* batch;
+    } finally {
+      await it.close();
+    }
+  }
+
+  /** The last stamp a durable archive is known to hold (undefined: nothing archived). */
+  async archivedStamp(): Promise<Buffer | undefined> {
+    return this.store.get(META_ARCHIVED);
+  }
+
+  /** Records that the archive holds everything up to `stamp` (it never moves back). */
+  markArchived(stamp: Buffer): Promise<void> {
+    return this.serial(async () => {
+      const current = await this.store.get(META_ARCHIVED);
+      if (current && compareHlc(current, stamp) >= 0) return;
+      await this.store.write([{ type: 'put', key: META_ARCHIVED, value: stamp }], { sync: this.syncWrites });
+    });
   }
 
   /** Waits for queued writes, then closes the store. */
