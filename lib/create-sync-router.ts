@@ -5,6 +5,9 @@ import type { Registry } from 'prom-client';
 import { parseOptions, type Config, type SyncRouterOptions } from './config/options.js';
 import { createMetrics, type Metrics } from './metrics/metrics.js';
 import { Coordinator } from './service/coordinator.js';
+import { openLevelReplica } from './replica/open-level.js';
+import type { ReplicaOptions } from './replica/replica.js';
+import { databaseDirectory } from './storage/database-id.js';
 import { mountRoutes } from './http/routes.js';
 import { createLimits } from './service/limits.js';
 import { createUpgradeHandler } from './ws/upgrade.js';
@@ -51,7 +54,8 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   const inbound = createInboundBudget({ limitBytes: config.maxInboundBytes, maxMessageBytes: config.maxMessageBytes });
   const metrics = createMetrics(config.registry, inbound);
   const limits = createLimits(config, metrics);
-  const coordinator = new Coordinator(config, metrics, limits);
+  const replicas = replicaOptions(config);
+  const coordinator = new Coordinator(config, metrics, (id) => openLevelReplica(databaseDirectory(config.dataDir, id), replicas), limits);
   const upgrades = createUpgradeHandler(config, coordinator, metrics, limits, inbound);
   const router = express.Router();
   router.use(checkMount);
@@ -121,4 +125,15 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
 /** `base` + '/' + `leaf`, without doubling the slash of the root mount. */
 function joinPath(base: string, leaf: string): string {
   return `${base === '/' ? '' : base}/${leaf}`;
+}
+
+/** The replica options a router's config asks for. */
+function replicaOptions(config: Config): ReplicaOptions {
+  return {
+    allowResurrection: config.allowResurrection,
+    retentionHorizonMs: config.retentionHorizonMs,
+    snapshotChunkSize: config.snapshotChunkSize,
+    syncWrites: config.syncWrites,
+    now: config.now,
+  };
 }

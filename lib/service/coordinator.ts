@@ -7,10 +7,9 @@ import { logs } from '../log.js';
 import { validateChangeSets, validateCursor, type ValidChangeSet } from '../protocol/validate.js';
 import { siteIdFromWire } from '../protocol/site-id.js';
 import type { ApplyResult, ChangeSet } from '../protocol/messages.js';
-import { Replica } from '../replica/replica.js';
+import type { Replica } from '../replica/replica.js';
 import type { ChangesPage } from '../replica/change-log.js';
-import { openLevelStore } from '../storage/leveldb.js';
-import { databaseDirectory, validateDatabaseId } from '../storage/database-id.js';
+import { validateDatabaseId } from '../storage/database-id.js';
 import { ReplicaPool, type Lease } from '../storage/replica-pool.js';
 import type { LogReader } from '../delivery/ports.js';
 import { largestHlc } from '../delivery/backlog.js';
@@ -28,6 +27,9 @@ export interface Caller {
   siteId: string;
   identity: Identity;
 }
+
+/** Opens (creating if needed) the replica of a database id; see Coordinator's constructor. */
+export type OpenReplica = (databaseId: string) => Promise<Replica>;
 
 /** A WebSocket handshake's claims (docs/protocol.md §4), not yet checked. */
 export interface ConnectRequest {
@@ -90,8 +92,13 @@ export class Coordinator {
   private closing?: Promise<void>;
   private readonly limits?: Limits;
 
-  /** `limits`, when given, counts refusals by maxChangesPerMessage. */
-  constructor(config: Config, metrics: Metrics, limits?: Limits) {
+  /**
+   * `openReplica` opens (creating if needed) the replica of a database id:
+   * the router gives LevelDB stores under `dataDir`; durability wraps it to
+   * restore databases from an archive. `limits`, when given, counts refusals
+   * by maxChangesPerMessage.
+   */
+  constructor(config: Config, metrics: Metrics, openReplica: OpenReplica, limits?: Limits) {
     this.config = config;
     this.metrics = metrics;
     this.limits = limits;
@@ -101,21 +108,7 @@ export class Coordinator {
     this.pool = new ReplicaPool<Replica>({
       maxOpen: config.maxOpenStores,
       idleMs: config.storeIdleMs,
-      open: async (id) => {
-        const store = await openLevelStore(databaseDirectory(config.dataDir, id));
-        try {
-          return await Replica.open(store, {
-            allowResurrection: config.allowResurrection,
-            retentionHorizonMs: config.retentionHorizonMs,
-            snapshotChunkSize: config.snapshotChunkSize,
-            syncWrites: config.syncWrites,
-            now: config.now,
-          });
-        } catch (err) {
-          await store.close();
-          throw err;
-        }
-      },
+      open: openReplica,
       close: (replica) => replica.close(),
     });
     if (config.sweepIntervalMs > 0) {
