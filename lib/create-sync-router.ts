@@ -55,7 +55,10 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   const metrics = createMetrics(config.registry, inbound);
   const limits = createLimits(config, metrics);
   const replicas = replicaOptions(config);
-  const coordinator = new Coordinator(config, metrics, (id) => openLevelReplica(databaseDirectory(config.dataDir, id), replicas), limits);
+  const coordinator = new Coordinator(config, metrics, {
+    open: (id) => openLevelReplica(databaseDirectory(config.dataDir, id), replicas),
+    close: (_id, replica) => replica.close(),
+  }, limits);
   const upgrades = createUpgradeHandler(config, coordinator, metrics, limits, inbound);
   const router = express.Router();
   router.use(checkMount);

@@ -1,6 +1,7 @@
 import createDebug from 'debug';
-import { SyncError, ErrorCode } from '../errors.js';
-import { compareHlc } from '../protocol/hlc.js';
+import { SyncError, ErrorCode, isSyncError } from '../errors.js';
+import { compareHlc, hlcToWire } from '../protocol/hlc.js';
+import type { ChangeSet } from '../protocol/messages.js';
 import { randomSiteId, siteIdToWire } from '../protocol/site-id.js';
 import type { ValidChangeSet } from '../protocol/validate.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
@@ -44,6 +45,23 @@ export interface ReplicaOptions {
   syncWrites?: boolean;
   /** Entries per snapshot chunk. @default 1000 */
   snapshotChunkSize?: number;
+  /**
+   * Awaited before each commit is written, with the change sets it accepts
+   * (each `hlc` its stamp), the stamp it follows and its last stamp.
+   * Rejecting refuses the whole commit; resolving marks it archived.
+   * Durability's `ack` mode uploads the batch here.
+   */
+  beforeCommit?: (commit: StampedCommit) => Promise<void>;
+  /** Called after each commit is stored (durability's shipper wakes up). */
+  onCommit?: (commit: { lastStamp: Buffer; transactions: number }) => void;
+}
+
+/** A commit as an archive batch: the change sets it accepted, each `hlc` replaced by its stamp. */
+export interface StampedCommit {
+  changeSets: ChangeSet[];
+  /** The last stamp before this commit (undefined: the first commit). */
+  after: Buffer | undefined;
+  last: Buffer;
 }
 
 interface PendingApply {
@@ -75,6 +93,8 @@ export class Replica implements ReplicaContext {
   readonly snapshotChunkSize: number;
   readonly syncWrites: boolean;
   private readonly allowResurrection: boolean;
+  private readonly beforeCommit?: (commit: StampedCommit) => Promise<void>;
+  private readonly onCommit?: (commit: { lastStamp: Buffer; transactions: number }) => void;
   private stamps: StampSource;
   private readonly stampSource: StampSourceFactory;
   private readonly tables: Map<string, TableStats>;
@@ -101,6 +121,8 @@ export class Replica implements ReplicaContext {
     this.snapshotChunkSize = options.snapshotChunkSize ?? DEFAULT_SNAPSHOT_CHUNK_SIZE;
     this.syncWrites = options.syncWrites ?? false;
     this.allowResurrection = options.allowResurrection ?? false;
+    this.beforeCommit = options.beforeCommit;
+    this.onCommit = options.onCommit;
     this.tables = tables;
     this.committed = last;
     this.stampSource = options.stampSource ?? localStampSource;
@@ -225,34 +247,49 @@ export class Replica implements ReplicaContext {
     let result: GroupResult;
     try {
       result = await applyGroup(this.applyContext, group.map((p) => p.sets));
-      if (result.lastStamp) result.ops.push({ type: 'put', key: META_LAST_STAMP, value: result.lastStamp });
-      await this.store.write(result.ops, { sync: this.syncWrites });
-      if (result.lastStamp) this.committed = result.lastStamp;
-      if (batchBytes(result.ops) > LARGE_BATCH_BYTES) await this.rotateMemtable();
-      const filter = this.filter;
-      if (filter) {
-        for (const op of result.ops) {
-          if (op.type === 'put' && (op.key[0] === NS_COLUMN || op.key[0] === NS_TOMBSTONE)) filter.add(op.key);
+      if (result.lastStamp) {
+        result.ops.push({ type: 'put', key: META_LAST_STAMP, value: result.lastStamp });
+        if (this.beforeCommit) {
+          // Archived before it is stored, so nothing is stored that was not acknowledged.
+          await this.beforeCommit({ changeSets: stampedSets(result.outcomes), after: this.committed, last: result.lastStamp });
+          result.ops.push({ type: 'put', key: META_ARCHIVED, value: result.lastStamp });
         }
-        if (filter.size > MAX_FILTER_KEYS) this.filter = undefined;
       }
+      await this.store.write(result.ops, { sync: this.syncWrites });
     } catch (err) {
-      if (group.length > 1) {
+      if (group.length > 1 && !(isSyncError(err) && err.code === ErrorCode.StorageUnavailable)) {
         // Isolate the failure: every other message gets its own chance.
         for (const one of group) await this.commitGroup([one]);
       } else {
-        group[0]!.reject(err);
+        for (const one of group) one.reject(err);
       }
       return;
+    }
+    if (result.lastStamp) this.committed = result.lastStamp;
+    const filter = this.filter;
+    if (filter) {
+      for (const op of result.ops) {
+        if (op.type === 'put' && (op.key[0] === NS_COLUMN || op.key[0] === NS_TOMBSTONE)) filter.add(op.key);
+      }
+      if (filter.size > MAX_FILTER_KEYS) this.filter = undefined;
     }
     for (const [id, stats] of result.counts) {
       if (stats.count === 0) this.tables.delete(id);
       else this.tables.set(id, stats);
     }
+    if (result.lastStamp) {
+      let transactions = 0;
+      for (const outcome of result.outcomes) transactions += outcome.stamps.length;
+      this.onCommit?.({ lastStamp: result.lastStamp, transactions });
+    }
     for (let i = 0; i < group.length; i++) {
       const outcome = result.outcomes[i]!;
       log('applied %d, skipped %d, conflicts %d in %d change sets', outcome.applied, outcome.skipped, outcome.conflicts, outcome.transactions);
       group[i]!.resolve(outcome);
+    }
+    if (batchBytes(result.ops) > LARGE_BATCH_BYTES) {
+      // Stored already: a failure here only delays the flush.
+      await this.rotateMemtable().catch((err: unknown) => log('memtable rotation failed: %s', (err as Error).message));
     }
   }
 
@@ -400,4 +437,13 @@ function batchBytes(ops: readonly KvOp[]): number {
   let n = 0;
   for (const op of ops) n += op.key.length + (op.type === 'put' ? op.value.length : 0);
   return n;
+}
+
+/** The accepted change sets of a group's messages, each `hlc` replaced by its stamp, in stamp order. */
+function stampedSets(outcomes: readonly ApplyOutcome[]): ChangeSet[] {
+  const out: ChangeSet[] = [];
+  for (const outcome of outcomes) {
+    outcome.accepted.forEach((set, i) => out.push({ ...set, hlc: hlcToWire(outcome.stamps[i]!) }));
+  }
+  return out;
 }

@@ -28,8 +28,17 @@ export interface Caller {
   identity: Identity;
 }
 
-/** Opens (creating if needed) the replica of a database id; see Coordinator's constructor. */
-export type OpenReplica = (databaseId: string) => Promise<Replica>;
+/**
+ * Where the coordinator's replicas come from: the router gives LevelDB
+ * stores under `dataDir`; durability wraps them to restore databases from an
+ * archive and to archive what they accept.
+ */
+export interface ReplicaSource {
+  /** Opens (creating or restoring if needed) the replica of a database id. */
+  open(databaseId: string): Promise<Replica>;
+  /** Closes a replica `open` gave (the pool calls it when it evicts or shuts down). */
+  close(databaseId: string, replica: Replica): Promise<void>;
+}
 
 /** A WebSocket handshake's claims (docs/protocol.md §4), not yet checked. */
 export interface ConnectRequest {
@@ -93,12 +102,11 @@ export class Coordinator {
   private readonly limits?: Limits;
 
   /**
-   * `openReplica` opens (creating if needed) the replica of a database id:
-   * the router gives LevelDB stores under `dataDir`; durability wraps it to
-   * restore databases from an archive. `limits`, when given, counts refusals
-   * by maxChangesPerMessage.
+   * `replicas` opens and closes the databases' replicas (see
+   * ReplicaSource). `limits`, when given, counts refusals by
+   * maxChangesPerMessage.
    */
-  constructor(config: Config, metrics: Metrics, openReplica: OpenReplica, limits?: Limits) {
+  constructor(config: Config, metrics: Metrics, replicas: ReplicaSource, limits?: Limits) {
     this.config = config;
     this.metrics = metrics;
     this.limits = limits;
@@ -108,8 +116,8 @@ export class Coordinator {
     this.pool = new ReplicaPool<Replica>({
       maxOpen: config.maxOpenStores,
       idleMs: config.storeIdleMs,
-      open: openReplica,
-      close: (replica) => replica.close(),
+      open: (id) => replicas.open(id),
+      close: (replica, id) => replicas.close(id, replica),
     });
     if (config.sweepIntervalMs > 0) {
       this.sweepTimer = setInterval(() => void this.sweepOpen(), config.sweepIntervalMs);
