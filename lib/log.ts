@@ -13,6 +13,7 @@ export const logs = {
   config: createDebug(`${LOG_PREFIX}:config`),
   replica: createDebug(`${LOG_PREFIX}:replica`),
   storage: createDebug(`${LOG_PREFIX}:storage`),
+  s3: createDebug(`${LOG_PREFIX}:s3`),
 } as const;
 
 /** The layer names (`ws`, `http` ...), i.e. the namespaces without LOG_PREFIX. */

@@ -134,3 +134,49 @@ export function createMetrics(registry: Registry, inbound?: InboundFigures): Met
     }),
   };
 }
+
+/** Live figures of the archive (lib/durability), read at each scrape. */
+export interface ArchiveFigures {
+  /** Transactions committed but not archived yet, over open databases. */
+  readonly pendingTransactions: number;
+  /** Approximate bytes of change log not archived yet. */
+  readonly outboxBytes: number;
+  /** How long the oldest commit not archived yet has waited, in seconds (the largest over databases). */
+  readonly lagSeconds: number;
+}
+
+/** The metrics of the durable archive (S3), in the router's registry; created only when it is on. */
+export interface ArchiveMetrics {
+  uploadsTotal: Counter;
+  uploadErrorsTotal: Counter;
+  snapshotsTotal: Counter;
+  snapshotErrorsTotal: Counter;
+  snapshotsSkippedTotal: Counter;
+  restoresTotal: Counter<'result'>;
+  evictionsTotal: Counter;
+}
+
+export function createArchiveMetrics(registry: Registry, figures: () => ArchiveFigures): ArchiveMetrics {
+  const registers = [registry];
+  new Gauge({
+    name: 'sync_archive_pending_transactions', help: 'Transactions committed but not archived yet (open databases)', registers,
+    collect() { this.set(figures().pendingTransactions); },
+  });
+  new Gauge({
+    name: 'sync_archive_outbox_bytes', help: 'Approximate bytes of change log not archived yet (open databases)', registers,
+    collect() { this.set(figures().outboxBytes); },
+  });
+  new Gauge({
+    name: 'sync_archive_lag_seconds', help: 'How long the oldest commit not archived yet has waited (largest over open databases)', registers,
+    collect() { this.set(figures().lagSeconds); },
+  });
+  return {
+    uploadsTotal: new Counter({ name: 'sync_archive_uploads_total', help: 'Batch objects uploaded to the archive', registers }),
+    uploadErrorsTotal: new Counter({ name: 'sync_archive_upload_errors_total', help: 'Failed uploads of batches (retried) and of ack-mode commits (refused)', registers }),
+    snapshotsTotal: new Counter({ name: 'sync_archive_snapshots_total', help: 'Snapshots uploaded to the archive', registers }),
+    snapshotErrorsTotal: new Counter({ name: 'sync_archive_snapshot_errors_total', help: 'Snapshots that failed to upload (retried at the next occasion)', registers }),
+    snapshotsSkippedTotal: new Counter({ name: 'sync_archive_snapshots_skipped_total', help: 'Snapshots a restore could not read (corrupt or of an unknown format) and skipped', registers }),
+    restoresTotal: new Counter({ name: 'sync_archive_restores_total', help: 'Databases opened from the archive because they were not on disk, by result', labelNames: ['result'], registers }),
+    evictionsTotal: new Counter({ name: 'sync_disk_evictions_total', help: 'Idle, fully archived databases removed from disk', registers }),
+  };
+}

@@ -5,7 +5,7 @@ import type { ChangeSet } from '../protocol/messages.js';
 import { randomSiteId, siteIdToWire } from '../protocol/site-id.js';
 import type { ValidChangeSet } from '../protocol/validate.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
-import { KEY_FORMAT, META_FORMAT, META_SITE_ID, META_LAST_STAMP, META_ARCHIVED, NS_META, NS_TOMBSTONE_AGE, NS_TABLE_STATS, NS_COLUMN, NS_TOMBSTONE, decodeComponent, readU64 } from './keys.js';
+import { KEY_FORMAT, META_FORMAT, META_SITE_ID, META_LAST_STAMP, META_ARCHIVED, NS_META, NS_LOG, NS_TOMBSTONE_AGE, NS_TABLE_STATS, NS_COLUMN, NS_TOMBSTONE, decodeComponent, readU64 } from './keys.js';
 import { applyGroup, makeTableKeys, type ApplyContext, type ApplyOutcome, type GroupResult, type TableKeys, type TableStats } from './apply.js';
 
 export type { ApplyOutcome };
@@ -53,7 +53,18 @@ export interface ReplicaOptions {
    */
   beforeCommit?: (commit: StampedCommit) => Promise<void>;
   /** Called after each commit is stored (durability's shipper wakes up). */
-  onCommit?: (commit: { lastStamp: Buffer; transactions: number }) => void;
+  onCommit?: (commit: CommitInfo) => void;
+}
+
+/** What one stored commit added to the change log. */
+export interface CommitInfo {
+  lastStamp: Buffer;
+  /** Transactions (stamps) it added. */
+  transactions: number;
+  /** Changes and migrations it accepted. */
+  changes: number;
+  /** Bytes of change log entries it wrote. */
+  logBytes: number;
 }
 
 /** A commit as an archive batch: the change sets it accepted, each `hlc` replaced by its stamp. */
@@ -94,7 +105,7 @@ export class Replica implements ReplicaContext {
   readonly syncWrites: boolean;
   private readonly allowResurrection: boolean;
   private readonly beforeCommit?: (commit: StampedCommit) => Promise<void>;
-  private readonly onCommit?: (commit: { lastStamp: Buffer; transactions: number }) => void;
+  private readonly onCommit?: (commit: CommitInfo) => void;
   private stamps: StampSource;
   private readonly stampSource: StampSourceFactory;
   private readonly tables: Map<string, TableStats>;
@@ -277,10 +288,16 @@ export class Replica implements ReplicaContext {
       if (stats.count === 0) this.tables.delete(id);
       else this.tables.set(id, stats);
     }
-    if (result.lastStamp) {
+    if (result.lastStamp && this.onCommit) {
       let transactions = 0;
-      for (const outcome of result.outcomes) transactions += outcome.stamps.length;
-      this.onCommit?.({ lastStamp: result.lastStamp, transactions });
+      let changes = 0;
+      let logBytes = 0;
+      for (const outcome of result.outcomes) {
+        transactions += outcome.stamps.length;
+        for (const set of outcome.accepted) changes += set.changes.length + (set.schemaMigrations?.length ?? 0);
+      }
+      for (const op of result.ops) if (op.type === 'put' && op.key[0] === NS_LOG) logBytes += op.value.length;
+      this.onCommit({ lastStamp: result.lastStamp, transactions, changes, logBytes });
     }
     for (let i = 0; i < group.length; i++) {
       const outcome = result.outcomes[i]!;
