@@ -1,5 +1,6 @@
 import { Registry } from 'prom-client';
 import type { CoordinatorHooks } from './hooks.js';
+import type { Archive } from '../durability/archive.js';
 
 /** How clients prove who they are. */
 export type AuthMode = 'none' | 'token-whitelist';
@@ -115,17 +116,61 @@ export interface SyncRouterOptions<I = unknown> {
    * it. @default false
    */
   trustProxy?: boolean;
+  /**
+   * Archive every database in S3 (or a compatible store), restore databases
+   * that are not on disk from it, and evict idle ones from disk. Off without
+   * it (and without `archive`): one local disk holds everything.
+   */
+  s3?: S3Options;
+  /** An archive implementation to use instead of `s3` (e.g. a directory archive). */
+  archive?: Archive;
+  /**
+   * `async`: a write is acknowledged once stored locally and archived right
+   * behind it (the store is the outbox: a crash or an S3 outage loses
+   * nothing acknowledged). `ack`: acknowledged only once its batch is in the
+   * archive; while S3 is unreachable writes get STORAGE_UNAVAILABLE (503).
+   * @default 'async'
+   */
+  s3Durability?: 'async' | 'ack';
+  /** With an archive, a database idle for `diskEvictionIdleMs` whose archive is complete is removed from disk. @default true */
+  diskEviction?: boolean;
+  /** Idle time before eviction, in ms. @default 3600000 */
+  diskEvictionIdleMs?: number;
+  /** A database that changed gets an archive snapshot at least this often, in ms. @default 300000 */
+  snapshotIntervalMs?: number;
+  /** ...or once this many changes were committed since its last one. @default 1000 */
+  snapshotChanges?: number;
+  /** Archive snapshots kept per database. @default 5 */
+  snapshotsKept?: number;
   /** Prometheus registry for the metrics. @default a new Registry */
   registry?: Registry;
   /** Wall clock in ms, for tests. @default Date.now */
   now?: () => number;
 }
 
+/** Where the S3 archive is (the `S3_*` settings of the standalone server). */
+export interface S3Options {
+  bucket: string;
+  /** @default 'us-east-1' */
+  region?: string;
+  /** For S3-compatible stores (MinIO, R2, ...): e.g. `http://127.0.0.1:9000`. */
+  endpoint?: string;
+  /** Without both keys, the AWS SDK's default credential chain is used. */
+  accessKeyId?: string;
+  secretAccessKey?: string;
+  /** Path-style URLs (most S3-compatible stores need them). @default false */
+  forcePathStyle?: boolean;
+  /** Prefix of every key the coordinator writes. @default '' */
+  keyPrefix?: string;
+}
+
 /** Options whose value is plain data: described by OPTION_SPECS, defaulted and checked from it. */
-export type PlainOptionKey = Exclude<keyof SyncRouterOptions, 'hooks' | 'registry' | 'now'>;
+export type PlainOptionKey = Exclude<keyof SyncRouterOptions, 'hooks' | 'registry' | 'now' | 's3' | 'archive'>;
 
 /** The checked, complete, frozen configuration the layers read. */
 export type Config = { readonly [K in PlainOptionKey]-?: NonNullable<SyncRouterOptions[K]> } & {
+  readonly s3?: Readonly<S3Options>;
+  readonly archive?: Archive;
   readonly hooks: CoordinatorHooks;
   readonly registry: Registry;
   readonly now: () => number;
@@ -228,6 +273,15 @@ export const OPTION_SPECS: { readonly [K in PlainOptionKey]-?: OptionSpec<NonNul
   sendHardLimitMs: timer(30_000),
   statusTokens: tokens(),
   trustProxy: bool(false),
+  s3Durability: {
+    default: 'async', expected: '"async" or "ack"',
+    check: (v: unknown) => (v === 'async' || v === 'ack' ? v : undefined),
+  },
+  diskEviction: bool(true),
+  diskEvictionIdleMs: timer(60 * 60 * 1000),
+  snapshotIntervalMs: int(5 * 60 * 1000, 1000, MAX_TIMER_MS, ' (ms)'),
+  snapshotChanges: int(1000, 1),
+  snapshotsKept: int(5, 1),
 });
 
 type Defaults = { readonly [K in PlainOptionKey]-?: NonNullable<SyncRouterOptions[K]> };
@@ -237,7 +291,7 @@ export const DEFAULTS: Defaults = Object.freeze(
   Object.fromEntries(Object.entries(OPTION_SPECS).map(([key, spec]) => [key, spec.default])) as unknown as Defaults,
 );
 
-const KNOWN = new Set<string>([...Object.keys(OPTION_SPECS), 'hooks', 'registry', 'now']);
+const KNOWN = new Set<string>([...Object.keys(OPTION_SPECS), 'hooks', 'registry', 'now', 's3', 'archive']);
 
 const HOOK_NAMES = ['onAuthenticate', 'onAuthorize', 'onBeforeApplyChanges', 'onAfterApplyChanges', 'onClientConnect', 'onClientDisconnect'];
 
@@ -284,7 +338,35 @@ export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
   if (!(registry instanceof Registry)) throw new TypeError('Option "registry" must be a prom-client Registry');
   const now = o.now ?? Date.now;
   if (typeof now !== 'function') throw new TypeError('Option "now" must be a function returning ms since the epoch');
-  return Object.freeze({ ...plain, hooks: Object.freeze({ ...hooks }), registry, now }) as Config;
+  const s3 = o.s3 === undefined ? undefined : checkS3(o.s3);
+  const archive = o.archive as Archive | undefined;
+  if (archive !== undefined && (typeof archive !== 'object' || archive === null || typeof archive.put !== 'function' || typeof archive.list !== 'function')) {
+    throw new TypeError('Option "archive" must be an Archive (put, get, list, delete, close)');
+  }
+  if (s3 && archive) throw new TypeError('Options "s3" and "archive" exclude each other: give one archive');
+  return Object.freeze({ ...plain, ...(s3 ? { s3 } : {}), ...(archive ? { archive } : {}), hooks: Object.freeze({ ...hooks }), registry, now }) as Config;
+}
+
+const S3_KEYS = new Set(['bucket', 'region', 'endpoint', 'accessKeyId', 'secretAccessKey', 'forcePathStyle', 'keyPrefix']);
+
+/** Checks the `s3` option (secrets are never echoed in messages). */
+export function checkS3(value: unknown): Readonly<S3Options> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new TypeError('Option "s3" must be an object { bucket, region?, endpoint?, accessKeyId?, secretAccessKey?, forcePathStyle?, keyPrefix? }');
+  const o = value as Record<string, unknown>;
+  for (const key of Object.keys(o)) if (!S3_KEYS.has(key)) throw new TypeError(`Unknown option "s3.${key}"; s3 takes ${[...S3_KEYS].join(', ')}`);
+  if (typeof o.bucket !== 'string' || !/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(o.bucket)) {
+    throw new TypeError(`Option "s3.bucket" must be a bucket name (3-63 characters of a-z, 0-9, ".", "-"), got ${JSON.stringify(o.bucket)}`);
+  }
+  for (const key of ['region', 'endpoint', 'keyPrefix'] as const) {
+    if (o[key] !== undefined && typeof o[key] !== 'string') throw new TypeError(`Option "s3.${key}" must be a string, got ${JSON.stringify(o[key])}`);
+  }
+  if (typeof o.endpoint === 'string' && !/^https?:\/\/[^\s/]+/.test(o.endpoint)) throw new TypeError(`Option "s3.endpoint" must be an http(s) URL, got ${JSON.stringify(o.endpoint)}`);
+  for (const key of ['accessKeyId', 'secretAccessKey'] as const) {
+    if (o[key] !== undefined && (typeof o[key] !== 'string' || o[key] === '')) throw new TypeError(`Option "s3.${key}" must be a non-empty string`);
+  }
+  if ((o.accessKeyId === undefined) !== (o.secretAccessKey === undefined)) throw new TypeError('Options "s3.accessKeyId" and "s3.secretAccessKey" go together (or neither, for the default credential chain)');
+  if (o.forcePathStyle !== undefined && typeof o.forcePathStyle !== 'boolean') throw new TypeError(`Option "s3.forcePathStyle" must be true or false, got ${JSON.stringify(o.forcePathStyle)}`);
+  return Object.freeze({ ...(o as unknown as S3Options) });
 }
 
 /**
