@@ -1,0 +1,18 @@
+import S3rver from 's3rver';
+import { S3Client, PutObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { mkdtempSync } from 'node:fs';
+const dir = mkdtempSync('/tmp/archive-smoke/s3-');
+const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: dir, configureBuckets: [{ name: 'bkt', configs: [] }] });
+const addr = await server.run();
+const client = new S3Client({ maxAttempts: 1, region: 'us-east-1', endpoint: `http://127.0.0.1:${addr.port}`, forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+const keys: string[] = [];
+for (let i = 0; i < 1500; i++) keys.push('p/' + ((i * 7919) % 1500).toString().padStart(5, '0'));
+const t0 = Date.now();
+for (let i = 0; i < keys.length; i += 50) await Promise.all(keys.slice(i, i + 50).map(k => client.send(new PutObjectCommand({ Bucket: 'bkt', Key: k, Body: Buffer.from(k) }))));
+console.log('put ms', Date.now() - t0);
+const t1 = Date.now();
+let token: string | undefined; const all: string[] = []; let pages = 0;
+do { const r = await client.send(new ListObjectsV2Command({ Bucket: 'bkt', ContinuationToken: token })); pages++; for (const c of r.Contents ?? []) all.push(c.Key!); token = r.NextContinuationToken; } while (token);
+console.log('list ms', Date.now() - t1, 'pages', pages, 'n', all.length, 'unique', new Set(all).size, 'sorted', JSON.stringify(all) === JSON.stringify([...keys].sort()));
+client.destroy();
+await server.close();
