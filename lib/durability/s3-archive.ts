@@ -15,6 +15,7 @@
  */
 import { Readable } from 'node:stream';
 import {
+  DeleteObjectCommand,
   DeleteObjectsCommand,
   GetObjectCommand,
   ListObjectsV2Command,
@@ -318,8 +319,20 @@ export class S3Archive implements Archive {
     return this.#life.run(async () => {
       if (!Array.isArray(keys)) throw new TypeError(`archive delete keys: expected an array of keys, got ${describeValue(keys)}`);
       const unique = [...new Set(keys.map((key, i) => this.#objectKey(key, `keys[${i}]`)))];
-      for (let i = 0; i < unique.length; i += DELETE_BATCH) {
-        const batch = unique.slice(i, i + DELETE_BATCH);
+      // DeleteObjects names keys in an XML body, and some S3-compatible
+      // servers trim the whitespace around XML text: a key that starts or ends
+      // with whitespace would then silently stay. Those go one by one, by URL.
+      const alone = unique.filter((Key) => /^\s|\s$/.test(Key));
+      const batched = unique.filter((Key) => !/^\s|\s$/.test(Key));
+      for (const Key of alone) {
+        try {
+          await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key }));
+        } catch (err) {
+          throw this.#error('delete', Key.slice(this.#prefix.length), err);
+        }
+      }
+      for (let i = 0; i < batched.length; i += DELETE_BATCH) {
+        const batch = batched.slice(i, i + DELETE_BATCH);
         let failed: { Key?: string; Code?: string; Message?: string } | undefined;
         try {
           const out = await this.#client.send(new DeleteObjectsCommand({
@@ -328,7 +341,8 @@ export class S3Archive implements Archive {
           }));
           failed = out.Errors?.[0];
         } catch (err) {
-          throw this.#error('delete', batch.length === 1 ? batch[0]!.slice(this.#prefix.length) : `${batch[0]!.slice(this.#prefix.length)} and ${batch.length - 1} more`, err);
+          const first = batch[0]!.slice(this.#prefix.length);
+          throw this.#error('delete', batch.length === 1 ? first : `${first}" and ${batch.length - 1} more "`, err);
         }
         if (failed !== undefined) {
           const err = Object.assign(new Error(failed.Message ?? 'no message'), { name: failed.Code ?? 'Error', Code: failed.Code });
