@@ -4,7 +4,7 @@
  * handles go, destroying the streams handed out, and turning a stream's raw
  * I/O error into the archive's error contract (durability/archive.ts).
  */
-import { PassThrough, type Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { ErrorCode, SyncError } from '../errors.js';
 
 /** The error of every call made after close (durability/archive.ts). */
@@ -45,13 +45,24 @@ export class ArchiveLifecycle {
    * (for S3 that releases the connection).
    */
   adopt(source: Readable, mapError: (err: unknown) => Error): Readable {
-    const out = new PassThrough();
-    source.on('error', (err) => out.destroy(mapError(err)));
-    out.once('close', () => {
-      this.#streams.delete(out);
-      source.destroy();
+    // Not source.pipe(): pipe puts an 'error' listener on its destination,
+    // and close() needs to know whether the caller listens.
+    const out = new Readable({
+      read() {
+        source.resume();
+      },
+      destroy(err, callback) {
+        source.destroy();
+        callback(err);
+      },
     });
-    source.pipe(out);
+    source.on('data', (chunk: Buffer) => {
+      if (!out.push(chunk)) source.pause();
+    });
+    source.pause();
+    source.once('end', () => out.push(null));
+    source.on('error', (err) => out.destroy(mapError(err)));
+    out.once('close', () => this.#streams.delete(out));
     this.#streams.add(out);
     return out;
   }
@@ -61,7 +72,12 @@ export class ArchiveLifecycle {
     this.#closing ??= (async () => {
       // run() refuses new calls from here on, so this set only shrinks.
       await Promise.allSettled([...this.#pending]);
-      for (const stream of this.#streams) stream.destroy(archiveClosedError(this.#location));
+      // A reader gets STORE_CLOSED; a stream nobody listens to is destroyed
+      // quietly, since an 'error' without a listener would crash the process.
+      for (const stream of this.#streams) {
+        if (stream.listenerCount('error') > 0) stream.destroy(archiveClosedError(this.#location));
+        else stream.destroy();
+      }
       this.#streams.clear();
       await release();
     })();

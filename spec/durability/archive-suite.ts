@@ -443,12 +443,15 @@ export function archiveSuite(name: string, makeFixture: () => Promise<ArchiveFix
         expectCode(await errorOf(archive.delete(['k'])), ErrorCode.StoreClosed);
       });
 
-      it('destroys get streams still open', async () => {
+      it('destroys get streams still open: a reader gets STORE_CLOSED, an unread stream just ends', async () => {
         await archive.put('k', randomBytes(4 * 1024 * 1024));
-        const stream = (await archive.get('k'))!;
+        const read = (await archive.get('k'))!;
+        const unread = (await archive.get('k'))!;
+        const reading = errorOf(readAll(read));
         await archive.close();
-        expect(stream.destroyed).to.equal(true);
-        expectCode(await errorOf(readAll(stream)), ErrorCode.StoreClosed);
+        expect(read.destroyed).to.equal(true);
+        expect(unread.destroyed).to.equal(true);
+        expectCode(await reading, ErrorCode.StoreClosed);
       });
     });
 
