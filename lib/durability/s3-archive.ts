@@ -13,7 +13,7 @@
  * endpoint that drops packets about 10 s (3 x 3 s connect); a server that
  * accepts and then hangs about 60 s (3 x 20 s).
  */
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import {
   DeleteObjectCommand,
   DeleteObjectsCommand,
@@ -231,14 +231,23 @@ export class S3Archive implements Archive {
   }
 
   async #upload(key: string, Key: string, body: Readable, contentType: string): Promise<void> {
-    let bodyError: unknown;
-    const onBodyError = (err: unknown): void => {
-      bodyError ??= err;
+    // Upload gets its own stream: when a part fails it stops reading and
+    // destroys what it reads, and that must not pass for the producer's failure.
+    const feed = new PassThrough();
+    let bodyFailure: unknown;
+    const fail = (err: unknown): void => {
+      bodyFailure ??= err;
+      feed.destroy(bodyFailure as Error);
     };
-    body.on('error', onBodyError);
+    const onClose = (): void => {
+      if (!body.readableEnded) fail(Object.assign(new Error(`archive put body of ${JSON.stringify(key)} was destroyed before its end`), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    };
+    body.on('error', fail);
+    body.on('close', onClose);
+    body.pipe(feed);
     const upload = new Upload({
       client: this.#client,
-      params: { Bucket: this.#bucket, Key, Body: body, ContentType: contentType },
+      params: { Bucket: this.#bucket, Key, Body: feed, ContentType: contentType },
       partSize: this.#partSize,
       queueSize: this.#queueSize,
       leavePartsOnError: false,
@@ -246,13 +255,14 @@ export class S3Archive implements Archive {
     try {
       await upload.done();
     } catch (err) {
-      // The body's own failure (or its destruction by the producer) is the
-      // caller's, so it comes back as it was; the upload was aborted, nothing stored.
-      if (bodyError !== undefined) throw bodyError;
-      if (body.destroyed && !body.readableEnded) throw err;
+      // The producer's failure comes back as it was; the upload was aborted, nothing stored.
+      if (bodyFailure !== undefined) throw bodyFailure;
       throw this.#error('put', key, err);
     } finally {
-      body.off('error', onBodyError);
+      body.off('error', fail);
+      body.off('close', onClose);
+      body.unpipe(feed);
+      feed.destroy();
     }
   }
 

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createTcpServer, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { Archive, ArchiveObject } from '../../lib/durability/archive.js';
 import { S3Archive, type S3ArchiveOptions } from '../../lib/durability/s3-archive.js';
 import { ErrorCode, isSyncError } from '../../lib/errors.js';
@@ -226,6 +226,29 @@ describe('durability/s3-archive', () => {
         for (const socket of sockets) socket.destroy();
         await new Promise<void>((resolve) => silent.close(() => resolve()));
       }
+    });
+
+    it('answers STORAGE_UNAVAILABLE when the server goes away in the middle of a multipart upload', async () => {
+      const archive = open({ partSizeBytes: 5 * 1024 * 1024, uploadConcurrency: 1 });
+      await archive.put('big', b('previous'));
+      let produced = 0;
+      const body = new Readable({
+        read() {
+          if (produced >= 24 * 1024 * 1024) {
+            this.push(null);
+            return;
+          }
+          produced += 1024 * 1024;
+          // The first part has been handed over by then; the server dies before the rest.
+          if (produced === 12 * 1024 * 1024) void server.stop().then(() => this.push(randomBytes(1024 * 1024)));
+          else this.push(randomBytes(1024 * 1024));
+        },
+      });
+      const err = await errorOf(archive.put('big', body));
+      expectCode(err, ErrorCode.StorageUnavailable);
+      expect(body.destroyed).to.equal(true);
+      await server.restart();
+      expect(await readAll((await archive.get('big'))!)).to.deep.equal(b('previous'));
     });
 
     it('errors a get stream cut by an outage with STORAGE_UNAVAILABLE', async () => {
