@@ -58,9 +58,11 @@ export interface Archive {
   /**
    * The object as a stream, or undefined when there is none. A transient
    * failure while the stream is read destroys it with SyncError
-   * STORAGE_UNAVAILABLE. Consume or destroy the stream promptly: an S3
-   * stream holds a connection, and one left unread longer than the idle
-   * timeout fails; `close()` destroys streams still open.
+   * STORAGE_UNAVAILABLE; like any stream it then emits 'error', so read it
+   * (or listen for 'error') at once. Consume or destroy the stream promptly:
+   * an S3 stream holds a connection, and one left unread longer than the
+   * idle timeout fails. `close()` destroys streams still open (a reader gets
+   * STORE_CLOSED).
    */
   get(key: string): Promise<Readable | undefined>;
   /**

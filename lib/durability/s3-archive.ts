@@ -167,7 +167,7 @@ export class S3Archive implements Archive {
     if (bucket === undefined) throw new TypeError('S3 archive option bucket: required');
     const region = optionalString(options.region, 'region') ?? 'us-east-1';
     const endpoint = optionalString(options.endpoint, 'endpoint');
-    if (endpoint !== undefined && !URL.canParse(endpoint)) throw new TypeError(`S3 archive option endpoint: expected a URL such as http://127.0.0.1:9000, got ${describeValue(endpoint)}`);
+    if (endpoint !== undefined && !(URL.canParse(endpoint) && ['http:', 'https:'].includes(new URL(endpoint).protocol))) throw new TypeError(`S3 archive option endpoint: expected a URL such as http://127.0.0.1:9000, got ${describeValue(endpoint)}`);
     const accessKeyId = optionalString(options.accessKeyId, 'accessKeyId');
     const secretAccessKey = optionalString(options.secretAccessKey, 'secretAccessKey');
     const sessionToken = optionalString(options.sessionToken, 'sessionToken');

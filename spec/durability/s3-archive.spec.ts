@@ -109,6 +109,7 @@ describe('durability/s3-archive', () => {
         [{ bucket: '' }, /bucket/],
         [{ bucket: undefined as unknown as string }, /bucket: required/],
         [{ ...base, endpoint: 'not a url' }, /endpoint/],
+        [{ ...base, endpoint: 'localhost:9000' }, /endpoint/],
         [{ ...base, accessKeyId: 'id' }, /accessKeyId and secretAccessKey/],
         [{ ...base, sessionToken: 'tok' }, /sessionToken/],
         [{ ...base, forcePathStyle: 'yes' as unknown as boolean }, /forcePathStyle/],
