@@ -114,6 +114,7 @@ export const ERROR_DISPOSITIONS: Readonly<Record<ErrorCode, ErrorDisposition>> =
   NOT_FOUND: { status: 404, fatal: false },
   METHOD_NOT_ALLOWED: { status: 405, fatal: false },
   STORE_CLOSED: { status: 503, fatal: false, close: CloseCode.TryAgainLater },
+  // The archive (S3 or a mounted volume) did not answer in time: a retry may succeed.
   STORAGE_UNAVAILABLE: { status: 503, fatal: false, close: CloseCode.TryAgainLater },
   SHUTTING_DOWN: { status: 503, fatal: false, close: CloseCode.GoingAway },
   INTERNAL_ERROR: { status: 500, fatal: false, close: CloseCode.InternalError },

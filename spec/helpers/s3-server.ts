@@ -1,0 +1,117 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { S3ArchiveOptions } from '../../lib/durability/s3-archive.js';
+import { makeTempDir, removeTempDir } from './tmp-dir.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const SCRIPT = fileURLToPath(new URL('./s3-server-process.ts', import.meta.url));
+
+/** A real S3-compatible server (s3rver, in a child process) on 127.0.0.1, with one bucket. */
+export interface S3TestServer {
+  /** http://127.0.0.1:<port>, the same across restarts. */
+  readonly endpoint: string;
+  readonly bucket: string;
+  /** s3rver's fixed credentials: it checks request signatures against them. */
+  readonly accessKeyId: string;
+  readonly secretAccessKey: string;
+  /** s3rver's continuation tokens only work for us-east-1. */
+  readonly region: string;
+  /** Options for an S3Archive on this server (path-style, its credentials), plus `extra`. */
+  archiveOptions(extra?: Partial<S3ArchiveOptions>): S3ArchiveOptions;
+  /** True while the server process runs. */
+  running(): boolean;
+  /** Kills the server process (an outage: connections are refused, open ones reset). Its data stays. */
+  stop(): Promise<void>;
+  /** Starts the server again on the same port over the same data (stops it first if it runs). */
+  restart(): Promise<void>;
+  /** Stops the server and removes its data. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+interface Running { child: ChildProcess; exited: Promise<void> }
+
+async function launch(dir: string, port: number, bucket: string): Promise<{ port: number; proc: Running }> {
+  const child = spawn(process.execPath, ['--openssl-legacy-provider', '--import', 'tsx', SCRIPT, dir, String(port), bucket], {
+    cwd: ROOT,
+    // stdin stays open so the child exits when this process goes away.
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let out = '';
+  let err = '';
+  child.stderr!.setEncoding('utf8').on('data', (text: string) => { err = (err + text).slice(-10_000); });
+  const listening = await new Promise<number>((resolve, reject) => {
+    child.stdout!.setEncoding('utf8').on('data', (text: string) => {
+      out += text;
+      const match = /LISTENING (\d+)/.exec(out);
+      if (match) resolve(Number(match[1]));
+    });
+    void exited.then(() => reject(new Error(`s3rver exited before listening on port ${port}:\n${err}`)));
+  });
+  return { port: listening, proc: { child, exited } };
+}
+
+async function halt(proc: Running | undefined): Promise<void> {
+  if (proc === undefined) return;
+  if (proc.child.exitCode === null && proc.child.signalCode === null) proc.child.kill('SIGKILL');
+  await proc.exited;
+}
+
+/**
+ * Starts s3rver on 127.0.0.1 on a free port, over a fresh temp directory,
+ * with bucket `bucket`. Use with S3Archive's `forcePathStyle: true`.
+ */
+export async function startS3Server(bucket = 'archive-test'): Promise<S3TestServer> {
+  if (bucket.length < 3) throw new TypeError('S3 bucket names have at least 3 characters');
+  const dir = await makeTempDir('s3rver-');
+  let first: { port: number; proc: Running };
+  try {
+    first = await launch(dir, 0, bucket);
+  } catch (err) {
+    await removeTempDir(dir);
+    throw err;
+  }
+  const port = first.port;
+  let proc: Running | undefined = first.proc;
+  let closed = false;
+  const server: S3TestServer = {
+    endpoint: `http://127.0.0.1:${port}`,
+    bucket,
+    accessKeyId: 'S3RVER',
+    secretAccessKey: 'S3RVER',
+    region: 'us-east-1',
+    archiveOptions(extra = {}) {
+      return {
+        bucket, endpoint: server.endpoint, region: server.region, forcePathStyle: true,
+        accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey, ...extra,
+      };
+    },
+    running: () => proc !== undefined && proc.child.exitCode === null && proc.child.signalCode === null,
+    async stop() {
+      const current = proc;
+      proc = undefined;
+      await halt(current);
+    },
+    async restart() {
+      if (closed) throw new Error('the S3 test server is closed');
+      await server.stop();
+      // The port was ours a moment ago; another process may take it in between, rarely.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          proc = (await launch(dir, port, bucket)).proc;
+          return;
+        } catch (err) {
+          if (attempt >= 5) throw err;
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+      }
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await server.stop();
+      await removeTempDir(dir);
+    },
+  };
+  return server;
+}
