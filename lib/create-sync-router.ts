@@ -3,9 +3,11 @@ import type { Duplex } from 'node:stream';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { Registry } from 'prom-client';
 import { parseOptions, type Config, type SyncRouterOptions } from './config/options.js';
-import { createMetrics, type Metrics } from './metrics/metrics.js';
+import { createArchiveMetrics, createMetrics, type Metrics } from './metrics/metrics.js';
 import { Coordinator } from './service/coordinator.js';
 import { openLevelReplica } from './replica/open-level.js';
+import { Durability } from './durability/durability.js';
+import { lazyArchive } from './durability/lazy-archive.js';
 import type { ReplicaOptions } from './replica/replica.js';
 import { databaseDirectory } from './storage/database-id.js';
 import { mountRoutes } from './http/routes.js';
@@ -54,8 +56,9 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   const inbound = createInboundBudget({ limitBytes: config.maxInboundBytes, maxMessageBytes: config.maxMessageBytes });
   const metrics = createMetrics(config.registry, inbound);
   const limits = createLimits(config, metrics);
+  const durability = createDurability(config);
   const replicas = replicaOptions(config);
-  const coordinator = new Coordinator(config, metrics, {
+  const coordinator = new Coordinator(config, metrics, durability ?? {
     open: (id) => openLevelReplica(databaseDirectory(config.dataDir, id), replicas),
     close: (_id, replica) => replica.close(),
   }, limits);
@@ -109,7 +112,7 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
     return coordinator.close(async function closeTransports() {
       routes.close();
       await upgrades.close();
-    });
+    }).then(() => durability?.shutdown());
   }
 
   const sync = Object.assign(router, {
@@ -139,4 +142,30 @@ function replicaOptions(config: Config): ReplicaOptions {
     syncWrites: config.syncWrites,
     now: config.now,
   };
+}
+
+/**
+ * The durability layer when the config names an archive (`s3` or
+ * `archive`), else undefined: one local disk holds everything. The S3
+ * implementation (and the AWS SDK) loads on first use.
+ */
+function createDurability(config: Config): Durability | undefined {
+  const { s3 } = config;
+  const archive = config.archive ?? (s3
+    ? lazyArchive(`s3://${s3.bucket}/${s3.keyPrefix ?? ''}`, async () => new (await import('./durability/s3-archive.js')).S3Archive(s3))
+    : undefined);
+  if (!archive) return undefined;
+  let durability: Durability | undefined;
+  const metrics = createArchiveMetrics(config.registry, () => durability?.figures() ?? { pendingTransactions: 0, outboxBytes: 0, lagSeconds: 0 });
+  durability = new Durability({
+    archive,
+    dataDir: config.dataDir,
+    replicaOptions: replicaOptions(config),
+    mode: config.s3Durability,
+    snapshots: { intervalMs: config.snapshotIntervalMs, changes: config.snapshotChanges, kept: config.snapshotsKept },
+    eviction: { enabled: config.diskEviction, idleMs: config.diskEvictionIdleMs },
+    metrics,
+    now: config.now,
+  });
+  return durability;
 }

@@ -38,6 +38,8 @@ export interface ReplicaSource {
   open(databaseId: string): Promise<Replica>;
   /** Closes a replica `open` gave (the pool calls it when it evicts or shuts down). */
   close(databaseId: string, replica: Replica): Promise<void>;
+  /** What `/status` shows of it (the durable archive's state), if anything. */
+  status?(): object;
 }
 
 /** A WebSocket handshake's claims (docs/protocol.md §4), not yet checked. */
@@ -81,6 +83,8 @@ export interface CoordinatorStatus {
   uptime: number;
   openStores: number;
   connectedClients: number;
+  /** The durable archive's state, when one is configured. */
+  archive?: object;
 }
 
 /**
@@ -97,6 +101,7 @@ export class Coordinator {
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly streams = new Set<Promise<unknown>>();
   private readonly tokens: TokenList;
+  private readonly replicas: ReplicaSource;
   private sweepTimer?: NodeJS.Timeout;
   private closing?: Promise<void>;
   private readonly limits?: Limits;
@@ -119,6 +124,7 @@ export class Coordinator {
       open: (id) => replicas.open(id),
       close: (replica, id) => replicas.close(id, replica),
     });
+    this.replicas = replicas;
     if (config.sweepIntervalMs > 0) {
       this.sweepTimer = setInterval(() => void this.sweepOpen(), config.sweepIntervalMs);
       this.sweepTimer.unref();
@@ -215,7 +221,7 @@ export class Coordinator {
     try {
       lease = await this.openDatabase(caller.databaseId);
     } catch (err) {
-      if (isSyncError(err) && err.code === ErrorCode.ShuttingDown) throw err;
+      if (isSyncError(err) && (err.code === ErrorCode.ShuttingDown || err.code === ErrorCode.StorageUnavailable)) throw err;
       log('cannot open %s for a client: %s', caller.databaseId, messageOf(err));
       throw new SyncError(ErrorCode.Internal, `the server could not open database ${caller.databaseId}; try again later`, { cause: err });
     }
@@ -436,6 +442,7 @@ export class Coordinator {
       uptime: (Date.now() - this.startedAt) / 1000,
       openStores: this.pool.size,
       connectedClients: this.hub.size,
+      ...(this.replicas.status ? { archive: this.replicas.status() } : {}),
     };
   }
 

@@ -1,0 +1,273 @@
+import { expect } from 'chai';
+import { rename, rm, readdir, access } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startTestServer, type TestServer } from '../helpers/server.js';
+import { TestSite } from '../helpers/changes.js';
+import { RawSocket } from '../helpers/raw-socket.js';
+import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
+import { eventually } from '../helpers/coordinator-process.js';
+import { openFsArchive, type FsArchive } from '../../lib/durability/fs-archive.js';
+import { databaseKey, parseBatchKey, parseSnapshotKey } from '../../lib/durability/layout.js';
+import { restoreDatabase } from '../../lib/durability/restore.js';
+import { databaseDirectory } from '../../lib/storage/database-id.js';
+import type { Durability } from '../../lib/durability/durability.js';
+import { compareHlc, hlcFromWire } from '../../lib/protocol/hlc.js';
+import type { SyncRouterOptions } from '../../lib/config/options.js';
+import type { ChangeSet, SnapshotChunk } from '../../lib/protocol/messages.js';
+
+const DB = 'acme:durable';
+
+/** The database's state as a snapshot shows it, minus what a restore legitimately changes. */
+async function state(server: TestServer, db = DB): Promise<unknown[]> {
+  const res = await fetch(`${server.baseUrl}/${db}/snapshot`, { headers: { 'x-site-id': new TestSite().wire } });
+  expect(res.status).to.equal(200);
+  return (await res.text()).trim().split('\n').map((line) => JSON.parse(line) as SnapshotChunk).map((chunk) => {
+    if (chunk.type === 'header' || chunk.type === 'footer') return { ...chunk, snapshotId: '' };
+    if (chunk.type === 'tombstone') return { ...chunk, entries: chunk.entries.map((e) => ({ ...e, createdAt: 0 })) };
+    return chunk;
+  });
+}
+
+async function changesAfter(server: TestServer, cursor: string | undefined, db = DB): Promise<ChangeSet[]> {
+  const out: ChangeSet[] = [];
+  for (let at = cursor; ;) {
+    const url = `${server.baseUrl}/${db}/changes${at ? `?sinceHLC=${encodeURIComponent(at)}` : ''}`;
+    const body = await (await fetch(url, { headers: { 'x-site-id': new TestSite().wire } })).json() as { data: { changes: ChangeSet[]; hasMore: boolean } };
+    out.push(...body.data.changes);
+    if (!body.data.hasMore) return out;
+    at = body.data.changes.at(-1)!.hlc;
+  }
+}
+
+/** Writes `n` transactions (some overwrites and deletes) over WebSocket; returns the acks. */
+async function write(server: TestServer, site: TestSite, n: number, from = 0, db = DB): Promise<string[]> {
+  const { socket, reply } = await RawSocket.handshake(server.wsUrl, db, site.wire);
+  expect(reply.type).to.equal('handshake_ack');
+  const acks: string[] = [];
+  try {
+    for (let i = from; i < from + n; i++) {
+      const changes = i % 7 === 3 ? [{ pk: [i - 3], delete: true }] : [{ pk: [i % 50], value: `v${i}` }, { pk: [i], column: 'other', value: i }];
+      const res = await socket.request({ type: 'apply_changes', requestId: String(i), changes: [site.txn(changes)] }, ['apply_result', 'error']) as { type: string; code?: string };
+      acks.push(res.type === 'apply_result' ? 'ok' : String(res.code));
+    }
+  } finally {
+    await socket.close();
+  }
+  return acks;
+}
+
+describe('durability (with a directory archive)', () => {
+  let archiveDir: string;
+  let dataDir: string;
+  const servers: TestServer[] = [];
+  const archives: FsArchive[] = [];
+
+  beforeEach(async () => {
+    archiveDir = await makeTempDir('archive-');
+    dataDir = await makeTempDir('data-');
+  });
+  afterEach(async () => {
+    await Promise.all(servers.splice(0).map((s) => s.close()));
+    await Promise.all(archives.splice(0).map((a) => a.close()));
+    await removeTempDir(archiveDir);
+    await removeTempDir(dataDir);
+  });
+
+  async function start(options: SyncRouterOptions = {}): Promise<TestServer> {
+    const archive = await openFsArchive(archiveDir);
+    archives.push(archive);
+    const server = await startTestServer({ dataDir, archive, batchSize: 100, ...options });
+    servers.push(server);
+    return server;
+  }
+
+  function durabilityOf(server: TestServer): Durability {
+    return (server.sync.coordinator as unknown as { replicas: Durability }).replicas;
+  }
+
+  async function stop(server: TestServer): Promise<void> {
+    servers.splice(servers.indexOf(server), 1);
+    await server.close();
+  }
+
+  it('restores a wiped database identical, keeping its site id, stamps and cursors', async () => {
+    const first = await start();
+    const site = new TestSite();
+    expect(await write(first, site, 300)).to.deep.equal(Array(300).fill('ok'));
+    const before = await state(first);
+    const log = await changesAfter(first, undefined);
+    const cursor = log[Math.floor(log.length / 2)]!.hlc;
+    const after = await changesAfter(first, cursor);
+    await durabilityOf(first).snapshotNow(DB);
+    expect(await write(first, site, 50, 300)).to.deep.equal(Array(50).fill('ok'));
+    const final = await state(first);
+    const finalAfter = await changesAfter(first, cursor);
+    expect(finalAfter.length).to.be.greaterThan(after.length - 50);
+    await stop(first);
+
+    await rm(dataDir, { recursive: true, force: true });
+    const second = await start();
+    expect(await state(second)).to.deep.equal(final);
+    expect(before).to.not.deep.equal(final);
+    // A cursor handed out before the wipe gets exactly what came after it.
+    expect(await changesAfter(second, cursor)).to.deep.equal(finalAfter);
+    expect((await second.sync.coordinator.status()).archive).to.include({ restores: 1 });
+    // New stamps continue above the restored ones.
+    await write(second, site, 1, 1000);
+    const newest = (await changesAfter(second, log.at(-1)!.hlc)).at(-1)!;
+    expect(compareHlc(hlcFromWire(newest.hlc), hlcFromWire(log.at(-1)!.hlc))).to.equal(1);
+  });
+
+  it('skips a corrupt newest snapshot and still restores identical', async () => {
+    const first = await start();
+    const site = new TestSite();
+    await write(first, site, 100);
+    await durabilityOf(first).snapshotNow(DB);
+    await write(first, site, 100, 100);
+    const newest = await durabilityOf(first).snapshotNow(DB);
+    await write(first, site, 20, 200);
+    expect(await durabilityOf(first).flush(DB)).to.equal(true);
+    const final = await state(first);
+    await stop(first);
+    // Flip bytes in the middle of the newest snapshot object.
+    const archive = await openFsArchive(archiveDir);
+    archives.push(archive);
+    const chunks: Buffer[] = [];
+    for await (const chunk of (await archive.get(newest!))!) chunks.push(chunk as Buffer);
+    const bytes = Buffer.concat(chunks);
+    bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+    await archive.put(newest!, bytes);
+
+    await rm(dataDir, { recursive: true, force: true });
+    const second = await start();
+    expect(await state(second)).to.deep.equal(final);
+    const metrics = await (await fetch(`${second.baseUrl}/metrics`)).text();
+    expect(metrics).to.match(/^sync_archive_snapshots_skipped_total 1$/m);
+  });
+
+  it('in ack mode, refuses writes while the archive is gone and stores nothing of them', async () => {
+    const server = await start({ s3Durability: 'ack' });
+    const site = new TestSite();
+    expect(await write(server, site, 10)).to.deep.equal(Array(10).fill('ok'));
+    const before = await state(server);
+    // The archive's volume disappears (its marker goes with it).
+    await rename(archiveDir, `${archiveDir}.gone`);
+    try {
+      expect(await write(server, site, 5, 10)).to.deep.equal(Array(5).fill('STORAGE_UNAVAILABLE'));
+      expect(await state(server)).to.deep.equal(before);
+      const http = await fetch(`${server.baseUrl}/${DB}/changes`, {
+        method: 'POST', headers: { 'content-type': 'application/json', 'x-site-id': site.wire }, body: JSON.stringify({ changes: [site.txn([{ pk: [1], value: 'x' }])] }),
+      });
+      expect(http.status).to.equal(503);
+      expect(((await http.json()) as { error: { code: string } }).error.code).to.equal('STORAGE_UNAVAILABLE');
+    } finally {
+      await rename(`${archiveDir}.gone`, archiveDir);
+    }
+    expect(await write(server, site, 5, 20)).to.deep.equal(Array(5).fill('ok'));
+  });
+
+  it('in async mode, acknowledges through an outage and archives everything once the archive is back', async () => {
+    const first = await start();
+    const site = new TestSite();
+    await write(first, site, 20);
+    expect(await durabilityOf(first).flush(DB)).to.equal(true);
+    await rename(archiveDir, `${archiveDir}.gone`);
+    expect(await write(first, site, 30, 20)).to.deep.equal(Array(30).fill('ok'));
+    const pending = await (await fetch(`${first.baseUrl}/metrics`)).text();
+    expect(Number(/^sync_archive_pending_transactions (\S+)$/m.exec(pending)![1])).to.be.greaterThan(0);
+    await rename(`${archiveDir}.gone`, archiveDir);
+    expect(await durabilityOf(first).flush(DB, 60_000)).to.equal(true);
+    const final = await state(first);
+    await stop(first);
+    await rm(dataDir, { recursive: true, force: true });
+    const second = await start();
+    expect(await state(second)).to.deep.equal(final);
+  });
+
+  it('evicts an idle, fully archived database from disk; the next read restores it identical', async () => {
+    const server = await start({ storeIdleMs: 100, diskEvictionIdleMs: 200 });
+    await write(server, new TestSite(), 40);
+    const final = await state(server);
+    const dir = databaseDirectory(dataDir, DB);
+    expect(await eventually(async () => !(await exists(dir)), 200, 50), 'evicted from disk').to.equal(true);
+    expect(await state(server)).to.deep.equal(final);
+    expect(await exists(dir)).to.equal(true);
+    const metrics = await (await fetch(`${server.baseUrl}/metrics`)).text();
+    expect(metrics).to.match(/^sync_disk_evictions_total 1$/m);
+    expect(metrics).to.match(/^sync_archive_restores_total\{result="restored"\} 1$/m);
+  });
+
+  it('never evicts a database whose archive lags', async () => {
+    const server = await start({ storeIdleMs: 100, diskEvictionIdleMs: 200 });
+    await write(server, new TestSite(), 5);
+    expect(await durabilityOf(server).flush(DB)).to.equal(true);
+    await rename(archiveDir, `${archiveDir}.gone`);
+    try {
+      await write(server, new TestSite(), 5, 5);
+      // Idle long past the eviction time, the archive still lagging.
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      expect(await exists(databaseDirectory(dataDir, DB)), 'still on disk').to.equal(true);
+    } finally {
+      await rename(`${archiveDir}.gone`, archiveDir);
+    }
+    // Once the archive is back, the closed database is archived and then evicted.
+    expect(await eventually(async () => !(await exists(databaseDirectory(dataDir, DB))), 300, 50)).to.equal(true);
+  });
+
+  it('refuses to restore across a missing batch instead of losing changes silently', async () => {
+    const first = await start();
+    await write(first, new TestSite(), 30);
+    expect(await durabilityOf(first).flush(DB)).to.equal(true);
+    await stop(first);
+    const archive = await openFsArchive(archiveDir);
+    archives.push(archive);
+    const batches: string[] = [];
+    for await (const o of archive.list(`${databaseKey(DB)}batches/`)) batches.push(o.key);
+    expect(batches.length).to.be.greaterThan(1);
+    await archive.delete([batches[0]!]);
+    const target = join(dataDir, 'restored');
+    let error: unknown;
+    await restoreDatabase(archive, DB, target).catch((err) => { error = err; });
+    expect(String(error)).to.contain('gap');
+    expect(await exists(target), 'nothing left behind').to.equal(false);
+    expect((await readdir(dataDir)).filter((name) => name.includes('restoring'))).to.deep.equal([]);
+  });
+
+  it('keeps only snapshotsKept snapshots and deletes the batches they make unnecessary', async () => {
+    const server = await start({ snapshotsKept: 2 });
+    const site = new TestSite();
+    for (let round = 0; round < 4; round++) {
+      await write(server, site, 20, round * 20);
+      expect(await durabilityOf(server).flush(DB)).to.equal(true);
+      await durabilityOf(server).snapshotNow(DB);
+    }
+    const archive = await openFsArchive(archiveDir);
+    archives.push(archive);
+    const keys: string[] = [];
+    for await (const o of archive.list(databaseKey(DB))) keys.push(o.key);
+    const snapshots = keys.filter((k) => parseSnapshotKey(DB, k));
+    expect(snapshots).to.have.length(2);
+    const manifest = JSON.parse((await readAll(archive, `${databaseKey(DB)}manifest.json`)).toString()) as { snapshots: { key: string }[] };
+    expect(manifest.snapshots.map((s) => s.key).sort()).to.deep.equal(snapshots.sort());
+    // Batches the oldest kept snapshot covers are gone; those after it stay (a fallback if the newest is corrupt).
+    const oldest = snapshots.map((k) => parseSnapshotKey(DB, k)!.stamp).sort(Buffer.compare)[0]!;
+    const batches = keys.map((k) => parseBatchKey(DB, k)).filter((b) => b !== undefined);
+    expect(batches.length).to.be.greaterThan(0);
+    for (const b of batches) expect(Buffer.compare(b.last, oldest), 'a kept batch ends after the oldest kept snapshot').to.equal(1);
+  });
+});
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function readAll(archive: FsArchive, key: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of (await archive.get(key))!) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
