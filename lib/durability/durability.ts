@@ -1,4 +1,4 @@
-import { access, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { gzip as gzipCallback } from 'node:zlib';
 import { SyncError, ErrorCode, isSyncError, messageOf } from '../errors.js';
@@ -7,6 +7,7 @@ import type { ArchiveMetrics } from '../metrics/metrics.js';
 import { openLevelReplica } from '../replica/open-level.js';
 import type { CommitInfo, Replica, ReplicaOptions, StampedCommit } from '../replica/replica.js';
 import { databaseDirectory } from '../storage/database-id.js';
+import { pathExists } from '../storage/leveldb.js';
 import type { ReplicaSource } from '../service/coordinator.js';
 import type { Archive } from './archive.js';
 import { batchKey } from './layout.js';
@@ -171,7 +172,7 @@ export class Durability implements ReplicaSource {
   private async openLocked(databaseId: string): Promise<Replica> {
     const { archive, dataDir, metrics } = this.options;
     const dir = databaseDirectory(dataDir, databaseId);
-    if (!(await exists(dir))) {
+    if (!(await pathExists(dir))) {
       let result;
       try {
         result = await restoreDatabase(archive, databaseId, dir, {
@@ -296,14 +297,5 @@ export class Durability implements ReplicaSource {
     this.locks.set(databaseId, settled);
     void settled.then(() => { if (this.locks.get(databaseId) === settled) this.locks.delete(databaseId); });
     return run;
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
   }
 }

@@ -86,7 +86,7 @@ export async function openLevelStore(dir: string, options: LevelStoreOptions = {
   const createIfMissing = options.createIfMissing !== false;
   if (createIfMissing) {
     await mkdir(dir, { recursive: true });
-  } else if (!(await exists(dir))) {
+  } else if (!(await pathExists(dir))) {
     // Checked here because LevelDB creates the directory (with LOCK and LOG
     // files) even when it then refuses to create the database.
     throw notFoundError(dir);
@@ -107,7 +107,8 @@ export async function openLevelStore(dir: string, options: LevelStoreOptions = {
   return new LevelStore(db, down, dir);
 }
 
-async function exists(path: string): Promise<boolean> {
+/** Whether `path` exists (false only for ENOENT; other errors, like EACCES, are thrown). */
+export async function pathExists(path: string): Promise<boolean> {
   try {
     await stat(path);
     return true;

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { rename, rm, readdir, access } from 'node:fs/promises';
+import { rename, rm, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
@@ -10,6 +10,7 @@ import { openFsArchive, type FsArchive } from '../../lib/durability/fs-archive.j
 import { databaseKey, parseBatchKey, parseSnapshotKey } from '../../lib/durability/layout.js';
 import { restoreDatabase } from '../../lib/durability/restore.js';
 import { databaseDirectory } from '../../lib/storage/database-id.js';
+import { pathExists } from '../../lib/storage/leveldb.js';
 import type { Durability } from '../../lib/durability/durability.js';
 import { compareHlc, hlcFromWire } from '../../lib/protocol/hlc.js';
 import type { SyncRouterOptions } from '../../lib/config/options.js';
@@ -189,9 +190,9 @@ describe('durability (with a directory archive)', () => {
     await write(server, new TestSite(), 40);
     const final = await state(server);
     const dir = databaseDirectory(dataDir, DB);
-    expect(await eventually(async () => !(await exists(dir)), 200, 50), 'evicted from disk').to.equal(true);
+    expect(await eventually(async () => !(await pathExists(dir)), 200, 50), 'evicted from disk').to.equal(true);
     expect(await state(server)).to.deep.equal(final);
-    expect(await exists(dir)).to.equal(true);
+    expect(await pathExists(dir)).to.equal(true);
     const metrics = await (await fetch(`${server.baseUrl}/metrics`)).text();
     expect(metrics).to.match(/^sync_disk_evictions_total 1$/m);
     expect(metrics).to.match(/^sync_archive_restores_total\{result="restored"\} 1$/m);
@@ -206,12 +207,12 @@ describe('durability (with a directory archive)', () => {
       await write(server, new TestSite(), 5, 5);
       // Idle long past the eviction time, the archive still lagging.
       await new Promise((resolve) => setTimeout(resolve, 1500));
-      expect(await exists(databaseDirectory(dataDir, DB)), 'still on disk').to.equal(true);
+      expect(await pathExists(databaseDirectory(dataDir, DB)), 'still on disk').to.equal(true);
     } finally {
       await rename(`${archiveDir}.gone`, archiveDir);
     }
     // Once the archive is back, the closed database is archived and then evicted.
-    expect(await eventually(async () => !(await exists(databaseDirectory(dataDir, DB))), 300, 50)).to.equal(true);
+    expect(await eventually(async () => !(await pathExists(databaseDirectory(dataDir, DB))), 300, 50)).to.equal(true);
   });
 
   it('refuses to restore across a missing batch instead of losing changes silently', async () => {
@@ -229,7 +230,7 @@ describe('durability (with a directory archive)', () => {
     let error: unknown;
     await restoreDatabase(archive, DB, target).catch((err) => { error = err; });
     expect(String(error)).to.contain('gap');
-    expect(await exists(target), 'nothing left behind').to.equal(false);
+    expect(await pathExists(target), 'nothing left behind').to.equal(false);
     expect((await readdir(dataDir)).filter((name) => name.includes('restoring'))).to.deep.equal([]);
   });
 
@@ -256,15 +257,6 @@ describe('durability (with a directory archive)', () => {
     for (const b of batches) expect(Buffer.compare(b.last, oldest), 'a kept batch ends after the oldest kept snapshot').to.equal(1);
   });
 });
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function readAll(archive: FsArchive, key: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
