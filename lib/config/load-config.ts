@@ -34,6 +34,12 @@ export interface LoadConfigOptions {
   configFile?: string;
   /** Base for relative paths (`configFile`, `dataDir`). @default process.cwd() */
   cwd?: string;
+  /**
+   * Whether the configuration is for a server that will listen. False (the
+   * CLI's restore and export) leaves out the warning about who can reach it.
+   * @default true
+   */
+  serving?: boolean;
 }
 
 /**
@@ -715,7 +721,7 @@ export function resolveConfig(options: LoadConfigOptions = {}): ResolvedConfig {
         `(set ${S3_FIELDS.bucket.env}, ${S3_FIELDS.bucket.flag} or "s3.bucket" in the config file): databases are stored only in ${JSON.stringify(config.dataDir)}`,
     );
   }
-  if (isWildcardHost(config.host) && config.authMode === 'none') {
+  if ((options.serving ?? true) && isWildcardHost(config.host) && config.authMode === 'none') {
     const origin = (key: ConfigSettingKey): string => (sources[key] === 'default' ? 'the default' : `from ${sources[key]}`);
     const reach = config.port === 0 ? 'the server' : `port ${config.port}`;
     warnings.push(
