@@ -19,9 +19,14 @@ export interface Progress {
   stop(): void;
 }
 
-/** A bar on `stream` when it is a terminal, plain lines otherwise; every line starts with `label`. */
-export function createProgress(label: string, stream: NodeJS.WriteStream = process.stderr): Progress {
-  return stream.isTTY ? new BarProgress(label, stream) : new LineProgress(label, stream);
+/**
+ * A bar on `stream` when it is a terminal (and `mode` is not `lines`), plain lines otherwise. Lines
+ * start with `label` (they may end up in a log among other programs'); a
+ * bar starts with `barLabel`, shorter, since a bar wider than the terminal
+ * is cut off.
+ */
+export function createProgress(label: string, barLabel: string, mode: 'auto' | 'lines' = 'auto', stream: NodeJS.WriteStream = process.stderr): Progress {
+  return mode === 'auto' && stream.isTTY ? new BarProgress(barLabel, stream) : new LineProgress(label, stream);
 }
 
 interface Phase {
@@ -81,14 +86,14 @@ class BarProgress implements Progress {
   #bar?: cliProgress.SingleBar;
 
   constructor(private readonly label: string, stream: NodeJS.WritableStream) {
-    this.#bars = new cliProgress.MultiBar({ stream, hideCursor: true, clearOnComplete: false, barsize: 30, autopadding: true }, cliProgress.Presets.shades_classic);
+    this.#bars = new cliProgress.MultiBar({ stream, hideCursor: true, clearOnComplete: false, barsize: 20 }, cliProgress.Presets.shades_classic);
   }
 
   phase(name: string, unit: string, total?: number): void {
     // Each phase keeps its finished line; the next gets a bar below it.
     const format = total === undefined
       ? `${this.label}: ${name}: {value} ${unit}`
-      : `${this.label}: ${name} {bar} {value}/{total} ${unit} {percentage}%`;
+      : `${this.label}: ${name} {bar} {percentage}% {value}/{total} ${unit}`;
     this.#bar = this.#bars.create(total ?? 0, 0, {}, { format });
   }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { once } from 'node:events';
-import { createWriteStream, readFileSync } from 'node:fs';
+import { createWriteStream, readFileSync, rmSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { resolve as resolvePath } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -206,7 +206,7 @@ async function parseArgs(): Promise<Args> {
     .command('export <db>', 'Write the snapshot of database <db> as NDJSON (the chunks of GET <base-path>/<db>/snapshot), from the data directory or else the S3 archive', (command) =>
       commonOptions(command
         .positional('db', { type: 'string', description: 'Database id' })
-        .option('out', { alias: 'o', type: 'string', description: 'File to write (replaced once complete) [default: stdout]' })
+        .option('out', { alias: 'o', type: 'string', description: 'File to write (replaced once complete; - for stdout) [default: stdout]' })
         .group(['out'], 'Export:')));
   // No yargs defaults anywhere: a flag the user did not type must not hide env or file values.
   return await args
@@ -342,7 +342,19 @@ async function runArchiveCommand(command: 'restore' | 'export', argv: Args): Pro
   const noArchive = `no archive is configured: set ${S3_SETTINGS.bucket.env}, ${S3_SETTINGS.bucket.flag} or "s3.bucket" in the config file`;
   if (command === 'restore' && !config.s3) die(EXIT_USAGE, `${label}: ${noArchive}`);
   const archive = config.s3 ? openS3Archive(config.s3) : undefined;
-  const progress = createProgress(`${label} ${databaseId}`);
+  const toStdout = command === 'export' && (argv.out === undefined || argv.out === '-');
+  // A bar redrawn on the terminal the NDJSON scrolls through would garble both.
+  const progress = createProgress(`${label} ${databaseId}`, `${command} ${databaseId}`, toStdout && process.stdout.isTTY ? 'lines' : 'auto');
+  const directory = databaseDirectory(config.dataDir, databaseId);
+  // The restore cannot be cut short cleanly; say what is left, in one line.
+  const onSignal = (signal: string): void => {
+    progress.stop();
+    const aside = command === 'restore' && argv.force === true ? `; the copy that was on disk may be in ${directory}.replaced-*` : '';
+    if (!toStdout && argv.out !== undefined) rmSync(partialOf(resolvePath(argv.out)), { force: true });
+    die(EXIT_FAILURE, `${label}: interrupted (${signal}) before it finished; nothing was ${command === 'restore' ? `restored into ${directory}` : 'exported'}${aside}`);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   const onSkip = (key: string, reason: string): void => progress.note(`${NAME}: warning: skipped unreadable snapshot ${key}: ${reason}`);
   const onRestoreProgress = restoreProgressPrinter(progress);
   const began = performance.now();
@@ -359,7 +371,6 @@ async function runArchiveCommand(command: 'restore' | 'export', argv: Args): Pro
       summary = `${NAME}: restored ${databaseId} from ${archive!.location} into ${result.directory}: ${restoreFigures(result)} in ${seconds()}` +
         (result.movedAside ? `; the copy that was on disk is now ${result.movedAside}` : '');
     } else {
-      const toStdout = argv.out === undefined || argv.out === '-';
       const written = await exportTo(toStdout ? undefined : resolvePath(argv.out!), (out) => exportSnapshot({
         ...(archive ? { archive } : {}), dataDir: config.dataDir, databaseId, out, replicaOptions, onSkip,
         onProgress: (p) => {
@@ -370,7 +381,7 @@ async function runArchiveCommand(command: 'restore' | 'export', argv: Args): Pro
       }));
       progress.stop();
       if (toStdout) summaryStream = process.stderr;
-      const from = written.source === 'local' ? `the store in ${databaseDirectory(config.dataDir, databaseId)}` : `${archive!.location} (${restoreFigures(written.restore!)})`;
+      const from = written.source === 'local' ? `the store in ${directory}` : `${archive!.location} (${restoreFigures(written.restore!)})`;
       summary = `${NAME}: exported ${databaseId} from ${from} to ${toStdout ? 'stdout' : resolvePath(argv.out!)}: ` +
         `${written.tables} tables, ${written.entries} entries, ${written.tombstones} tombstones, ${written.chunks} chunks, ${formatBytes(written.bytes)} in ${seconds()}`;
     }
@@ -379,7 +390,7 @@ async function runArchiveCommand(command: 'restore' | 'export', argv: Args): Pro
     await archive?.close().catch(() => undefined);
     if (err instanceof ConfigError && err.setting === 'dataDir') {
       const hint = command === 'export' && /in use/.test(err.problem)
-        ? ` (or GET ${config.basePath}/${databaseId}/snapshot from that server, or point ${CONFIG_SETTINGS.dataDir.flag} at an empty directory to export from the archive)`
+        ? ` (or GET ${config.basePath === '/' ? '' : config.basePath}/${databaseId}/snapshot from that server, or point ${CONFIG_SETTINGS.dataDir.flag} at an empty directory to export from the archive)`
         : '';
       die(EXIT_FAILURE, `${settingLabel(resolved, 'dataDir')}: ${err.problem}${hint}`);
     }
@@ -408,7 +419,7 @@ function restoreProgressPrinter(progress: Progress): (p: RestoreProgress) => voi
 /** `snapshot <key> (N entries) + M batches (T transactions), newest change <time>` of a restore. */
 function restoreFigures(result: RestoreResult): string {
   const parts = [
-    result.snapshot ? `snapshot ${result.snapshot} (${result.entries} entries)` : 'no snapshot',
+    result.snapshot ? `snapshot ${result.snapshot} (${result.entries} store entries)` : 'no snapshot',
     `${result.batches} batches (${result.transactions} transactions)`,
   ];
   const newest = result.stamp ? `, newest change stamped ${new Date(hlcWallTime(result.stamp)).toISOString()}` : '';
@@ -423,7 +434,7 @@ function restoreFigures(result: RestoreResult): string {
  */
 async function exportTo<T>(path: string | undefined, write: (out: Writable) => Promise<T>): Promise<T> {
   if (path === undefined) return write(process.stdout);
-  const partial = `${path}.partial-${process.pid}`;
+  const partial = partialOf(path);
   const file = createWriteStream(partial, { flags: 'wx' });
   try {
     await once(file, 'open');
@@ -439,6 +450,11 @@ async function exportTo<T>(path: string | undefined, write: (out: Writable) => P
     await rm(partial, { force: true });
     throw err;
   }
+}
+
+/** Where an export to `path` is written until it is complete. */
+function partialOf(path: string): string {
+  return `${path}.partial-${process.pid}`;
 }
 
 function formatBytes(bytes: number): string {

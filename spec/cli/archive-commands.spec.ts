@@ -161,7 +161,7 @@ describe('cli restore and export', function () {
       expect(lines(result.stdout)).to.have.length(1);
       expect(result.stdout).to.match(new RegExp(
         `^sync-coordinator: restored acme:notes from ${escapeRegExp(location())} into ${escapeRegExp(directory)}: ` +
-          'snapshot databases/\\S+/snapshots/\\S+\\.kv\\.gz \\(\\d+ entries\\) \\+ \\d+ batches \\(60 transactions\\), ' +
+          'snapshot databases/\\S+/snapshots/\\S+\\.kv\\.gz \\(\\d+ store entries\\) \\+ \\d+ batches \\(60 transactions\\), ' +
           'newest change stamped \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z in \\d+\\.\\d s\\n$',
       ));
       // Plain progress lines without a terminal: the snapshot's entries, then the batches up to all of them.
@@ -345,7 +345,7 @@ describe('cli restore and export', function () {
       expect(result.code, result.stderr).to.equal(0);
       expect(comparable(await readFile(join(cwd, 'snapshot.ndjson'), 'utf8'), { restored: true })).to.deep.equal(comparable(served, { restored: true }));
       expect(result.stdout).to.match(new RegExp(
-        `^sync-coordinator: exported acme:notes from ${escapeRegExp(location())} \\(snapshot \\S+ \\(\\d+ entries\\) \\+ \\d+ batches \\(60 transactions\\), newest change stamped \\S+Z\\) to `,
+        `^sync-coordinator: exported acme:notes from ${escapeRegExp(location())} \\(snapshot \\S+ \\(\\d+ store entries\\) \\+ \\d+ batches \\(60 transactions\\), newest change stamped \\S+Z\\) to `,
       ));
       const progress = lines(result.stderr);
       expect(progress.some((line) => /^sync-coordinator export acme:notes: replaying batches: \d+\/\d+ batches$/.test(line))).to.equal(true);
