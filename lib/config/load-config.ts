@@ -640,11 +640,16 @@ export interface ResolvedConfig {
 
 /**
  * Builds the standalone server's configuration from, highest precedence
- * first: `overrides` (the CLI), `SYNC_*` env vars, the JSON config file and
- * SERVER_DEFAULTS. Every value from every source is checked; a bad one is a
- * ConfigError naming its source and value. `dataDir` comes back absolute.
- * Returns a fresh object the caller may mutate. Warnings go to the
- * `sync-coordinator:config` debug log; `resolveConfig` returns them instead.
+ * first: `overrides` (the CLI), env vars (`SYNC_*`, and the reference
+ * product's `S3_*` and `DISK_EVICTION_*`), the JSON config file and
+ * SERVER_DEFAULTS. Each field of `s3` is taken from the highest source that
+ * sets it; S3 is on once a bucket is set (README "Storage and S3"). Every
+ * value from every source is checked, by the router's own rules where the
+ * router has one (OPTION_SPECS, checkS3); a bad one is a ConfigError naming
+ * its source and value (never a key's value). `dataDir` comes back
+ * absolute. Returns a fresh object the caller may mutate. Warnings go to
+ * the `sync-coordinator:config` debug log; `resolveConfig` returns them
+ * instead.
  */
 export function loadConfig(options: LoadConfigOptions = {}): CoordinatorConfig {
   const { config, warnings } = resolveConfig(options);
