@@ -1,12 +1,27 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { createWriteStream, readFileSync, rmSync } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import { resolve as resolvePath } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import type { Writable } from 'node:stream';
 import createDebug from 'debug';
-import yargs from 'yargs';
+import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { ConfigError, CONFIG_SETTINGS, parseCliOverrides, resolveConfig, type ConfigSettingKey, type ConfigText, type ResolvedConfig } from '../lib/config/load-config.js';
-import { SERVER_DEFAULTS } from '../lib/config/options.js';
-import { createCoordinatorServer, type CoordinatorServer } from '../lib/create-coordinator-server.js';
+import {
+  ConfigError, CONFIG_SETTINGS, S3_SETTINGS, parseCliOverrides, resolveConfig,
+  type ConfigSettingKey, type ConfigText, type ResolvedConfig, type S3SettingKey,
+} from '../lib/config/load-config.js';
+import { parseOptions, SERVER_DEFAULTS } from '../lib/config/options.js';
+import { createCoordinatorServer, routerOptionsOf, type CoordinatorServer } from '../lib/create-coordinator-server.js';
+import { exportSnapshot, openS3Archive, replicaOptionsOf, restoreIntoDataDir } from '../lib/durability/offline.js';
+import type { RestoreProgress, RestoreResult } from '../lib/durability/restore.js';
+import { isSyncError } from '../lib/errors.js';
 import { LOG_LAYERS, LOG_PREFIX } from '../lib/log.js';
+import { hlcWallTime } from '../lib/protocol/hlc.js';
+import type { ReplicaOptions } from '../lib/replica/replica.js';
+import { databaseDirectory, validateDatabaseId } from '../lib/storage/database-id.js';
+import { createProgress, type Progress } from './progress.js';
 
 const NAME = 'sync-coordinator';
 const DEFAULT_DEBUG = `${LOG_PREFIX}:*`;
@@ -116,15 +131,12 @@ function ignoreBrokenPipes(): void {
   }
 }
 
-async function main(): Promise<void> {
-  const argv = await yargs(hideBin(process.argv))
-    .scriptName(NAME)
-    .usage(`$0 [options]\n\nRuns a Quereus sync coordinator over HTTP and WebSocket.\nPrecedence: flags > SYNC_* env vars > config file > defaults.`)
-    // No yargs defaults anywhere: a flag the user did not type must not hide env or file values.
+/** Flags of the server only (the default command). */
+function serveOptions<T>(args: Argv<T>) {
+  return args
     .option('host', { type: 'string', description: describe('host', 'Interface to listen on') })
     .option('port', { type: 'string', description: describe('port', 'Port to listen on; 0 picks a free one') })
     .option('base-path', { type: 'string', description: describe('basePath', 'Mount path of the sync routes (WebSocket at <path>/ws)') })
-    .option('data-dir', { type: 'string', description: describe('dataDir', 'Directory of the database stores, relative to the working directory') })
     .option('cors-origin', { type: 'string', description: describe('corsOrigin', 'true, false, * or comma-separated origins') })
     .option('auth-mode', { type: 'string', description: describe('authMode', 'none or token-whitelist') })
     .option('auth-tokens', {
@@ -133,8 +145,71 @@ async function main(): Promise<void> {
     })
     .option('batch-size', { type: 'string', description: describe('batchSize', 'Changes per get_changes page') })
     .option('retention-horizon-ms', { type: 'string', description: describe('retentionHorizonMs', 'Tombstone retention in ms (30 days)') })
+    .option('s3-durability', {
+      type: 'string',
+      description: describe('s3Durability', 'With S3: async (acknowledge once stored locally, archive right behind) or ack (acknowledge once in S3)'),
+    })
+    .option('disk-eviction', { type: 'string', description: describe('diskEviction', 'With S3: remove idle, fully archived databases from disk (true or false)') })
+    .option('disk-eviction-idle-ms', { type: 'string', description: describe('diskEvictionIdleMs', 'With S3: idle time before eviction, in ms (1 h)') })
+    .group(['host', 'port', 'base-path', 'cors-origin', 'auth-mode', 'auth-tokens', 'batch-size', 'retention-horizon-ms'], 'Server:')
+    .group(['s3-durability', 'disk-eviction', 'disk-eviction-idle-ms'], 'Server with S3:');
+}
+
+/** Help line of an S3 setting. */
+function describeS3(key: S3SettingKey, text: string, shownDefault = 'none'): string {
+  return `${text} [env ${S3_SETTINGS[key].env}] [default: ${shownDefault}]`;
+}
+
+/** Flags of every command: where the data and the archive are, the config file, logging. */
+function commonOptions<T>(args: Argv<T>) {
+  return args
+    .option('data-dir', { type: 'string', description: describe('dataDir', 'Directory of the database stores, relative to the working directory') })
+    .option('s3-bucket', { type: 'string', description: describeS3('bucket', 'Archive every database in this S3 bucket (turns S3 on)') })
+    .option('s3-region', { type: 'string', description: describeS3('region', 'Region of the bucket', 'us-east-1') })
+    .option('s3-endpoint', { type: 'string', description: describeS3('endpoint', 'Endpoint URL of an S3-compatible store (MinIO, R2 ...)', "AWS's") })
+    .option('s3-access-key-id', { type: 'string', description: describeS3('accessKeyId', "Access key id; without both keys the AWS SDK's default credential chain is used") })
+    .option('s3-secret-access-key', { type: 'string', description: describeS3('secretAccessKey', 'Secret access key (visible in ps: prefer the env var)') })
+    .option('s3-force-path-style', { type: 'string', description: describeS3('forcePathStyle', 'Path-style bucket URLs, as most S3-compatible stores need (true or false)', 'false') })
+    .option('s3-key-prefix', { type: 'string', description: describeS3('keyPrefix', 'Prefix of every key written, e.g. sync/', '""') })
     .option('config', { type: 'string', description: 'JSON config file [default: ./sync-coordinator.json if it exists]' })
     .option('debug', { type: 'string', description: `Enable debug logging to stderr for these namespaces [default when given: ${DEFAULT_DEBUG}]` })
+    .group(['data-dir', 's3-bucket', 's3-region', 's3-endpoint', 's3-access-key-id', 's3-secret-access-key', 's3-force-path-style', 's3-key-prefix'], 'Storage:')
+    .group(['config', 'debug', 'help', 'version'], 'Options:');
+}
+
+/** The parsed command line, as far as main() reads it. */
+interface Args {
+  _: (string | number)[];
+  db?: string;
+  force?: boolean;
+  out?: string;
+  config?: string;
+  debug?: string;
+  [flag: string]: unknown;
+}
+
+async function parseArgs(): Promise<Args> {
+  const args = yargs(hideBin(process.argv))
+    .scriptName(NAME)
+    .usage(
+      `$0 [options]\n$0 restore <db> [--force]\n$0 export <db> [--out FILE]\n\n` +
+        'Runs a Quereus sync coordinator over HTTP and WebSocket, or restores or exports one database.\n' +
+        'Precedence: flags > env vars > config file > defaults.',
+    )
+    // Each command's own flags first, so its help lists them first.
+    .command('$0', 'Run the sync coordinator (the default command)', (command) => commonOptions(serveOptions(command)))
+    .command('restore <db>', 'Restore database <db> from the S3 archive into the data directory (no server may be running on it)', (command) =>
+      commonOptions(command
+        .positional('db', { type: 'string', description: 'Database id' })
+        .option('force', { type: 'boolean', description: 'Restore even though <db> is on disk: its directory is moved aside (<dir>.replaced-<time>) first' })
+        .group(['force'], 'Restore:')))
+    .command('export <db>', 'Write the snapshot of database <db> as NDJSON (the chunks of GET <base-path>/<db>/snapshot), from the data directory or else the S3 archive', (command) =>
+      commonOptions(command
+        .positional('db', { type: 'string', description: 'Database id' })
+        .option('out', { alias: 'o', type: 'string', description: 'File to write (replaced once complete; - for stdout) [default: stdout]' })
+        .group(['out'], 'Export:')));
+  // No yargs defaults anywhere: a flag the user did not type must not hide env or file values.
+  return await args
     // Last one wins, as with most CLIs, instead of an array no setting accepts; "--no-port" is an unknown flag, not port=false.
     .parserConfiguration({ 'duplicate-arguments-array': false, 'boolean-negation': false })
     .strict()
@@ -142,10 +217,47 @@ async function main(): Promise<void> {
     .alias('version', 'v')
     .help()
     .alias('help', 'h')
-    .epilog('Exit codes: 0 stopped by SIGINT/SIGTERM, 1 failed to start or stop, 2 invalid configuration or arguments.')
+    .epilog(
+      'Exit codes: 0 stopped by SIGINT/SIGTERM (server) or done (restore, export), 1 failed, 2 invalid configuration or arguments.',
+    )
     .wrap(null)
     .fail((message, err) => die(EXIT_USAGE, `${message ?? firstLine(err)} (see ${NAME} --help)`))
-    .parseAsync();
+    .parseAsync() as Args;
+}
+
+/** The texts of the settings' flags, as typed. */
+function flagTexts(argv: Args): ConfigText {
+  const text = (flag: string): string | undefined => argv[flag] as string | undefined;
+  return {
+    host: text('host'),
+    port: text('port'),
+    basePath: text('basePath'),
+    dataDir: text('dataDir'),
+    corsOrigin: text('corsOrigin'),
+    authMode: text('authMode'),
+    authTokens: text('authTokens'),
+    batchSize: text('batchSize'),
+    retentionHorizonMs: text('retentionHorizonMs'),
+    s3Durability: text('s3Durability'),
+    diskEviction: text('diskEviction'),
+    diskEvictionIdleMs: text('diskEvictionIdleMs'),
+    s3: {
+      bucket: text('s3Bucket'),
+      region: text('s3Region'),
+      endpoint: text('s3Endpoint'),
+      accessKeyId: text('s3AccessKeyId'),
+      secretAccessKey: text('s3SecretAccessKey'),
+      forcePathStyle: text('s3ForcePathStyle'),
+      keyPrefix: text('s3KeyPrefix'),
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  // The AWS SDK warns on every Node version it will drop one day, through
+  // process warnings on stderr, which an operator cannot act on at run time.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+  const argv = await parseArgs();
 
   ignoreBrokenPipes();
   if (argv.debug !== undefined) {
@@ -156,22 +268,16 @@ async function main(): Promise<void> {
     }
   }
 
-  const texts: ConfigText = {
-    host: argv.host,
-    port: argv.port,
-    basePath: argv.basePath,
-    dataDir: argv.dataDir,
-    corsOrigin: argv.corsOrigin,
-    authMode: argv.authMode,
-    authTokens: argv.authTokens,
-    batchSize: argv.batchSize,
-    retentionHorizonMs: argv.retentionHorizonMs,
-  };
+  const command = argv._[0];
+  if (command === 'restore' || command === 'export') {
+    await runArchiveCommand(command, argv);
+    return;
+  }
 
   let server: CoordinatorServer;
   let resolved: ResolvedConfig;
   try {
-    resolved = resolveConfig({ overrides: parseCliOverrides(texts), configFile: argv.config });
+    resolved = resolveConfig({ overrides: parseCliOverrides(flagTexts(argv)), configFile: argv.config });
     server = createCoordinatorServer({ config: resolved.config });
   } catch (err) {
     // createSyncRouter reports misuse as TypeError; both are configuration problems, not crashes.
@@ -209,6 +315,152 @@ async function main(): Promise<void> {
     die(EXIT_FAILURE, `${NAME}: failed to start on ${server.config.host}:${server.config.port}: ${firstLine(err)}`);
   }
   process.stdout.write(`${NAME} listening on ${url}\n`);
+}
+
+/**
+ * `restore <db>` and `export <db>`: the configuration as the server would
+ * load it (so the same data directory, archive and merge rules), then the
+ * operation of durability/offline.ts with progress on stderr, and one
+ * summary line.
+ */
+async function runArchiveCommand(command: 'restore' | 'export', argv: Args): Promise<void> {
+  const label = `${NAME} ${command}`;
+  let databaseId: string;
+  let resolved: ResolvedConfig;
+  let replicaOptions: ReplicaOptions;
+  try {
+    databaseId = validateDatabaseId(argv.db, '<db>');
+    resolved = resolveConfig({ overrides: parseCliOverrides(flagTexts(argv)), configFile: argv.config, serving: false });
+    replicaOptions = replicaOptionsOf(parseOptions(routerOptionsOf(resolved.config)));
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof TypeError || isSyncError(err)) die(EXIT_USAGE, firstLine(err));
+    throw err;
+  }
+  // The server's own warnings matter here too (an S3 setting without a bucket explains "no archive").
+  for (const warning of resolved.warnings) warn(warning);
+  const { config } = resolved;
+  const noArchive = `no archive is configured: set ${S3_SETTINGS.bucket.env}, ${S3_SETTINGS.bucket.flag} or "s3.bucket" in the config file`;
+  if (command === 'restore' && !config.s3) die(EXIT_USAGE, `${label}: ${noArchive}`);
+  const archive = config.s3 ? openS3Archive(config.s3) : undefined;
+  const toStdout = command === 'export' && (argv.out === undefined || argv.out === '-');
+  // A bar redrawn on the terminal the NDJSON scrolls through would garble both.
+  const progress = createProgress(`${label} ${databaseId}`, `${command} ${databaseId}`, toStdout && process.stdout.isTTY ? 'lines' : 'auto');
+  const directory = databaseDirectory(config.dataDir, databaseId);
+  // The restore cannot be cut short cleanly; say what is left, in one line.
+  const onSignal = (signal: string): void => {
+    progress.stop();
+    const aside = command === 'restore' && argv.force === true ? `; the copy that was on disk may be in ${directory}.replaced-*` : '';
+    if (!toStdout && argv.out !== undefined) rmSync(partialOf(resolvePath(argv.out)), { force: true });
+    die(EXIT_FAILURE, `${label}: interrupted (${signal}) before it finished; nothing was ${command === 'restore' ? `restored into ${directory}` : 'exported'}${aside}`);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const onSkip = (key: string, reason: string): void => progress.note(`${NAME}: warning: skipped unreadable snapshot ${key}: ${reason}`);
+  const onRestoreProgress = restoreProgressPrinter(progress);
+  const began = performance.now();
+  const seconds = (): string => `${((performance.now() - began) / 1000).toFixed(1)} s`;
+
+  let summary: string;
+  let summaryStream: NodeJS.WriteStream = process.stdout;
+  try {
+    if (command === 'restore') {
+      const result = await restoreIntoDataDir({
+        archive: archive!, dataDir: config.dataDir, databaseId, force: argv.force === true, replicaOptions, onSkip, onProgress: onRestoreProgress,
+      });
+      progress.stop();
+      summary = `${NAME}: restored ${databaseId} from ${archive!.location} into ${result.directory}: ${restoreFigures(result)} in ${seconds()}` +
+        (result.movedAside ? `; the copy that was on disk is now ${result.movedAside}` : '');
+    } else {
+      const written = await exportTo(toStdout ? undefined : resolvePath(argv.out!), (out) => exportSnapshot({
+        ...(archive ? { archive } : {}), dataDir: config.dataDir, databaseId, out, replicaOptions, onSkip,
+        onProgress: (p) => {
+          if (p.phase === 'restore') onRestoreProgress(p.restore);
+          else if (p.entries === 0) progress.phase('writing', 'entries', p.total);
+          else progress.update(p.entries, p.total);
+        },
+      }));
+      progress.stop();
+      if (toStdout) summaryStream = process.stderr;
+      const from = written.source === 'local' ? `the store in ${directory}` : `${archive!.location} (${restoreFigures(written.restore!)})`;
+      summary = `${NAME}: exported ${databaseId} from ${from} to ${toStdout ? 'stdout' : resolvePath(argv.out!)}: ` +
+        `${written.tables} tables, ${written.entries} entries, ${written.tombstones} tombstones, ${written.chunks} chunks, ${formatBytes(written.bytes)} in ${seconds()}`;
+    }
+  } catch (err) {
+    progress.stop();
+    await archive?.close().catch(() => undefined);
+    if (err instanceof ConfigError && err.setting === 'dataDir') {
+      const hint = command === 'export' && /in use/.test(err.problem)
+        ? ` (or GET ${config.basePath === '/' ? '' : config.basePath}/${databaseId}/snapshot from that server, or point ${CONFIG_SETTINGS.dataDir.flag} at an empty directory to export from the archive)`
+        : '';
+      die(EXIT_FAILURE, `${settingLabel(resolved, 'dataDir')}: ${err.problem}${hint}`);
+    }
+    die(EXIT_FAILURE, `${label}: ${firstLine(err)}`);
+  }
+  await archive?.close();
+  // Exit once the summary is out: an idle keep-alive socket of the SDK must not hold the process.
+  summaryStream.write(`${summary}\n`, () => process.exit(EXIT_OK));
+}
+
+/** Shows a restore's phases: the snapshot (entries, no total known in advance), then the batches after it. */
+function restoreProgressPrinter(progress: Progress): (p: RestoreProgress) => void {
+  let phase: RestoreProgress['phase'] | undefined;
+  return (p) => {
+    if (p.phase !== phase) {
+      phase = p.phase;
+      // A restore without batches to replay has nothing to show for them.
+      if (p.phase === 'batches' && p.total === 0) return progress.stop();
+      if (p.phase === 'snapshot') progress.phase('loading snapshot', 'entries');
+      else progress.phase('replaying batches', 'batches', p.total);
+    }
+    if (p.done > 0) progress.update(p.done, p.total);
+  };
+}
+
+/** `snapshot <key> (N entries) + M batches (T transactions), newest change <time>` of a restore. */
+function restoreFigures(result: RestoreResult): string {
+  const parts = [
+    result.snapshot ? `snapshot ${result.snapshot} (${result.entries} store entries)` : 'no snapshot',
+    `${result.batches} batches (${result.transactions} transactions)`,
+  ];
+  const newest = result.stamp ? `, newest change stamped ${new Date(hlcWallTime(result.stamp)).toISOString()}` : '';
+  const skipped = result.skipped.length > 0 ? `, ${result.skipped.length} unreadable snapshot${result.skipped.length === 1 ? '' : 's'} skipped` : '';
+  return `${parts.join(' + ')}${newest}${skipped}`;
+}
+
+/**
+ * Runs `write` against `path` (a temporary file beside it, renamed over it
+ * once complete, so a failed export never leaves a truncated file that looks
+ * whole) or against stdout when `path` is undefined.
+ */
+async function exportTo<T>(path: string | undefined, write: (out: Writable) => Promise<T>): Promise<T> {
+  if (path === undefined) return write(process.stdout);
+  const partial = partialOf(path);
+  const file = createWriteStream(partial, { flags: 'wx' });
+  try {
+    await once(file, 'open');
+    const result = await write(file);
+    await new Promise<void>((resolve, reject) => {
+      file.once('error', reject);
+      file.end(resolve);
+    });
+    await rename(partial, path);
+    return result;
+  } catch (err) {
+    file.destroy();
+    await rm(partial, { force: true });
+    throw err;
+  }
+}
+
+/** Where an export to `path` is written until it is complete. */
+function partialOf(path: string): string {
+  return `${path}.partial-${process.pid}`;
+}
+
+function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 }
 
 main().catch((err: unknown) => die(EXIT_FAILURE, `${NAME}: ${firstLine(err)}`));

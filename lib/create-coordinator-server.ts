@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import express, { type Express } from 'express';
 import { ConfigError } from './config/load-config.js';
-import { SERVER_DEFAULTS, type CoordinatorConfig } from './config/options.js';
+import { SERVER_DEFAULTS, type CoordinatorConfig, type SyncRouterOptions } from './config/options.js';
 import { openLevelStore } from './storage/leveldb.js';
 import type { KvStore } from './storage/kv.js';
 import type { CoordinatorHooks } from './config/hooks.js';
@@ -60,7 +60,7 @@ interface DataDirOwner {
 }
 
 /** A claimed data directory; `release` is idempotent. */
-interface DataDirLock {
+export interface DataDirLock {
   release(): Promise<void>;
 }
 
@@ -115,7 +115,7 @@ function inUseError(dir: string, owner: DataDirOwner | undefined, cause?: unknow
  *
  * Throws ConfigError (`setting` "dataDir", `value` the path) naming the problem.
  */
-async function claimDataDir(dir: string): Promise<DataDirLock> {
+export async function claimDataDir(dir: string): Promise<DataDirLock> {
   try {
     await mkdir(dir, { recursive: true });
   } catch (err) {
@@ -175,10 +175,15 @@ async function claimDataDir(dir: string): Promise<DataDirLock> {
   };
 }
 
-/** Builds the standalone server the CLI runs. */
-export function createCoordinatorServer<I = unknown>(options: CoordinatorServerOptions<I> = {}): CoordinatorServer {
-  const config: CoordinatorConfig = { ...SERVER_DEFAULTS, ...options.config };
-  const router = createSyncRouter({
+/**
+ * The router options of a standalone server's configuration (missing fields
+ * take SERVER_DEFAULTS): what `createCoordinatorServer` builds its router
+ * from, and what the CLI's restore and export commands open databases with,
+ * so that both merge under the same rules.
+ */
+export function routerOptionsOf<I = unknown>(partial: Partial<CoordinatorConfig>, hooks?: CoordinatorHooks<I>): SyncRouterOptions<I> {
+  const config: CoordinatorConfig = { ...SERVER_DEFAULTS, ...partial };
+  return {
     ...config.router,
     path: config.basePath,
     dataDir: config.dataDir,
@@ -187,8 +192,18 @@ export function createCoordinatorServer<I = unknown>(options: CoordinatorServerO
     authTokens: config.authTokens,
     retentionHorizonMs: config.retentionHorizonMs,
     batchSize: config.batchSize,
-    hooks: options.hooks,
-  });
+    ...(config.s3 ? { s3: config.s3 } : {}),
+    s3Durability: config.s3Durability,
+    diskEviction: config.diskEviction,
+    diskEvictionIdleMs: config.diskEvictionIdleMs,
+    ...(hooks ? { hooks } : {}),
+  };
+}
+
+/** Builds the standalone server the CLI runs. */
+export function createCoordinatorServer<I = unknown>(options: CoordinatorServerOptions<I> = {}): CoordinatorServer {
+  const config: CoordinatorConfig = { ...SERVER_DEFAULTS, ...options.config };
+  const router = createSyncRouter(routerOptionsOf(config, options.hooks));
   const app = express();
   app.disable('x-powered-by');
   app.use(config.basePath, router);

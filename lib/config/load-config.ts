@@ -3,18 +3,29 @@ import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { describeValue } from '../errors.js';
 import { logs } from '../log.js';
-import { MOUNT_PATH_EXPECTED, OPTION_SPECS, SERVER_DEFAULTS, checkMountPath, type AuthMode, type CoordinatorConfig, type CorsOrigin, type OptionSpec, type PlainOptionKey } from './options.js';
+import { archiveKeyProblem } from '../durability/archive.js';
+import {
+  MOUNT_PATH_EXPECTED, OPTION_SPECS, SERVER_DEFAULTS, checkMountPath, checkS3,
+  type AuthMode, type CoordinatorConfig, type CorsOrigin, type OptionSpec, type PlainOptionKey, type S3Options,
+} from './options.js';
 
 const log = logs.config;
 
 /** File looked up in the working directory when no config file is named. */
 const DEFAULT_CONFIG_FILE = 'sync-coordinator.json';
 
+/**
+ * Values that win over every other source (the CLI's flags, see
+ * `parseCliOverrides`). `s3` may hold some fields only: each S3 field is
+ * taken from the highest source that sets it.
+ */
+export type ConfigOverrides = Omit<Partial<CoordinatorConfig>, 's3'> & { s3?: Partial<S3Options> };
+
 /** Arguments of `loadConfig`. */
 export interface LoadConfigOptions {
   /** Values from the CLI (see `parseCliOverrides`); they win over everything else. `undefined` fields are ignored. */
-  overrides?: Partial<CoordinatorConfig>;
-  /** Environment to read `SYNC_*` variables from. @default process.env */
+  overrides?: ConfigOverrides;
+  /** Environment to read `SYNC_*`, `S3_*` and `DISK_EVICTION_*` variables from. @default process.env */
   env?: Record<string, string | undefined>;
   /**
    * JSON config file, relative to `cwd`. When given it must exist; when not,
@@ -23,6 +34,12 @@ export interface LoadConfigOptions {
   configFile?: string;
   /** Base for relative paths (`configFile`, `dataDir`). @default process.cwd() */
   cwd?: string;
+  /**
+   * Whether the configuration is for a server that will listen. False (the
+   * CLI's restore and export) leaves out the warning about who can reach it.
+   * @default true
+   */
+  serving?: boolean;
 }
 
 /**
@@ -50,10 +67,13 @@ export class ConfigError extends Error {
 }
 
 /** The settings that have an env var, a CLI flag and a config file key. */
-export type ConfigSettingKey = Exclude<keyof CoordinatorConfig, 'router'>;
+export type ConfigSettingKey = Exclude<keyof CoordinatorConfig, 'router' | 's3'>;
+
+/** The fields of the `s3` setting, each with its own env var (`S3_*`), CLI flag (`--s3-*`) and config file key (`s3.<field>`). */
+export type S3SettingKey = keyof S3Options;
 
 /** Text forms of settings, keyed by setting, as CLI flags carry them. */
-export type ConfigText = Partial<Record<ConfigSettingKey, string>>;
+export type ConfigText = Partial<Record<ConfigSettingKey, string>> & { s3?: Partial<Record<S3SettingKey, string>> };
 
 /** Thrown by the value checkers; turned into a ConfigError once the source is known. */
 class Invalid extends Error {}
@@ -176,6 +196,37 @@ function checkTokenList(value: unknown): string[] {
   return checkTokens(value);
 }
 
+const BOOL_EXPECTED = 'true or false (or 1 or 0)';
+
+/** A switch as text. Empty is true: it is a flag given without a value (`--disk-eviction`); an empty env var never gets here (it means unset). */
+function parseBoolText(text: string): boolean {
+  const word = text.trim().toLowerCase();
+  if (word === '' || word === 'true' || word === '1') return true;
+  if (word === 'false' || word === '0') return false;
+  fail(BOOL_EXPECTED, text);
+}
+
+/** A router option checked by the router's own rule (OPTION_SPECS), so the CLI and createSyncRouter accept the same values. */
+function routerValue<K extends PlainOptionKey>(key: K): (value: unknown) => NonNullable<CoordinatorConfig[K & keyof CoordinatorConfig]> {
+  const spec = OPTION_SPECS[key] as OptionSpec<unknown>;
+  return (value) => (spec.check(value) ?? fail(spec.expected, value)) as NonNullable<CoordinatorConfig[K & keyof CoordinatorConfig]>;
+}
+
+/** An integer router option as text, checked by the router's own rule (its range, including any maximum). */
+function routerIntText<K extends PlainOptionKey>(key: K): (text: string) => NonNullable<CoordinatorConfig[K & keyof CoordinatorConfig]> {
+  const check = routerValue(key);
+  return (text) => {
+    if (!/^[0-9]+$/.test(text)) fail(OPTION_SPECS[key].expected, text);
+    try {
+      return check(Number(text));
+    } catch (err) {
+      // The message quotes the text as typed.
+      if (err instanceof Invalid) fail(OPTION_SPECS[key].expected, text);
+      throw err;
+    }
+  };
+}
+
 const SETTINGS: SettingSpecs = {
   host: { env: 'SYNC_HOST', flag: '--host', fromText: checkHost, fromValue: checkHost },
   port: {
@@ -207,9 +258,88 @@ const SETTINGS: SettingSpecs = {
     fromText: intSettingText('batchSize'),
     fromValue: intSettingValue('batchSize'),
   },
+  s3Durability: {
+    env: 'SYNC_S3_DURABILITY',
+    flag: '--s3-durability',
+    fromText: routerValue('s3Durability'),
+    fromValue: routerValue('s3Durability'),
+  },
+  diskEviction: {
+    env: 'DISK_EVICTION_ENABLED',
+    flag: '--disk-eviction',
+    fromText: parseBoolText,
+    fromValue: routerValue('diskEviction'),
+  },
+  diskEvictionIdleMs: {
+    env: 'DISK_EVICTION_IDLE_MS',
+    flag: '--disk-eviction-idle-ms',
+    fromText: routerIntText('diskEvictionIdleMs'),
+    fromValue: routerValue('diskEvictionIdleMs'),
+  },
 };
 
+interface S3FieldSpec {
+  readonly env: string;
+  readonly flag: string;
+  /** The text form (env var, CLI flag) as the value to check. */
+  readonly fromText: (text: string) => unknown;
+  /** Credentials: never echoed in messages or logs. */
+  readonly secret?: boolean;
+}
+
+/** The `s3` setting's fields, named as the reference product names them (its README's `S3_*` table). */
+const S3_FIELDS: { readonly [K in S3SettingKey]-?: S3FieldSpec } = {
+  bucket: { env: 'S3_BUCKET', flag: '--s3-bucket', fromText: (text) => text },
+  region: { env: 'S3_REGION', flag: '--s3-region', fromText: (text) => text },
+  endpoint: { env: 'S3_ENDPOINT', flag: '--s3-endpoint', fromText: (text) => text },
+  accessKeyId: { env: 'S3_ACCESS_KEY_ID', flag: '--s3-access-key-id', fromText: (text) => text, secret: true },
+  secretAccessKey: { env: 'S3_SECRET_ACCESS_KEY', flag: '--s3-secret-access-key', fromText: (text) => text, secret: true },
+  forcePathStyle: { env: 'S3_FORCE_PATH_STYLE', flag: '--s3-force-path-style', fromText: parseBoolText },
+  keyPrefix: { env: 'S3_KEY_PREFIX', flag: '--s3-key-prefix', fromText: (text) => text },
+};
+
+const S3_KEYS = Object.keys(S3_FIELDS) as S3SettingKey[];
+
+/** A valid bucket name that only stands in while one field is checked on its own. */
+const PROBE_BUCKET = 'probe-bucket';
+
+/**
+ * One field of `s3`, checked by the router's own checkS3 (so the CLI and
+ * createSyncRouter accept the same values), plus what S3Archive would
+ * otherwise only refuse at the first database open: an empty region and a
+ * key prefix that is not '/'-separated segments.
+ */
+function checkS3Field<K extends S3SettingKey>(key: K, value: unknown): S3Options[K] {
+  const probe: Record<string, unknown> = { bucket: PROBE_BUCKET, [key]: value };
+  // The keys go in pairs; the other one stands in so that only this one is judged.
+  if (key === 'accessKeyId') probe.secretAccessKey = 'probe';
+  if (key === 'secretAccessKey') probe.accessKeyId = 'probe';
+  try {
+    checkS3(probe);
+  } catch (err) {
+    if (!(err instanceof TypeError)) throw err;
+    // 'Option "s3.bucket" must be X, got Y' → 'expected X, got Y', as every other setting says it.
+    throw new Invalid(err.message.replace(/^Option "s3\.[A-Za-z]+" must be /, 'expected '));
+  }
+  if (key === 'region' && value === '') fail('a region name such as "eu-west-1"', value);
+  if (key === 'keyPrefix' && value !== '') {
+    const prefix = value as string;
+    if (archiveKeyProblem(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix) !== undefined) {
+      fail('"" or "/"-separated segments such as "sync/" (no leading or doubled "/", no "." or ".." segment, no control characters)', value);
+    }
+  }
+  return value as S3Options[K];
+}
+
 const SETTING_KEYS = Object.keys(SETTINGS) as ConfigSettingKey[];
+
+/** Env var and CLI flag of each field of the `s3` setting, for help texts and docs. */
+export const S3_SETTINGS: Readonly<Record<S3SettingKey, { readonly env: string; readonly flag: string }>> = Object.freeze(
+  Object.fromEntries(S3_KEYS.map((key) => [key, Object.freeze({ env: S3_FIELDS[key].env, flag: S3_FIELDS[key].flag })])) as Record<
+    S3SettingKey,
+    { readonly env: string; readonly flag: string }
+  >,
+);
 
 /** Env var and CLI flag of each setting, for help texts and docs. */
 export const CONFIG_SETTINGS: Readonly<Record<ConfigSettingKey, { readonly env: string; readonly flag: string }>> = Object.freeze(
@@ -226,7 +356,9 @@ export const CONFIG_SETTINGS: Readonly<Record<ConfigSettingKey, { readonly env: 
  * with its file and key at load time, not as a TypeError when the server is
  * built.
  */
-const TOP_LEVEL_OPTIONS: ReadonlySet<string> = new Set(['path', 'dataDir', 'corsOrigin', 'authMode', 'authTokens', 'retentionHorizonMs', 'batchSize']);
+const TOP_LEVEL_OPTIONS: ReadonlySet<string> = new Set([
+  'path', 'dataDir', 'corsOrigin', 'authMode', 'authTokens', 'retentionHorizonMs', 'batchSize', 's3Durability', 'diskEviction', 'diskEvictionIdleMs',
+]);
 const ROUTER_SPECS: ReadonlyMap<string, OptionSpec<unknown>> = new Map(
   (Object.entries(OPTION_SPECS) as [string, OptionSpec<unknown>][]).filter(([key]) => !TOP_LEVEL_OPTIONS.has(key)),
 );
@@ -282,21 +414,6 @@ function envHint(name: string, known: readonly string[]): string {
   return best && best.distance <= 2 ? ` (did you mean ${best.name}?)` : '';
 }
 
-/**
- * Storage settings of the S3 backend, which is not implemented yet: setting
- * them must not look like it worked, since the data would silently stay on
- * the local disk.
- */
-export const S3_ENV_VARS: readonly string[] = Object.freeze([
-  'S3_BUCKET',
-  'S3_REGION',
-  'S3_ENDPOINT',
-  'S3_ACCESS_KEY_ID',
-  'S3_SECRET_ACCESS_KEY',
-  'S3_FORCE_PATH_STYLE',
-  'S3_KEY_PREFIX',
-]);
-
 /** True for an address that listens on every interface (0.0.0.0, ::, ::0 ...). */
 function isWildcardHost(host: string): boolean {
   return host === '0.0.0.0' || (isIP(host) === 6 && /^[0:]+$/.test(host));
@@ -318,7 +435,7 @@ function checkRouter(value: unknown, name: (key: string) => string, allowObjects
     } else if (allowObjects && ROUTER_OBJECTS.has(key)) {
       router[key] = item;
     } else {
-      const topLevel = key === 'path' ? 'basePath' : (SETTING_KEYS as string[]).includes(key) ? key : undefined;
+      const topLevel = key === 'path' ? 'basePath' : key === 's3' || (SETTING_KEYS as string[]).includes(key) ? key : undefined;
       const hint = topLevel
         ? ` (set "${topLevel}" at the top level instead)`
         : hintFor(key, [...ROUTER_SPECS.keys(), ...(allowObjects ? ROUTER_OBJECTS : [])]);
@@ -342,6 +459,29 @@ function named<T>(setting: string, value: unknown, check: () => T, secret = fals
 /** One layer's values, each with the name of where it came from. */
 type Layer = { [K in ConfigSettingKey]?: { value: CoordinatorConfig[K]; setting: string } };
 
+/** One layer's `s3` fields, each with the name of where it came from. */
+type S3Layer = { [K in S3SettingKey]?: { value: S3Options[K]; setting: string } };
+
+function setS3Layer<K extends S3SettingKey>(layer: S3Layer, key: K, value: S3Options[K], setting: string): void {
+  (layer as Record<K, { value: S3Options[K]; setting: string }>)[key] = { value, setting };
+}
+
+/** The `s3` fields of an object (config file, overrides): unknown keys are errors, each field is checked and named by `name`. */
+function s3ObjectLayer(value: unknown, name: (key: string) => string): S3Layer {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ConfigError(name(''), value, `expected an object { ${S3_KEYS.join(', ')} }, ${got(value)}`);
+  }
+  const layer: S3Layer = {};
+  for (const [key, item] of Object.entries(value)) {
+    if (item === undefined) continue;
+    const spec = (S3_FIELDS as Record<string, S3FieldSpec>)[key];
+    if (!spec) throw new ConfigError(name(key), item, `unknown S3 setting "${key}"${hintFor(key, S3_KEYS)}; s3 takes ${S3_KEYS.join(', ')}`);
+    const field = key as S3SettingKey;
+    setS3Layer(layer, field, named(name(key), item, () => checkS3Field(field, item), spec.secret), name(key));
+  }
+  return layer;
+}
+
 function setLayer<K extends ConfigSettingKey>(layer: Layer, key: K, value: CoordinatorConfig[K], setting: string): void {
   (layer as Record<K, { value: CoordinatorConfig[K]; setting: string }>)[key] = { value, setting };
 }
@@ -351,19 +491,38 @@ function setLayer<K extends ConfigSettingKey>(layer: Layer, key: K, value: Coord
  * Errors name the flag, e.g. `--port: expected an integer 0-65535, got "abc"`.
  * Undefined texts are skipped so that flags not given do not override.
  */
-export function parseCliOverrides(texts: ConfigText): Partial<CoordinatorConfig> {
+export function parseCliOverrides(texts: ConfigText): ConfigOverrides {
   const overrides: Record<string, unknown> = {};
   for (const [key, text] of Object.entries(texts)) {
     if (text === undefined) continue;
+    if (key === 's3') {
+      const s3: Record<string, unknown> = {};
+      for (const [field, fieldText] of Object.entries(text as Partial<Record<string, string>>)) {
+        if (fieldText === undefined) continue;
+        const fieldSpec = (S3_FIELDS as Record<string, S3FieldSpec>)[field];
+        if (!fieldSpec) throw new ConfigError(`s3.${field}`, fieldText, `unknown S3 setting${hintFor(field, S3_KEYS)}`);
+        s3[field] = named(fieldSpec.flag, fieldText, () => checkS3Field(field as S3SettingKey, fieldSpec.fromText(fieldText)), fieldSpec.secret);
+      }
+      if (Object.keys(s3).length > 0) overrides.s3 = s3;
+      continue;
+    }
     const spec = (SETTINGS as Record<string, SettingSpec<ConfigSettingKey>>)[key];
-    if (!spec) throw new ConfigError(key, text, `unknown setting${hintFor(key, SETTING_KEYS)}`);
+    if (!spec || typeof text !== 'string') throw new ConfigError(key, text, `unknown setting${hintFor(key, SETTING_KEYS)}`);
     overrides[key] = named(spec.flag, text, () => spec.fromText(text), spec.secret);
   }
-  return overrides as Partial<CoordinatorConfig>;
+  return overrides as ConfigOverrides;
 }
 
-function overridesLayer(overrides: Partial<CoordinatorConfig>): { layer: Layer; router?: RouterConfig } {
+/** What one source sets: plain settings, `s3` fields, router options. */
+interface Layers {
+  layer: Layer;
+  s3: S3Layer;
+  router?: RouterConfig;
+}
+
+function overridesLayer(overrides: ConfigOverrides): Layers {
   const layer: Layer = {};
+  let s3: S3Layer = {};
   let router: RouterConfig | undefined;
   for (const [key, value] of Object.entries(overrides)) {
     if (value === undefined) continue;
@@ -371,15 +530,27 @@ function overridesLayer(overrides: Partial<CoordinatorConfig>): { layer: Layer; 
       router = checkRouter(value, (k) => (k ? `router.${k}` : 'router'), true);
       continue;
     }
+    if (key === 's3') {
+      // Overrides are the CLI's: each field is named by its flag.
+      s3 = s3ObjectLayer(value, (k) => (k ? (S3_FIELDS as Record<string, S3FieldSpec>)[k]?.flag ?? `s3.${k}` : 's3'));
+      continue;
+    }
     const spec = (SETTINGS as Record<string, SettingSpec<ConfigSettingKey>>)[key];
     if (!spec) throw new ConfigError(`overrides.${key}`, value, `unknown setting${hintFor(key, [...SETTING_KEYS, 'router'])}`);
     setLayer(layer, key as ConfigSettingKey, named(spec.flag, value, () => spec.fromValue(value), spec.secret), spec.flag);
   }
-  return { layer, router };
+  return { layer, s3, router };
 }
 
-function envLayer(env: Record<string, string | undefined>, warnings: string[]): Layer {
+function envLayer(env: Record<string, string | undefined>, warnings: string[]): Layers {
   const layer: Layer = {};
+  const s3: S3Layer = {};
+  for (const key of S3_KEYS) {
+    const spec = S3_FIELDS[key];
+    const text = env[spec.env];
+    if (text === undefined || text.trim() === '') continue;
+    setS3Layer(s3, key, named(spec.env, text, () => checkS3Field(key, spec.fromText(text)), spec.secret), spec.env);
+  }
   const known = SETTING_KEYS.map((key) => SETTINGS[key].env);
   for (const key of SETTING_KEYS) {
     const spec = SETTINGS[key] as SettingSpec<ConfigSettingKey>;
@@ -395,7 +566,7 @@ function envLayer(env: Record<string, string | undefined>, warnings: string[]): 
       warnings.push(`ignoring unknown environment variable ${name}${envHint(name, known)}`);
     }
   }
-  return layer;
+  return { layer, s3 };
 }
 
 function readConfigFile(cwd: string, configFile: string | undefined): { label: string; data: Record<string, unknown> } | undefined {
@@ -424,8 +595,9 @@ function readConfigFile(cwd: string, configFile: string | undefined): { label: s
   return { label, data: data as Record<string, unknown> };
 }
 
-function fileLayer(file: { label: string; data: Record<string, unknown> }): { layer: Layer; router?: RouterConfig } {
+function fileLayer(file: { label: string; data: Record<string, unknown> }): Layers {
   const layer: Layer = {};
+  let s3: S3Layer = {};
   let router: RouterConfig | undefined;
   for (const [key, value] of Object.entries(file.data)) {
     const setting = `${file.label}: ${key}`;
@@ -433,11 +605,15 @@ function fileLayer(file: { label: string; data: Record<string, unknown> }): { la
       router = checkRouter(value, (k) => `${file.label}: router${k ? `.${k}` : ''}`, false);
       continue;
     }
+    if (key === 's3') {
+      s3 = s3ObjectLayer(value, (k) => `${file.label}: s3${k ? `.${k}` : ''}`);
+      continue;
+    }
     const spec = (SETTINGS as Record<string, SettingSpec<ConfigSettingKey>>)[key];
-    if (!spec) throw new ConfigError(setting, value, `unknown key "${key}"${hintFor(key, [...SETTING_KEYS, 'router'])}`);
+    if (!spec) throw new ConfigError(setting, value, `unknown key "${key}"${hintFor(key, [...SETTING_KEYS, 's3', 'router'])}`);
     setLayer(layer, key as ConfigSettingKey, named(setting, value, () => spec.fromValue(value), spec.secret), setting);
   }
-  return { layer, router };
+  return { layer, s3, router };
 }
 
 /** What `resolveConfig` returns. */
@@ -450,22 +626,30 @@ export interface ResolvedConfig {
    * `default`.
    */
   sources: Record<ConfigSettingKey, string>;
+  /** Where each `s3` field that is set came from, named the same way (`S3_BUCKET`, `--s3-region`, `<file>: s3.endpoint`). */
+  s3Sources: Partial<Record<S3SettingKey, string>>;
   /**
    * One-line warnings about settings that are legal but probably not what
    * the operator meant: unknown `SYNC_*` variables (with a did-you-mean),
-   * `S3_*` variables (not supported yet; names only, never values), and an
-   * unauthenticated server on every interface. Without a trailing newline.
+   * S3 settings without a bucket (S3 stays off; names only, never values),
+   * and an unauthenticated server on every interface. Without a trailing
+   * newline.
    */
   warnings: string[];
 }
 
 /**
  * Builds the standalone server's configuration from, highest precedence
- * first: `overrides` (the CLI), `SYNC_*` env vars, the JSON config file and
- * SERVER_DEFAULTS. Every value from every source is checked; a bad one is a
- * ConfigError naming its source and value. `dataDir` comes back absolute.
- * Returns a fresh object the caller may mutate. Warnings go to the
- * `sync-coordinator:config` debug log; `resolveConfig` returns them instead.
+ * first: `overrides` (the CLI), env vars (`SYNC_*`, and the reference
+ * product's `S3_*` and `DISK_EVICTION_*`), the JSON config file and
+ * SERVER_DEFAULTS. Each field of `s3` is taken from the highest source that
+ * sets it; S3 is on once a bucket is set (README "Storage and S3"). Every
+ * value from every source is checked, by the router's own rules where the
+ * router has one (OPTION_SPECS, checkS3); a bad one is a ConfigError naming
+ * its source and value (never a key's value). `dataDir` comes back
+ * absolute. Returns a fresh object the caller may mutate. Warnings go to
+ * the `sync-coordinator:config` debug log; `resolveConfig` returns them
+ * instead.
  */
 export function loadConfig(options: LoadConfigOptions = {}): CoordinatorConfig {
   const { config, warnings } = resolveConfig(options);
@@ -482,10 +666,10 @@ export function resolveConfig(options: LoadConfigOptions = {}): ResolvedConfig {
   const env = options.env ?? process.env;
   const warnings: string[] = [];
   const file = readConfigFile(cwd, options.configFile);
-  const fromFile = file ? fileLayer(file) : { layer: {} as Layer };
+  const fromFile: Layers = file ? fileLayer(file) : { layer: {}, s3: {} };
   const fromEnv = envLayer(env, warnings);
   const fromOverrides = overridesLayer(options.overrides ?? {});
-  const layers = [fromOverrides.layer, fromEnv, fromFile.layer];
+  const layers = [fromOverrides.layer, fromEnv.layer, fromFile.layer];
 
   const pick = <K extends ConfigSettingKey>(key: K): { value: CoordinatorConfig[K]; setting: string } => {
     for (const layer of layers) {
@@ -516,22 +700,33 @@ export function resolveConfig(options: LoadConfigOptions = {}): ResolvedConfig {
     authTokens: [...authTokens.value],
     retentionHorizonMs: pick('retentionHorizonMs').value,
     batchSize: pick('batchSize').value,
+    s3Durability: pick('s3Durability').value,
+    diskEviction: pick('diskEviction').value,
+    diskEvictionIdleMs: pick('diskEvictionIdleMs').value,
   };
   if (fromFile.router || fromOverrides.router) config.router = { ...fromFile.router, ...fromOverrides.router };
+
+  const s3 = pickS3([fromOverrides.s3, fromEnv.s3, fromFile.s3]);
+  if (s3.options) config.s3 = s3.options;
 
   const sources = Object.fromEntries(SETTING_KEYS.map((key) => [key, pick(key).setting])) as Record<ConfigSettingKey, string>;
   for (const key of SETTING_KEYS) {
     if (!SETTINGS[key].secret) log('%s = %o (from %s)', key, config[key], sources[key]);
   }
-  // Names only: these hold credentials.
-  const s3 = S3_ENV_VARS.filter((name) => (env[name] ?? '').trim() !== '');
-  if (s3.length > 0) {
+  if (config.s3) {
+    const { bucket, keyPrefix = '', endpoint, region = 'us-east-1', accessKeyId } = config.s3;
+    // Never the keys themselves, only where they came from.
+    const credentials = accessKeyId === undefined ? "the AWS SDK's default chain" : `${s3.sources.accessKeyId} and ${s3.sources.secretAccessKey}`;
+    log('s3 = s3://%s/%s%s, region %s, credentials from %s (bucket from %s)', bucket, keyPrefix, endpoint ? ` at ${endpoint}` : '', region, credentials, s3.sources.bucket);
+  } else if (Object.keys(s3.sources).length > 0) {
+    // Names only: some of these hold credentials.
+    const names = S3_KEYS.map((key) => s3.sources[key]).filter((name): name is string => name !== undefined);
     warnings.push(
-      `${s3.join(', ')} ${s3.length === 1 ? 'is' : 'are'} set, but S3 storage is not supported yet: ` +
-        `${s3.length === 1 ? 'it is' : 'they are'} ignored and databases are stored in ${JSON.stringify(config.dataDir)}`,
+      `${names.join(', ')} ${names.length === 1 ? 'is' : 'are'} set, but S3 stays off without a bucket ` +
+        `(set ${S3_FIELDS.bucket.env}, ${S3_FIELDS.bucket.flag} or "s3.bucket" in the config file): databases are stored only in ${JSON.stringify(config.dataDir)}`,
     );
   }
-  if (isWildcardHost(config.host) && config.authMode === 'none') {
+  if ((options.serving ?? true) && isWildcardHost(config.host) && config.authMode === 'none') {
     const origin = (key: ConfigSettingKey): string => (sources[key] === 'default' ? 'the default' : `from ${sources[key]}`);
     const reach = config.port === 0 ? 'the server' : `port ${config.port}`;
     warnings.push(
@@ -540,5 +735,39 @@ export function resolveConfig(options: LoadConfigOptions = {}): ResolvedConfig {
         `set ${SETTINGS.host.flag} 127.0.0.1 or ${SETTINGS.authMode.flag} token-whitelist`,
     );
   }
-  return { config, sources, warnings };
+  return { config, sources, s3Sources: s3.sources, warnings };
+}
+
+/**
+ * The `s3` setting: each field from the highest layer that sets it. S3 is
+ * on once a bucket is set; then the fields are checked together (the keys
+ * go in pairs), naming where each came from.
+ */
+function pickS3(layers: readonly S3Layer[]): { options?: S3Options; sources: Partial<Record<S3SettingKey, string>> } {
+  const values: Record<string, unknown> = {};
+  const sources: Partial<Record<S3SettingKey, string>> = {};
+  for (const key of S3_KEYS) {
+    const entry = layers.map((layer) => layer[key]).find((e) => e !== undefined);
+    if (!entry) continue;
+    values[key] = entry.value;
+    sources[key] = entry.setting;
+  }
+  if (values.bucket === undefined) return { sources };
+  const hasId = values.accessKeyId !== undefined;
+  if (hasId !== (values.secretAccessKey !== undefined)) {
+    const [given, missing] = hasId ? (['accessKeyId', 'secretAccessKey'] as const) : (['secretAccessKey', 'accessKeyId'] as const);
+    throw new ConfigError(
+      sources[given]!,
+      '[redacted]',
+      `${S3_FIELDS[missing].env} (or ${S3_FIELDS[missing].flag}, or "s3.${missing}" in the config file) must be set too: ` +
+        "give both keys, or neither to use the AWS SDK's default credential chain",
+    );
+  }
+  try {
+    return { options: { ...checkS3(values) }, sources };
+  } catch (err) {
+    // Each field passed on its own, so this is a rule across fields; the message never holds a key.
+    if (err instanceof TypeError) throw new ConfigError(sources.bucket!, '[redacted]', err.message);
+    throw err;
+  }
 }

@@ -393,8 +393,19 @@ export interface CoordinatorConfig {
   retentionHorizonMs: number;
   /** @default 1000 */
   batchSize: number;
-  /** Further router options (limits, intervals), passed through as they are. */
-  router?: Omit<SyncRouterOptions, 'path' | 'dataDir' | 'corsOrigin' | 'authMode' | 'authTokens' | 'retentionHorizonMs' | 'batchSize' | 'hooks'>;
+  /**
+   * Archive every database in this S3 bucket (`S3_*` settings); absent, one
+   * local disk holds everything. See SyncRouterOptions.s3.
+   */
+  s3?: S3Options;
+  /** `async` or `ack` (see SyncRouterOptions.s3Durability); only with `s3`. @default 'async' */
+  s3Durability: 'async' | 'ack';
+  /** Remove idle, fully archived databases from disk; only with `s3`. @default true */
+  diskEviction: boolean;
+  /** Idle time before eviction, in ms. @default 3600000 (1 h) */
+  diskEvictionIdleMs: number;
+  /** Further router options (limits, intervals, snapshots), passed through as they are. */
+  router?: Omit<SyncRouterOptions, 'path' | 'dataDir' | 'corsOrigin' | 'authMode' | 'authTokens' | 'retentionHorizonMs' | 'batchSize' | 'hooks' | 's3' | 's3Durability' | 'diskEviction' | 'diskEvictionIdleMs'>;
 }
 
 /** Defaults of the standalone server. */
@@ -408,4 +419,7 @@ export const SERVER_DEFAULTS: Readonly<CoordinatorConfig> = Object.freeze({
   authTokens: [],
   retentionHorizonMs: DEFAULTS.retentionHorizonMs,
   batchSize: DEFAULTS.batchSize,
+  s3Durability: DEFAULTS.s3Durability,
+  diskEviction: DEFAULTS.diskEviction,
+  diskEvictionIdleMs: DEFAULTS.diskEvictionIdleMs,
 });

@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import WebSocket from 'ws';
 import { SyncClient, SyncClientError, type SyncClientOptions } from '../../lib/client/sync-client.js';
@@ -6,6 +8,8 @@ import type { ChangeSet, ErrorMessage } from '../../lib/protocol/messages.js';
 import { randomSiteId, siteIdToWire } from '../../lib/protocol/site-id.js';
 import { TestSite } from '../helpers/changes.js';
 import { startExample, stopAllExamples, type ExampleProcess } from './example-process.js';
+import { S3Archive } from '../../lib/durability/s3-archive.js';
+import { startS3Server, type S3TestServer } from '../helpers/s3-server.js';
 
 const DB = 'acme:notes-42';
 
@@ -314,6 +318,84 @@ describe('examples', function () {
     });
 
     itShutsDownGracefully('custom-hooks', { HOOK_SECRET: SECRET });
+  });
+});
+
+/** Runs `examples/<name>.ts` to its end, in an environment without S3, AWS or coordinator settings but `env`. */
+function runExample(name: string, env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const clean: NodeJS.ProcessEnv = {};
+  for (const [key, value] of Object.entries(process.env)) if (!/^(SYNC_|S3_|AWS_|DISK_EVICTION_|DEBUG$)/i.test(key)) clean[key] = value;
+  const child = spawn(process.execPath, ['--import', 'tsx', `examples/${name}.ts`], {
+    cwd: fileURLToPath(new URL('../../', import.meta.url)),
+    env: { ...clean, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (text: string) => { stdout += text; });
+  child.stderr.setEncoding('utf8').on('data', (text: string) => { stderr += text; });
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+describe('examples (run to their end)', function () {
+  this.timeout(120_000);
+
+  describe('s3-durability', () => {
+    const restored = [
+      /^stopped the coordinator and wiped its data directory \S+$/,
+      /^restarted on the empty directory: example:notes was restored from S3 with 3 notes, identical$/,
+      /^a note written after the restore; the reader's old cursor gets 1 change set after it, exactly that note$/,
+    ];
+
+    it('runs on a fresh clone against a local s3rver it starts itself, and shows the data restored', async () => {
+      const { code, stdout, stderr } = await runExample('s3-durability');
+      expect(code, stderr).to.equal(0);
+      const lines = stdout.trimEnd().split('\n');
+      expect(lines[0]).to.match(/^archiving to s3:\/\/sync-example\/ at http:\/\/127\.0\.0\.1:\d+ \(a local s3rver; set S3_BUCKET to use your own bucket\)$/);
+      expect(lines[1]).to.match(/^wrote 3 notes to example:notes; a reader's cursor is \S+$/);
+      expect(lines.slice(2)).to.have.length(restored.length);
+      restored.forEach((pattern, i) => expect(lines[2 + i]).to.match(pattern));
+      // Not even the AWS SDK's Node version warning.
+      expect(stderr).to.equal('');
+    });
+
+    describe('with S3_* set', () => {
+      let s3: S3TestServer;
+      const sdkWarning = process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED;
+      before(async () => {
+        // This process lists the bucket with the SDK; the example's own stderr is what is checked.
+        process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
+        s3 = await startS3Server('example-bucket');
+      });
+      after(async () => {
+        await s3?.close();
+        if (sdkWarning === undefined) delete process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED;
+        else process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = sdkWarning;
+      });
+
+      it('archives to that bucket, under a fresh prefix it leaves behind', async () => {
+        const { code, stdout, stderr } = await runExample('s3-durability', {
+          S3_BUCKET: s3.bucket, S3_ENDPOINT: s3.endpoint, S3_REGION: s3.region, S3_FORCE_PATH_STYLE: 'true',
+          S3_ACCESS_KEY_ID: s3.accessKeyId, S3_SECRET_ACCESS_KEY: s3.secretAccessKey, S3_KEY_PREFIX: 'runs/',
+        });
+        expect(code, stderr).to.equal(0);
+        const lines = stdout.trimEnd().split('\n');
+        const archive = new RegExp(`^archiving to (s3://example-bucket/(runs/sync-coordinator-example-[0-9a-f-]{36}/) at ${s3.endpoint.replace(/\./g, '\\.')})$`).exec(lines[0]!);
+        expect(archive, lines[0]).to.not.equal(null);
+        restored.forEach((pattern, i) => expect(lines[2 + i]).to.match(pattern));
+        expect(lines.at(-1)).to.equal(`the archive stays at ${archive![1]} (delete it when done)`);
+        expect(stderr).to.equal('');
+
+        const bucket = new S3Archive(s3.archiveOptions());
+        try {
+          const keys: string[] = [];
+          for await (const object of bucket.list(archive![2]!)) keys.push(object.key);
+          expect(keys.some((key) => /\/batches\/[0-9a-f]+-[0-9a-f]+\.json\.gz$/.test(key)), keys.join(', ')).to.equal(true);
+        } finally {
+          await bucket.close();
+        }
+      });
+    });
   });
 });
 

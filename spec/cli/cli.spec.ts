@@ -14,6 +14,8 @@ const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as
 const FLAGS = [
   '--host', '--port', '--base-path', '--data-dir', '--cors-origin', '--auth-mode', '--auth-tokens',
   '--config', '--debug', '--batch-size', '--retention-horizon-ms', '--help', '--version',
+  '--s3-bucket', '--s3-region', '--s3-endpoint', '--s3-access-key-id', '--s3-secret-access-key', '--s3-force-path-style', '--s3-key-prefix',
+  '--s3-durability', '--disk-eviction', '--disk-eviction-idle-ms',
 ];
 
 /** A running CLI child with its output so far. */
@@ -30,7 +32,7 @@ interface CliRun {
 function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [name, value] of Object.entries(process.env)) {
-    if (!/^(SYNC_|S3_|DEBUG$)/.test(name)) env[name] = value;
+    if (!/^(SYNC_|S3_|AWS_|DISK_EVICTION_|DEBUG$)/.test(name)) env[name] = value;
   }
   return { ...env, ...extra };
 }
@@ -176,6 +178,25 @@ describe('cli', () => {
       const result = await runToEnd(['--help']);
       expect(result.code).to.equal(0);
       for (const flag of FLAGS) expect(result.stdout).to.include(flag);
+    });
+
+    it('lists the restore and export commands with --help, and their own flags with <command> --help', async () => {
+      const result = await runToEnd(['--help']);
+      expect(result.stdout).to.include('sync-coordinator restore <db>');
+      expect(result.stdout).to.include('sync-coordinator export <db>');
+      const restore = await runToEnd(['restore', '--help']);
+      expect(restore.code).to.equal(0);
+      for (const flag of ['--force', '--data-dir', '--s3-bucket', '--config']) expect(restore.stdout).to.include(flag);
+      expect(restore.stdout).not.to.include('--port');
+      const exported = await runToEnd(['export', '--help']);
+      expect(exported.code).to.equal(0);
+      for (const flag of ['--out', '--data-dir', '--s3-bucket']) expect(exported.stdout).to.include(flag);
+    });
+
+    it('exits 2 with one line for a server flag given to restore', async () => {
+      const result = await runToEnd(['restore', 'acme:notes', '--port', '3000']);
+      expect(result.code).to.equal(2);
+      expect(result.stderr).to.equal('Unknown argument: port (see sync-coordinator --help)\n');
     });
 
     it('prints the package version with --version', async () => {

@@ -134,17 +134,18 @@ describe('cli startup checks', () => {
       expect(await stderrOfStart(local('--data-dir', 'data'))).to.equal('');
     });
 
-    it('names the S3_* variables that are set in one line, never their values, and still starts', async () => {
+    it('says in one line that S3 stays off when S3_* variables are set without S3_BUCKET, never their values, and still starts', async () => {
       const stderr = await stderrOfStart(local('--data-dir', 'data'), {
-        S3_BUCKET: 'my-bucket',
+        S3_REGION: 'eu-west-1',
         S3_ACCESS_KEY_ID: 'AKIAEXAMPLE',
         S3_SECRET_ACCESS_KEY: 'very-secret-value',
-        S3_REGION: '',
+        S3_BUCKET: '',
       });
       expect(lines(stderr)).to.deep.equal([
-        `sync-coordinator: warning: S3_BUCKET, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY are set, but S3 storage is not supported yet: they are ignored and databases are stored in ${JSON.stringify(join(cwd, 'data'))}`,
+        'sync-coordinator: warning: S3_REGION, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY are set, but S3 stays off without a bucket ' +
+          `(set S3_BUCKET, --s3-bucket or "s3.bucket" in the config file): databases are stored only in ${JSON.stringify(join(cwd, 'data'))}`,
       ]);
-      for (const secret of ['my-bucket', 'AKIAEXAMPLE', 'very-secret-value']) expect(stderr).not.to.include(secret);
+      for (const secret of ['eu-west-1', 'AKIAEXAMPLE', 'very-secret-value']) expect(stderr).not.to.include(secret);
     });
 
     it('warns about an unknown SYNC_* variable with a did-you-mean', async () => {

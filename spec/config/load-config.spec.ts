@@ -122,6 +122,9 @@ describe('load-config', () => {
           authTokens: ['alpha', 'beta'],
           retentionHorizonMs: 86_400_000,
           batchSize: 250,
+          s3Durability: 'async',
+          diskEviction: true,
+          diskEvictionIdleMs: 3_600_000,
         });
       });
 
@@ -144,8 +147,8 @@ describe('load-config', () => {
         expect(load({ env: { SYNC_BASE_PATH: '/' } }).basePath).to.equal('/');
       });
 
-      it('ignores S3_* and unknown SYNC_* variables', () => {
-        expect(load({ env: { S3_BUCKET: 'b', S3_REGION: 'nowhere', SYNC_WHATEVER: 'x' } })).to.deep.equal(load());
+      it('ignores unknown SYNC_* variables, and S3_* variables without S3_BUCKET', () => {
+        expect(load({ env: { S3_REGION: 'nowhere', S3_FORCE_PATH_STYLE: 'true', SYNC_WHATEVER: 'x' } })).to.deep.equal(load());
       });
     });
 

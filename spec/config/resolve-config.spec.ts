@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { resolveConfig, S3_ENV_VARS, type LoadConfigOptions, type ResolvedConfig } from '../../lib/config/load-config.js';
+import { resolveConfig, type LoadConfigOptions, type ResolvedConfig } from '../../lib/config/load-config.js';
 import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
 
 describe('load-config', () => {
@@ -58,15 +58,37 @@ describe('load-config', () => {
         ]);
       });
 
-      it('names every S3_* variable that is set in one warning, without values', () => {
-        const env = Object.fromEntries(S3_ENV_VARS.map((name) => [name, `value-of-${name}`]));
-        const { warnings } = resolve({ env });
-        expect(warnings).to.have.length(1);
-        expect(warnings[0]).to.equal(
-          `${S3_ENV_VARS.join(', ')} are set, but S3 storage is not supported yet: they are ignored and databases are stored in ${JSON.stringify(join(cwd, '.data'))}`,
-        );
-        expect(warnings[0]).not.to.include('value-of-');
-        expect(S3_ENV_VARS).to.deep.equal(['S3_BUCKET', 'S3_REGION', 'S3_ENDPOINT', 'S3_ACCESS_KEY_ID', 'S3_SECRET_ACCESS_KEY', 'S3_FORCE_PATH_STYLE', 'S3_KEY_PREFIX']);
+      it('warns once that S3 stays off when S3_* variables are set without S3_BUCKET, naming them but never their values', () => {
+        const env = { S3_REGION: 'eu-west-1', S3_ACCESS_KEY_ID: 'AKIAEXAMPLE', S3_SECRET_ACCESS_KEY: 'very-secret-value', S3_KEY_PREFIX: 'sync/' };
+        const { warnings, config } = resolve({ env });
+        expect(warnings).to.deep.equal([
+          'S3_REGION, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3_KEY_PREFIX are set, but S3 stays off without a bucket ' +
+            `(set S3_BUCKET, --s3-bucket or "s3.bucket" in the config file): databases are stored only in ${JSON.stringify(join(cwd, '.data'))}`,
+        ]);
+        for (const value of Object.values(env)) expect(warnings[0]).not.to.include(value);
+        expect(config.s3).to.equal(undefined);
+      });
+
+      it('names S3 flags and config file keys without a bucket the way errors do', async () => {
+        await writeFile(join(cwd, 'sync-coordinator.json'), JSON.stringify({ s3: { endpoint: 'http://127.0.0.1:9000' } }));
+        expect(resolve({ overrides: { s3: { region: 'eu-west-1' } } }).warnings).to.deep.equal([
+          '--s3-region, sync-coordinator.json: s3.endpoint are set, but S3 stays off without a bucket ' +
+            `(set S3_BUCKET, --s3-bucket or "s3.bucket" in the config file): databases are stored only in ${JSON.stringify(join(cwd, '.data'))}`,
+        ]);
+      });
+
+      it('gives no S3 warning once a bucket is set, wherever it comes from', async () => {
+        expect(resolve({ env: { S3_BUCKET: 'my-bucket', S3_REGION: 'eu-west-1' } }).warnings).to.deep.equal([]);
+        expect(resolve({ env: { S3_REGION: 'eu-west-1' }, overrides: { s3: { bucket: 'my-bucket' } } }).warnings).to.deep.equal([]);
+        await writeFile(join(cwd, 'sync-coordinator.json'), JSON.stringify({ s3: { bucket: 'my-bucket' } }));
+        expect(resolve({ env: { S3_REGION: 'eu-west-1' } }).warnings).to.deep.equal([]);
+      });
+
+      it('does not call SYNC_S3_DURABILITY unknown, and suggests it for a near miss', () => {
+        expect(resolve({ env: { SYNC_S3_DURABILITY: 'ack', DISK_EVICTION_ENABLED: 'false', DISK_EVICTION_IDLE_MS: '1000' } }).warnings).to.deep.equal([]);
+        expect(resolve({ env: { SYNC_S3_DURABILTY: 'ack' } }).warnings).to.deep.equal([
+          'ignoring unknown environment variable SYNC_S3_DURABILTY (did you mean SYNC_S3_DURABILITY?)',
+        ]);
       });
 
       it('treats an empty S3_* variable as unset', () => {

@@ -1,0 +1,112 @@
+/**
+ * Progress of the CLI's long commands on stderr: a bar per phase on a
+ * terminal (cli-progress), plain lines otherwise (a log file or a pipe
+ * should get a few readable lines, not a stream of carriage returns).
+ */
+import cliProgress from 'cli-progress';
+
+/** Least time between two plain lines of one phase, in ms; a phase's first and last values are always printed. */
+const LINE_INTERVAL_MS = 1000;
+
+export interface Progress {
+  /** Starts a phase (ending the one before). Without a total it counts without a bar. */
+  phase(name: string, unit: string, total?: number): void;
+  /** The phase's value so far (and its total, once known). */
+  update(value: number, total?: number): void;
+  /** A line of its own (a warning), printed above the bar. */
+  note(line: string): void;
+  /** Ends the last phase; call it before printing anything else. */
+  stop(): void;
+}
+
+/**
+ * A bar on `stream` when it is a terminal (and `mode` is not `lines`), plain lines otherwise. Lines
+ * start with `label` (they may end up in a log among other programs'); a
+ * bar starts with `barLabel`, shorter, since a bar wider than the terminal
+ * is cut off.
+ */
+export function createProgress(label: string, barLabel: string, mode: 'auto' | 'lines' = 'auto', stream: NodeJS.WriteStream = process.stderr): Progress {
+  return mode === 'auto' && stream.isTTY ? new BarProgress(barLabel, stream) : new LineProgress(label, stream);
+}
+
+interface Phase {
+  name: string;
+  unit: string;
+  total?: number;
+  value: number;
+  printed?: number;
+}
+
+class LineProgress implements Progress {
+  #current?: Phase;
+  #lastAt = 0;
+
+  constructor(private readonly label: string, private readonly stream: NodeJS.WritableStream) {}
+
+  phase(name: string, unit: string, total?: number): void {
+    this.#finish();
+    this.#current = { name, unit, value: 0, ...(total === undefined ? {} : { total }) };
+    // "0/40 batches" says what is coming; a bare "0 entries" says nothing.
+    if (total !== undefined) this.#print();
+  }
+
+  update(value: number, total?: number): void {
+    const phase = this.#current;
+    if (!phase) return;
+    phase.value = value;
+    if (total !== undefined) phase.total = total;
+    const done = phase.total !== undefined && value >= phase.total;
+    if (done || phase.printed === undefined || Date.now() - this.#lastAt >= LINE_INTERVAL_MS) this.#print();
+  }
+
+  note(line: string): void {
+    this.stream.write(`${line}\n`);
+  }
+
+  stop(): void {
+    this.#finish();
+    this.#current = undefined;
+  }
+
+  #finish(): void {
+    if (this.#current && this.#current.printed !== this.#current.value) this.#print();
+  }
+
+  #print(): void {
+    const phase = this.#current!;
+    const count = phase.total === undefined ? `${phase.value}` : `${phase.value}/${phase.total}`;
+    this.stream.write(`${this.label}: ${phase.name}: ${count} ${phase.unit}\n`);
+    phase.printed = phase.value;
+    this.#lastAt = Date.now();
+  }
+}
+
+class BarProgress implements Progress {
+  readonly #bars: cliProgress.MultiBar;
+  #bar?: cliProgress.SingleBar;
+
+  constructor(private readonly label: string, stream: NodeJS.WritableStream) {
+    this.#bars = new cliProgress.MultiBar({ stream, hideCursor: true, clearOnComplete: false, barsize: 20 }, cliProgress.Presets.shades_classic);
+  }
+
+  phase(name: string, unit: string, total?: number): void {
+    // Each phase keeps its finished line; the next gets a bar below it.
+    const format = total === undefined
+      ? `${this.label}: ${name}: {value} ${unit}`
+      : `${this.label}: ${name} {bar} {percentage}% {value}/{total} ${unit}`;
+    this.#bar = this.#bars.create(total ?? 0, 0, {}, { format });
+  }
+
+  update(value: number, total?: number): void {
+    if (total !== undefined) this.#bar?.setTotal(total);
+    this.#bar?.update(value);
+  }
+
+  note(line: string): void {
+    this.#bars.log(`${line}\n`);
+  }
+
+  stop(): void {
+    this.#bars.stop();
+  }
+}
