@@ -7,8 +7,7 @@ import { createArchiveMetrics, createMetrics, type Metrics } from './metrics/met
 import { Coordinator } from './service/coordinator.js';
 import { openLevelReplica } from './replica/open-level.js';
 import { Durability } from './durability/durability.js';
-import { lazyArchive } from './durability/lazy-archive.js';
-import type { ReplicaOptions } from './replica/replica.js';
+import { openS3Archive, replicaOptionsOf } from './durability/offline.js';
 import { databaseDirectory } from './storage/database-id.js';
 import { mountRoutes } from './http/routes.js';
 import { createLimits } from './service/limits.js';
@@ -57,7 +56,7 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   const metrics = createMetrics(config.registry, inbound);
   const limits = createLimits(config, metrics);
   const durability = createDurability(config);
-  const replicas = replicaOptions(config);
+  const replicas = replicaOptionsOf(config);
   const coordinator = new Coordinator(config, metrics, durability ?? {
     open: (id) => openLevelReplica(databaseDirectory(config.dataDir, id), replicas),
     close: (_id, replica) => replica.close(),
@@ -133,16 +132,6 @@ function joinPath(base: string, leaf: string): string {
   return `${base === '/' ? '' : base}/${leaf}`;
 }
 
-/** The replica options a router's config asks for. */
-function replicaOptions(config: Config): ReplicaOptions {
-  return {
-    allowResurrection: config.allowResurrection,
-    retentionHorizonMs: config.retentionHorizonMs,
-    snapshotChunkSize: config.snapshotChunkSize,
-    syncWrites: config.syncWrites,
-    now: config.now,
-  };
-}
 
 /**
  * The durability layer when the config names an archive (`s3` or
@@ -151,16 +140,14 @@ function replicaOptions(config: Config): ReplicaOptions {
  */
 function createDurability(config: Config): Durability | undefined {
   const { s3 } = config;
-  const archive = config.archive ?? (s3
-    ? lazyArchive(`s3://${s3.bucket}/${s3.keyPrefix ?? ''}`, async () => new (await import('./durability/s3-archive.js')).S3Archive(s3))
-    : undefined);
+  const archive = config.archive ?? (s3 ? openS3Archive(s3) : undefined);
   if (!archive) return undefined;
   let durability: Durability | undefined;
   const metrics = createArchiveMetrics(config.registry, () => durability?.figures() ?? { pendingTransactions: 0, outboxBytes: 0, lagSeconds: 0 });
   durability = new Durability({
     archive,
     dataDir: config.dataDir,
-    replicaOptions: replicaOptions(config),
+    replicaOptions: replicaOptionsOf(config),
     mode: config.s3Durability,
     snapshots: { intervalMs: config.snapshotIntervalMs, changes: config.snapshotChanges, kept: config.snapshotsKept },
     eviction: { enabled: config.diskEviction, idleMs: config.diskEvictionIdleMs },

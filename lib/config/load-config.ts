@@ -3,7 +3,6 @@ import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { describeValue } from '../errors.js';
 import { logs } from '../log.js';
-import { archiveKeyProblem } from '../durability/archive.js';
 import {
   MOUNT_PATH_EXPECTED, OPTION_SPECS, SERVER_DEFAULTS, checkMountPath, checkS3,
   type AuthMode, type CoordinatorConfig, type CorsOrigin, type OptionSpec, type PlainOptionKey, type S3Options,
@@ -320,13 +319,6 @@ function checkS3Field<K extends S3SettingKey>(key: K, value: unknown): S3Options
     if (!(err instanceof TypeError)) throw err;
     // 'Option "s3.bucket" must be X, got Y' → 'expected X, got Y', as every other setting says it.
     throw new Invalid(err.message.replace(/^Option "s3\.[A-Za-z]+" must be /, 'expected '));
-  }
-  if (key === 'region' && value === '') fail('a region name such as "eu-west-1"', value);
-  if (key === 'keyPrefix' && value !== '') {
-    const prefix = value as string;
-    if (archiveKeyProblem(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix) !== undefined) {
-      fail('"" or "/"-separated segments such as "sync/" (no leading or doubled "/", no "." or ".." segment, no control characters)', value);
-    }
   }
   return value as S3Options[K];
 }

@@ -1,6 +1,6 @@
 import { Registry } from 'prom-client';
 import type { CoordinatorHooks } from './hooks.js';
-import type { Archive } from '../durability/archive.js';
+import { archiveKeyProblem, type Archive } from '../durability/archive.js';
 
 /** How clients prove who they are. */
 export type AuthMode = 'none' | 'token-whitelist';
@@ -278,7 +278,7 @@ export const OPTION_SPECS: { readonly [K in PlainOptionKey]-?: OptionSpec<NonNul
     check: (v: unknown) => (v === 'async' || v === 'ack' ? v : undefined),
   },
   diskEviction: bool(true),
-  diskEvictionIdleMs: timer(60 * 60 * 1000),
+  diskEvictionIdleMs: int(60 * 60 * 1000, 0, MAX_TIMER_MS, ' (ms)'),
   snapshotIntervalMs: int(5 * 60 * 1000, 1000, MAX_TIMER_MS, ' (ms)'),
   snapshotChanges: int(1000, 1),
   snapshotsKept: int(5, 1),
@@ -359,6 +359,11 @@ export function checkS3(value: unknown): Readonly<S3Options> {
   }
   for (const key of ['region', 'endpoint', 'keyPrefix'] as const) {
     if (o[key] !== undefined && typeof o[key] !== 'string') throw new TypeError(`Option "s3.${key}" must be a string, got ${JSON.stringify(o[key])}`);
+  }
+  if (o.region === '') throw new TypeError('Option "s3.region" must be a region name such as "eu-west-1", got ""');
+  const prefix = o.keyPrefix as string | undefined;
+  if (prefix && archiveKeyProblem(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix) !== undefined) {
+    throw new TypeError(`Option "s3.keyPrefix" must be "" or "/"-separated segments such as "sync/" (no leading or doubled "/", no "." or ".." segment, no control characters), got ${JSON.stringify(prefix)}`);
   }
   if (typeof o.endpoint === 'string' && !/^https?:\/\/[^\s/]+/.test(o.endpoint)) throw new TypeError(`Option "s3.endpoint" must be an http(s) URL, got ${JSON.stringify(o.endpoint)}`);
   for (const key of ['accessKeyId', 'secretAccessKey'] as const) {

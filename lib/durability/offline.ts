@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import type { Config, S3Options } from '../config/options.js';
-import { claimDataDir, type DataDirLock } from '../create-coordinator-server.js';
+import { claimDataDir, type DataDirLock } from '../config/data-dir.js';
 import { messageOf } from '../errors.js';
 import { logs } from '../log.js';
 import { openLevelReplica } from '../replica/open-level.js';
@@ -61,6 +61,7 @@ export function replicaOptionsOf(config: Config): ReplicaOptions {
     retentionHorizonMs: config.retentionHorizonMs,
     snapshotChunkSize: config.snapshotChunkSize,
     syncWrites: config.syncWrites,
+    now: config.now,
   };
 }
 

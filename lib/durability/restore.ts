@@ -157,6 +157,7 @@ async function loadSnapshot(archive: Archive, key: string, databaseId: string, d
   const store = await openLevelStore(dir);
   let info: SnapshotInfo | undefined;
   let loaded = 0;
+  options.onProgress?.({ phase: 'snapshot', done: 0 });
   try {
     let ops: KvOp[] = [];
     let bytes = 0;
@@ -173,6 +174,7 @@ async function loadSnapshot(archive: Archive, key: string, databaseId: string, d
     }
     await store.write(ops);
     loaded += ops.length;
+    options.onProgress?.({ phase: 'snapshot', done: loaded });
     if (info?.databaseId !== databaseId) throw new SnapshotCorruptError(`snapshot of ${JSON.stringify(info?.databaseId)}, not ${JSON.stringify(databaseId)}`);
   } catch (err) {
     await store.close();

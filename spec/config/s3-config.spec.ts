@@ -193,9 +193,9 @@ describe('S3 configuration', () => {
       [{ s3: { keyPrefix: '/abs' } }, '--s3-key-prefix: expected "" or "/"-separated segments such as "sync/" (no leading or doubled "/", no "." or ".." segment, no control characters), got "/abs"'],
       [{ s3Durability: 'sync' }, '--s3-durability: expected "async" or "ack", got "sync"'],
       [{ diskEviction: 'maybe' }, '--disk-eviction: expected true or false (or 1 or 0), got "maybe"'],
-      [{ diskEvictionIdleMs: '-1' }, '--disk-eviction-idle-ms: expected an integer from 0 to 2147483647 (ms; 0 disables), got "-1"'],
-      [{ diskEvictionIdleMs: '1e3' }, '--disk-eviction-idle-ms: expected an integer from 0 to 2147483647 (ms; 0 disables), got "1e3"'],
-      [{ diskEvictionIdleMs: '2147483648' }, '--disk-eviction-idle-ms: expected an integer from 0 to 2147483647 (ms; 0 disables), got "2147483648"'],
+      [{ diskEvictionIdleMs: '-1' }, '--disk-eviction-idle-ms: expected an integer from 0 to 2147483647 (ms), got "-1"'],
+      [{ diskEvictionIdleMs: '1e3' }, '--disk-eviction-idle-ms: expected an integer from 0 to 2147483647 (ms), got "1e3"'],
+      [{ diskEvictionIdleMs: '2147483648' }, '--disk-eviction-idle-ms: expected an integer from 0 to 2147483647 (ms), got "2147483648"'],
     ];
     for (const [texts, message] of bad) {
       it(`rejects ${JSON.stringify(texts)} naming the flag and the text`, () => {
@@ -212,7 +212,7 @@ describe('S3 configuration', () => {
       [{ S3_FORCE_PATH_STYLE: 'on' }, 'S3_FORCE_PATH_STYLE: expected true or false (or 1 or 0), got "on"'],
       [{ SYNC_S3_DURABILITY: 'ACK' }, 'SYNC_S3_DURABILITY: expected "async" or "ack", got "ACK"'],
       [{ DISK_EVICTION_ENABLED: 'enabled' }, 'DISK_EVICTION_ENABLED: expected true or false (or 1 or 0), got "enabled"'],
-      [{ DISK_EVICTION_IDLE_MS: '1h' }, 'DISK_EVICTION_IDLE_MS: expected an integer from 0 to 2147483647 (ms; 0 disables), got "1h"'],
+      [{ DISK_EVICTION_IDLE_MS: '1h' }, 'DISK_EVICTION_IDLE_MS: expected an integer from 0 to 2147483647 (ms), got "1h"'],
     ];
     for (const [env, message] of bad) {
       it(`rejects ${JSON.stringify(env)} naming the variable and the value`, () => {
