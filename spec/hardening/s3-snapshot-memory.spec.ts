@@ -108,7 +108,7 @@ describe('hardening: a 1,000,000-entry database snapshots to S3 in bounded memor
     const tableBytes = await sizeOf(databaseDirectory(dataDir, DB), /\.(ldb|sst)$/);
     const growth = { rss: peak.rss - baseline.rss, anon: peak.anon - baseline.anon, file: peak.file - baseline.file };
     const mb = (n: number): string => (n / MB).toFixed(1);
-    process.stderr.write(`      1M entries: filled in ${fillMs} ms; snapshot of ${mb(size)} MB gzipped in ${snapshotMs} ms; `
+    if (process.env.S3_FIGURES) process.stderr.write(`      1M entries: filled in ${fillMs} ms; snapshot of ${mb(size)} MB gzipped in ${snapshotMs} ms; `
       + `RSS ${mb(baseline.rss)} MB before, growth ${mb(growth.rss)} MB: anonymous ${mb(growth.anon)} MB, file-backed ${mb(growth.file)} MB (table files ${mb(tableBytes)} MB)\n`);
     expect(growth.anon, `anonymous memory growth during the snapshot (${mb(growth.anon)} MB)`).to.be.below(100 * MB);
     expect(growth.file, `file-backed growth (${mb(growth.file)} MB) is at most the mapped table files (${mb(tableBytes)} MB)`).to.be.at.most(tableBytes + 8 * MB);
