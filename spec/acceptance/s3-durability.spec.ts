@@ -159,8 +159,11 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
     await wsWriter(proc, lagging, 'lag2', tally, { until: writes(20) });
     expect(tally.refused.size, 'async mode acknowledges through the outage').to.equal(0);
     const laggingState = await snapshotState(proc, lagging);
-    // Closing waits up to 5 s for the archive; then the database is idle and closed with its archive behind.
-    expect(await eventually(async () => (await archiveStatus(proc)).openDatabases === 0, 100, 100), 'both databases closed').to.equal(true);
+    // Closing (it starts once the database is idle) waits up to 5 s (CLOSE_FLUSH_MS) for the archive;
+    // then the database is closed with its archive behind, and its shipper has stopped.
+    expect(await eventually(async () => (await archiveStatus(proc)).openDatabases === 0, 100, 100), 'both databases closing').to.equal(true);
+    await sleep(5500);
+    expect(await exists(databaseDirectory(dataDir, lagging)), 'a database whose archive lags stays on disk').to.equal(true);
     // An eviction round finds it (it tries to finish archiving it, and fails: more upload errors)...
     const errors = await proc.metric('sync_archive_upload_errors_total');
     await metricReaches(proc, 'sync_archive_upload_errors_total', errors + 1);
