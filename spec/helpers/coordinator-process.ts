@@ -66,17 +66,52 @@ export async function startCoordinatorProcess(options: CoordinatorProcessOptions
   const configDir = await makeTempDir('coordinator-config-');
   const configFile = join(configDir, 'sync-coordinator.json');
   await writeFile(configFile, JSON.stringify({ router: { heartbeatIntervalMs: 0, ...options.router } }));
+  return launchCoordinatorProcess({
+    args: [
+      join(ROOT, 'cli/sync-coordinator.ts'),
+      '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir, '--config', configFile, ...(options.args ?? []),
+    ],
+    dataDir,
+    ownDir,
+    release: () => removeTempDir(configDir),
+  });
+}
+
+/** How to launch a coordinator entry point (for helpers that start something other than the CLI). */
+export interface LaunchOptions {
+  /** Script and its arguments, run as `node --import tsx <args...>` from the repository root. */
+  args: string[];
+  dataDir: string;
+  /** Remove `dataDir` at cleanup (and when the start fails). */
+  ownDir: boolean;
+  /** Keep a pipe on the child's stdin, so an entry point that watches it ends with this process. @default false */
+  stdinPipe?: boolean;
+  /** Extra environment (SYNC_* and DEBUG of this process are never passed on). */
+  env?: NodeJS.ProcessEnv;
+  /** Run at cleanup (and when the start fails), e.g. to remove a config file. */
+  release?: () => Promise<void>;
+}
+
+/**
+ * Starts `node --import tsx <args>` and resolves once it printed the CLI's
+ * listening line (`sync-coordinator listening on http://...`); rejects with
+ * its stderr when it exits first.
+ */
+export async function launchCoordinatorProcess(options: LaunchOptions): Promise<CoordinatorProcess> {
+  const { dataDir, ownDir } = options;
+  const release = options.release ?? (async () => undefined);
   const env: NodeJS.ProcessEnv = {};
   for (const [name, value] of Object.entries(process.env)) if (!/^(SYNC_|DEBUG$)/.test(name)) env[name] = value;
-  const child = spawn(process.execPath, [
-    '--import', 'tsx', join(ROOT, 'cli/sync-coordinator.ts'),
-    '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir, '--config', configFile, ...(options.args ?? []),
-  ], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  Object.assign(env, options.env);
+  const child = spawn(process.execPath, ['--import', 'tsx', ...options.args], {
+    cwd: ROOT, env, stdio: [options.stdinPipe ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (text: string) => { out += text; });
   child.stderr!.setEncoding('utf8').on('data', (text: string) => { err = (err + text).slice(-20_000); });
   const exited = new Promise<ExitStatus>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  void exited.then(() => child.stdin?.destroy());
   const baseUrl = await new Promise<string>((resolve, reject) => {
     const onData = (): void => {
       const match = LISTENING.exec(out);
@@ -87,7 +122,7 @@ export async function startCoordinatorProcess(options: CoordinatorProcessOptions
     child.stdout!.on('data', onData);
     void exited.then((status) => reject(new Error(`coordinator exited (${status.code ?? status.signal}) before listening:\n${err}`)));
   }).catch(async (e: unknown) => {
-    await removeTempDir(configDir);
+    await release();
     if (ownDir) await removeTempDir(dataDir);
     throw e;
   });
@@ -158,7 +193,7 @@ export async function startCoordinatorProcess(options: CoordinatorProcessOptions
     async cleanup() {
       running.delete(proc);
       await signal('SIGKILL');
-      await removeTempDir(configDir);
+      await release();
       if (ownDir) await removeTempDir(dataDir);
     },
   };
