@@ -48,6 +48,10 @@ export { claimDataDir, type DataDirLock } from './config/data-dir.js';
  */
 export function routerOptionsOf<I = unknown>(partial: Partial<CoordinatorConfig>, hooks?: CoordinatorHooks<I>): SyncRouterOptions<I> {
   const config: CoordinatorConfig = { ...SERVER_DEFAULTS, ...partial };
+  // A durability setting given only in `router` (programmatic use) is not overridden by a top-level default.
+  const section = (config.router ?? {}) as SyncRouterOptions;
+  const durability = <K extends 's3Durability' | 'diskEviction' | 'diskEvictionIdleMs'>(key: K): CoordinatorConfig[K] =>
+    partial[key] ?? (section[key] as CoordinatorConfig[K] | undefined) ?? SERVER_DEFAULTS[key];
   return {
     ...config.router,
     path: config.basePath,
@@ -58,9 +62,9 @@ export function routerOptionsOf<I = unknown>(partial: Partial<CoordinatorConfig>
     retentionHorizonMs: config.retentionHorizonMs,
     batchSize: config.batchSize,
     ...(config.s3 ? { s3: config.s3 } : {}),
-    s3Durability: config.s3Durability,
-    diskEviction: config.diskEviction,
-    diskEvictionIdleMs: config.diskEvictionIdleMs,
+    s3Durability: durability('s3Durability'),
+    diskEviction: durability('diskEviction'),
+    diskEvictionIdleMs: durability('diskEvictionIdleMs'),
     ...(hooks ? { hooks } : {}),
   };
 }
@@ -68,7 +72,7 @@ export function routerOptionsOf<I = unknown>(partial: Partial<CoordinatorConfig>
 /** Builds the standalone server the CLI runs. */
 export function createCoordinatorServer<I = unknown>(options: CoordinatorServerOptions<I> = {}): CoordinatorServer {
   const config: CoordinatorConfig = { ...SERVER_DEFAULTS, ...options.config };
-  const router = createSyncRouter(routerOptionsOf(config, options.hooks));
+  const router = createSyncRouter(routerOptionsOf(options.config ?? {}, options.hooks));
   const app = express();
   app.disable('x-powered-by');
   app.use(config.basePath, router);

@@ -1,4 +1,5 @@
-import { rm } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { gzip as gzipCallback } from 'node:zlib';
 import { SyncError, ErrorCode, isSyncError, messageOf } from '../errors.js';
@@ -6,8 +7,10 @@ import { logs } from '../log.js';
 import type { ArchiveMetrics } from '../metrics/metrics.js';
 import { openLevelReplica } from '../replica/open-level.js';
 import type { CommitInfo, Replica, ReplicaOptions, StampedCommit } from '../replica/replica.js';
-import { databaseDirectory } from '../storage/database-id.js';
-import { pathExists } from '../storage/leveldb.js';
+import { databaseDirectory, databaseIdFromDirectory } from '../storage/database-id.js';
+import { openLevelStore, pathExists } from '../storage/leveldb.js';
+import { compareHlc } from '../protocol/hlc.js';
+import { META_ARCHIVED, META_LAST_STAMP } from '../replica/keys.js';
 import type { ReplicaSource } from '../service/coordinator.js';
 import type { Archive } from './archive.js';
 import { batchKey } from './layout.js';
@@ -22,6 +25,8 @@ const gzip = promisify(gzipCallback);
 const CLOSE_FLUSH_MS = 5000;
 /** How long an ack-mode commit waits for older unarchived commits to be archived first. */
 const ACK_CATCH_UP_MS = 10_000;
+/** How often databases on disk but not open are looked after (archiving backlogs, eviction). */
+const MAINTAIN_MS = 5000;
 
 /** How durable writes are. */
 export type DurabilityMode = 'async' | 'ack';
@@ -73,17 +78,25 @@ export class Durability implements ReplicaSource {
   private readonly options: DurabilityOptions;
   private readonly now: () => number;
   private readonly opened = new Map<string, OpenDatabase>();
-  /** Databases closed in this process: when, and whether their archive was complete then. */
-  private readonly closed = new Map<string, { at: number; complete: boolean }>();
+  /**
+   * Databases on disk but not open: since when, whether their archive is
+   * complete, and when to try again to complete it.
+   */
+  private readonly closed = new Map<string, { at: number; complete: boolean; retryAt?: number; retryMs?: number }>();
   /** Opens, closes and evictions of one database run one at a time. */
   private readonly locks = new Map<string, Promise<unknown>>();
   private readonly snapshotter: Snapshotter;
-  private readonly evictionTimer?: NodeJS.Timeout;
+  private readonly maintenanceTimer: NodeJS.Timeout;
+  /** The startup scan of the data directory (see scanDataDir). */
+  private readonly scanning: Promise<void>;
+  private readonly startedAt = Date.now();
   private lastError?: string;
   private lastUploadAt?: number;
   private lastSnapshotAt?: number;
   private restores = 0;
   private evictions = 0;
+  private stopped = false;
+  private maintaining = false;
 
   constructor(options: DurabilityOptions) {
     this.options = options;
@@ -101,10 +114,9 @@ export class Durability implements ReplicaSource {
         log('snapshot of %s failed: %s', id, messageOf(err));
       },
     }, this.now);
-    if (options.eviction.enabled) {
-      this.evictionTimer = setInterval(() => void this.evictIdle(), Math.max(1000, Math.min(options.eviction.idleMs / 2, 60_000)));
-      this.evictionTimer.unref();
-    }
+    this.maintenanceTimer = setInterval(() => void this.maintain(), Math.max(250, Math.min(options.eviction.idleMs / 2, MAINTAIN_MS)));
+    this.maintenanceTimer.unref();
+    this.scanning = this.scanDataDir().catch((err: unknown) => log('scan of %s failed: %s', options.dataDir, messageOf(err)));
   }
 
   /** The figures of the archive metrics, summed over open databases. */
@@ -164,7 +176,9 @@ export class Durability implements ReplicaSource {
 
   /** Stops timers and snapshots and closes the archive (after the coordinator closed every database). */
   async shutdown(): Promise<void> {
-    if (this.evictionTimer) clearInterval(this.evictionTimer);
+    this.stopped = true;
+    clearInterval(this.maintenanceTimer);
+    await this.scanning;
     await this.snapshotter.close();
     await this.options.archive.close();
   }
@@ -237,7 +251,17 @@ export class Durability implements ReplicaSource {
         throw new SyncError(ErrorCode.StorageUnavailable, `the archive of ${databaseId} is behind and cannot catch up now; try again`);
       }
       const body = await gzip(Buffer.from(JSON.stringify(commit.changeSets), 'utf8'));
-      await archive.put(batchKey(databaseId, commit.after, commit.last), body, { contentType: 'application/gzip' });
+      const key = batchKey(databaseId, commit.after, commit.last);
+      try {
+        await archive.put(key, body, { contentType: 'application/gzip' });
+      } catch (err) {
+        // The upload may have landed with only its answer lost: the commit is
+        // refused, so its batch must not outlive it. Restores already skip
+        // such an orphan once a later commit follows the same stamp; deleting
+        // it also covers the case where none does.
+        this.forget(key);
+        throw err;
+      }
       shipper?.advance(commit.last);
       metrics.uploadsTotal.inc();
       this.lastUploadAt = this.now();
@@ -249,28 +273,109 @@ export class Durability implements ReplicaSource {
     }
   }
 
+  /** Deletes the batch of a refused ack-mode commit, retrying in the background until the archive answers. */
+  private forget(key: string, attempt = 0): void {
+    this.options.archive.delete([key]).catch(() => {
+      if (attempt >= 20 || this.stopped) return;
+      const timer = setTimeout(() => this.forget(key, attempt + 1), Math.min(30_000, 500 * 2 ** attempt));
+      timer.unref();
+    });
+  }
+
   /**
-   * Removes idle databases from disk once their archive is complete. One
-   * closed while the archive was down is opened again briefly to finish
-   * archiving first, so nothing stays only on a disk that may be lost.
+   * Keeps databases that are on disk but not open in order: one whose
+   * archive is incomplete (closed during an outage, or left by a crash) is
+   * opened briefly to finish archiving, retried with backoff until the
+   * archive answers, so nothing stays only on a disk that may be lost; one
+   * idle for diskEvictionIdleMs with a complete archive is removed from disk.
    */
-  private async evictIdle(): Promise<void> {
-    const { idleMs } = this.options.eviction;
-    const now = this.now();
-    for (const [databaseId, state] of [...this.closed]) {
-      if (now - state.at < idleMs) continue;
-      await this.locked(databaseId, async () => {
-        const current = this.closed.get(databaseId);
-        if (!current || this.opened.has(databaseId)) return;
-        if (!current.complete) current.complete = await this.finishArchiving(databaseId);
-        if (!current.complete) return;
-        await rm(databaseDirectory(this.options.dataDir, databaseId), { recursive: true, force: true });
-        this.closed.delete(databaseId);
-        this.evictions++;
-        this.options.metrics.evictionsTotal.inc();
-        log('evicted %s from disk (idle %d s, archive complete)', databaseId, Math.round((now - current.at) / 1000));
-      }).catch((err: unknown) => log('eviction of %s failed: %s', databaseId, messageOf(err)));
+  private async maintain(): Promise<void> {
+    if (this.maintaining || this.stopped) return;
+    this.maintaining = true;
+    try {
+      const { enabled, idleMs } = this.options.eviction;
+      for (const [databaseId, state] of [...this.closed]) {
+        if (this.stopped) return;
+        const now = this.now();
+        const due = !state.complete ? (state.retryAt ?? 0) <= now : enabled && now - state.at >= idleMs;
+        if (!due) continue;
+        await this.locked(databaseId, async () => {
+          const current = this.closed.get(databaseId);
+          if (!current || this.opened.has(databaseId) || this.stopped) return;
+          if (!current.complete) {
+            current.complete = await this.finishArchiving(databaseId).catch((err: unknown) => {
+              log('archiving closed database %s failed: %s', databaseId, messageOf(err));
+              return false;
+            });
+            if (!current.complete) {
+              current.retryMs = Math.min(MAINTAIN_MS * 12, (current.retryMs ?? MAINTAIN_MS / 2) * 2);
+              current.retryAt = this.now() + current.retryMs;
+              return;
+            }
+            log('archived %s, closed with a backlog', databaseId);
+          }
+          if (!enabled || this.now() - current.at < idleMs) return;
+          await rm(databaseDirectory(this.options.dataDir, databaseId), { recursive: true, force: true });
+          this.closed.delete(databaseId);
+          this.evictions++;
+          this.options.metrics.evictionsTotal.inc();
+          log('evicted %s from disk (idle %d s, archive complete)', databaseId, Math.round((this.now() - current.at) / 1000));
+        }).catch((err: unknown) => log('maintenance of %s failed: %s', databaseId, messageOf(err)));
+      }
+    } finally {
+      this.maintaining = false;
     }
+  }
+
+  /**
+   * Finds the databases already on disk when the coordinator starts, so the
+   * ones a crash or an outage left with an unarchived backlog are archived
+   * (and idle ones evicted) even if no client opens them again; removes the
+   * leftovers of restores a crash interrupted.
+   */
+  private async scanDataDir(): Promise<void> {
+    const root = this.options.dataDir;
+    const walk = async (rel: string, depth: number): Promise<void> => {
+      let entries;
+      try {
+        entries = await readdir(join(root, rel), { withFileTypes: true });
+      } catch {
+        return;
+      }
+      if (entries.some((e) => e.name === 'CURRENT' && e.isFile())) {
+        const databaseId = databaseIdFromDirectory(rel);
+        if (databaseId !== undefined) await this.noteOnDisk(databaseId);
+        return;
+      }
+      for (const entry of entries) {
+        if (!entry.isDirectory() || entry.name.startsWith('.') || this.stopped) continue;
+        const path = rel === '' ? entry.name : `${rel}/${entry.name}`;
+        if (/\.restoring-[0-9a-f-]{36}$/.test(entry.name)) {
+          // Interrupted before this process started (a restore under way now is younger).
+          const info = await stat(join(root, path)).catch(() => undefined);
+          if (info && info.mtimeMs < this.startedAt) await rm(join(root, path), { recursive: true, force: true });
+          continue;
+        }
+        if (depth < 4) await walk(path, depth + 1);
+      }
+    };
+    await walk('', 0);
+  }
+
+  /** Records a database found on disk, with whether its archive is complete (read from its store). */
+  private noteOnDisk(databaseId: string): Promise<void> {
+    return this.locked(databaseId, async () => {
+      if (this.opened.has(databaseId) || this.closed.has(databaseId) || this.stopped) return;
+      const store = await openLevelStore(databaseDirectory(this.options.dataDir, databaseId), { createIfMissing: false });
+      let complete: boolean;
+      try {
+        const [last, archived] = await store.getMany([META_LAST_STAMP, META_ARCHIVED]);
+        complete = !last || (archived !== undefined && compareHlc(archived, last) >= 0);
+      } finally {
+        await store.close();
+      }
+      this.closed.set(databaseId, { at: this.now(), complete });
+    }).catch((err: unknown) => log('cannot read the archive state of %s: %s', databaseId, messageOf(err)));
   }
 
   /** Opens a closed database just long enough to archive what it holds; true when complete. */

@@ -109,19 +109,34 @@ export async function restoreDatabase(archive: Archive, databaseId: string, dir:
       const pending = batches.filter((b) => !position || compareHlc(b.last, position) > 0);
       let done = 0;
       options.onProgress?.({ phase: 'batches', done, total: pending.length });
-      for (const batch of pending) {
-        if (position ? compareHlc(batch.after, position) > 0 : !batch.after.equals(Buffer.alloc(batch.after.length))) {
-          throw new Error(`the archive of ${databaseId} has a gap: no batch follows stamp ${stampHex(position)} (the next starts after ${stampHex(batch.after)}); restoring past it would lose acknowledged changes`);
+      for (;;) {
+        // The chain continues with the batch that follows the position and
+        // reaches furthest. Two batches can follow the same stamp: a
+        // re-upload after a crash (the longer holds the shorter) or, in ack
+        // mode, an upload whose commit was refused after all (its answer was
+        // lost): the commit after it follows the same stamp and reaches
+        // further, so the orphan is never replayed.
+        let next: (typeof batches)[number] | undefined;
+        for (const b of pending) {
+          const follows = position ? compareHlc(b.after, position) <= 0 : b.after.equals(Buffer.alloc(b.after.length));
+          if (follows && (!position || compareHlc(b.last, position) > 0) && (!next || compareHlc(b.last, next.last) > 0)) next = b;
         }
-        const sets = (await readBatch(archive, batch.key)).filter((set) => !position || compareHlc(hlcFromWire(set.hlc), position) > 0);
+        if (!next) {
+          const beyond = pending.find((b) => !position || compareHlc(b.last, position) > 0);
+          if (beyond) {
+            throw new Error(`the archive of ${databaseId} has a gap: no batch follows stamp ${stampHex(position)} (the next starts after ${stampHex(beyond.after)}); restoring past it would lose acknowledged changes`);
+          }
+          break;
+        }
+        const sets = (await readBatch(archive, next.key)).filter((set) => !position || compareHlc(hlcFromWire(set.hlc), position) > 0);
         if (sets.length > 0) {
           // Stamps are the coordinator's own clock: any drift is fine here.
-          const valid = validateChangeSets(sets, { now: Date.now(), maxDriftMs: Number.MAX_SAFE_INTEGER }, batch.key);
+          const valid = validateChangeSets(sets, { now: Date.now(), maxDriftMs: Number.MAX_SAFE_INTEGER }, next.key);
           await replica.replay(valid, valid.map((set) => set.hlc));
           result.transactions += sets.length;
         }
         result.batches++;
-        position = position && compareHlc(position, batch.last) > 0 ? position : batch.last;
+        position = next.last;
         options.onProgress?.({ phase: 'batches', done: ++done, total: pending.length });
       }
       if (position) await replica.markArchived(position);

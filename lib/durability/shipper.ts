@@ -1,7 +1,7 @@
 import { promisify } from 'node:util';
 import { gzip as gzipCallback } from 'node:zlib';
 import { ErrorCode, isSyncError, messageOf } from '../errors.js';
-import { compareHlc } from '../protocol/hlc.js';
+import { compareHlc, hlcWallTime } from '../protocol/hlc.js';
 import type { CommitInfo, Replica } from '../replica/replica.js';
 import type { Archive } from './archive.js';
 import { batchKey } from './layout.js';
@@ -13,7 +13,7 @@ const BATCH_CHANGES = 1000;
 const BATCH_BYTES = 4 * 1024 * 1024;
 /** Waits between failed uploads: doubling from the first to the last. */
 const RETRY_MIN_MS = 500;
-const RETRY_MAX_MS = 30_000;
+const RETRY_MAX_MS = 10_000;
 
 /** What a shipper reports to the durability layer. */
 export interface ShipperEvents {
@@ -62,6 +62,13 @@ export class Shipper {
   /** A shipper for `replica`, resuming from the stamp its store says was archived; it starts archiving at once. */
   static async start(archive: Archive, databaseId: string, replica: Replica, events: ShipperEvents): Promise<Shipper> {
     const shipper = new Shipper(archive, databaseId, replica, await replica.archivedStamp(), events);
+    if (!shipper.complete) {
+      // A backlog left by a crash or an outage: count it, and date it by its first stamp (stamps carry the coordinator's clock).
+      const backlog = await replica.logAfter(shipper.archived);
+      shipper.pendingTransactions = backlog.transactions;
+      shipper.pendingBytes = backlog.bytes;
+      if (backlog.first) shipper.waitingSince = hlcWallTime(backlog.first);
+    }
     shipper.wake();
     return shipper;
   }

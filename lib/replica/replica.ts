@@ -5,7 +5,7 @@ import type { ChangeSet } from '../protocol/messages.js';
 import { randomSiteId, siteIdToWire } from '../protocol/site-id.js';
 import type { ValidChangeSet } from '../protocol/validate.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
-import { KEY_FORMAT, META_FORMAT, META_SITE_ID, META_LAST_STAMP, META_ARCHIVED, NS_META, NS_LOG, NS_TOMBSTONE_AGE, NS_TABLE_STATS, NS_COLUMN, NS_TOMBSTONE, decodeComponent, readU64 } from './keys.js';
+import { KEY_FORMAT, META_FORMAT, META_SITE_ID, META_LAST_STAMP, META_ARCHIVED, NS_META, NS_LOG, NS_TOMBSTONE_AGE, logKeyAfter, logKeyHasStamp, logKeyStamp, NS_TABLE_STATS, NS_COLUMN, NS_TOMBSTONE, decodeComponent, readU64 } from './keys.js';
 import { applyGroup, makeTableKeys, type ApplyContext, type ApplyOutcome, type GroupResult, type TableKeys, type TableStats } from './apply.js';
 
 export type { ApplyOutcome };
@@ -423,6 +423,33 @@ export class Replica implements ReplicaContext {
     } finally {
       await it.close();
     }
+  }
+
+  /**
+   * The change log after `after` (a stamp; undefined: all of it): its
+   * transactions, bytes, and the stamp of the first one. What an archive
+   * that holds everything up to `after` still lacks.
+   */
+  async logAfter(after: Buffer | undefined): Promise<{ transactions: number; bytes: number; first?: Buffer }> {
+    const it = this.store.iterator({ gt: after ? logKeyAfter(after) : Buffer.of(NS_LOG), lt: Buffer.of(NS_LOG + 1), readAhead: 256 * 1024 });
+    let transactions = 0;
+    let bytes = 0;
+    let first: Buffer | undefined;
+    let current: Buffer | undefined;
+    try {
+      for (let batch = await it.nextBatch(1024); batch.length > 0; batch = await it.nextBatch(1024)) {
+        for (const [key, value] of batch) {
+          bytes += value.length;
+          if (current && logKeyHasStamp(key, current)) continue;
+          current = Buffer.from(logKeyStamp(key));
+          first ??= current;
+          transactions++;
+        }
+      }
+    } finally {
+      await it.close();
+    }
+    return { transactions, bytes, ...(first ? { first } : {}) };
   }
 
   /** The last stamp a durable archive is known to hold (undefined: nothing archived). */
