@@ -288,17 +288,7 @@ export class Replica implements ReplicaContext {
       if (stats.count === 0) this.tables.delete(id);
       else this.tables.set(id, stats);
     }
-    if (result.lastStamp && this.onCommit) {
-      let transactions = 0;
-      let changes = 0;
-      let logBytes = 0;
-      for (const outcome of result.outcomes) {
-        transactions += outcome.stamps.length;
-        for (const set of outcome.accepted) changes += set.changes.length + (set.schemaMigrations?.length ?? 0);
-      }
-      for (const op of result.ops) if (op.type === 'put' && op.key[0] === NS_LOG) logBytes += op.value.length;
-      this.onCommit({ lastStamp: result.lastStamp, transactions, changes, logBytes });
-    }
+    if (result.lastStamp) this.notifyCommit(result);
     for (let i = 0; i < group.length; i++) {
       const outcome = result.outcomes[i]!;
       log('applied %d, skipped %d, conflicts %d in %d change sets', outcome.applied, outcome.skipped, outcome.conflicts, outcome.transactions);
@@ -308,6 +298,20 @@ export class Replica implements ReplicaContext {
       // Stored already: a failure here only delays the flush.
       await this.rotateMemtable().catch((err: unknown) => log('memtable rotation failed: %s', (err as Error).message));
     }
+  }
+
+  /** Tells `onCommit` what a stored commit added to the log. */
+  private notifyCommit(result: GroupResult): void {
+    if (!this.onCommit || !result.lastStamp) return;
+    let transactions = 0;
+    let changes = 0;
+    let logBytes = 0;
+    for (const outcome of result.outcomes) {
+      transactions += outcome.stamps.length;
+      for (const set of outcome.accepted) changes += set.changes.length + (set.schemaMigrations?.length ?? 0);
+    }
+    for (const op of result.ops) if (op.type === 'put' && op.key[0] === NS_LOG) logBytes += op.value.length;
+    this.onCommit({ lastStamp: result.lastStamp, transactions, changes, logBytes });
   }
 
   /**
@@ -389,25 +393,43 @@ export class Replica implements ReplicaContext {
    */
   replay(sets: readonly ValidChangeSet[], stamps: readonly Buffer[]): Promise<void> {
     if (sets.length !== stamps.length) throw new TypeError('replay needs one stamp per change set');
+    return this.replayMessages(sets.map((set) => [set]), stamps.map((stamp) => [stamp])).then(() => undefined);
+  }
+
+  /**
+   * Like replay, for whole messages: `messages[i][j]` was stamped
+   * `stamps[i][j]`. Resolves with each message's outcome (what it applied,
+   * skipped and lost, and its accepted change sets for pushes), as an apply
+   * of the same message would. A cluster node applies its log this way.
+   */
+  replayMessages(messages: readonly (readonly ValidChangeSet[])[], stamps: readonly (readonly Buffer[])[]): Promise<ApplyOutcome[]> {
+    if (messages.length !== stamps.length || messages.some((m, i) => m.length !== stamps[i]!.length)) throw new TypeError('replay needs one stamp per change set');
     return this.serial(async () => {
-      for (let from = 0; from < sets.length;) {
+      const outcomes: ApplyOutcome[] = [];
+      for (let from = 0; from < messages.length;) {
         let to = from;
-        for (let size = 0; to < sets.length && (to === from || size < MAX_GROUP_CHANGES); to++) size += sets[to]!.changes.length + sets[to]!.migrations.length;
-        const result = await applyGroup(this.applyContext, sets.slice(from, to).map((set) => [set]), stamps.slice(from, to).map((stamp) => [stamp]));
-        const last = stamps[to - 1]!;
-        result.ops.push({ type: 'put', key: META_LAST_STAMP, value: last });
+        for (let size = 0; to < messages.length && (to === from || size < MAX_GROUP_CHANGES); to++) {
+          for (const set of messages[to]!) size += set.changes.length + set.migrations.length;
+        }
+        const group = messages.slice(from, to).map((m) => [...m]);
+        const result = await applyGroup(this.applyContext, group, stamps.slice(from, to));
+        const last = stamps.slice(from, to).flat().at(-1);
+        if (last) result.ops.push({ type: 'put', key: META_LAST_STAMP, value: last });
         await this.store.write(result.ops, { sync: this.syncWrites });
-        this.committed = last;
+        if (last) this.committed = last;
         for (const [id, stats] of result.counts) {
           if (stats.count === 0) this.tables.delete(id);
           else this.tables.set(id, stats);
         }
         for (const op of result.ops) if (op.type === 'put' && (op.key[0] === NS_COLUMN || op.key[0] === NS_TOMBSTONE)) this.filter?.add(op.key);
+        outcomes.push(...result.outcomes);
+        if (result.lastStamp) this.notifyCommit(result);
         from = to;
       }
       // Stamps issued from now on continue above the replayed ones.
       this.stamps = this.stampSource({ siteId: this.siteId, last: this.committed, now: this.now });
       this.applyContext.stamps = this.stamps;
+      return outcomes;
     });
   }
 

@@ -5,7 +5,7 @@ import { Random } from '../helpers/random.js';
 import { openLevelStore } from '../../lib/storage/leveldb.js';
 import { Replica } from '../../lib/replica/replica.js';
 import { validateChangeSets } from '../../lib/protocol/validate.js';
-import { hlcFromWire, hlcToWire, compareHlc } from '../../lib/protocol/hlc.js';
+import { encodeHlc, hlcFromWire, hlcToWire, compareHlc } from '../../lib/protocol/hlc.js';
 import type { ChangeSet } from '../../lib/protocol/messages.js';
 import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
 
@@ -66,6 +66,25 @@ describe('replica: archive primitives', () => {
         }
       });
     }
+
+    it('replays whole messages with the outcome an apply of each would have', async () => {
+      const site = new TestSite();
+      const first = site.txn([{ pk: [1], value: 'a' }, { pk: [2], value: 'b' }]);
+      const second = site.txn([{ pk: [1], value: 'c' }]);
+      const messages = [validateChangeSets([first], { now: Date.now() }), validateChangeSets([first, second], { now: Date.now() })];
+      const { replica: applied } = await fixture.create();
+      const expected = [];
+      for (const m of messages) expected.push(await applied.apply(m));
+      const { replica: replayed } = await fixture.create();
+      const base = Date.now();
+      const stamps = [[stampAt(replayed, base, 1)], [stampAt(replayed, base, 2), stampAt(replayed, base, 3)]];
+      const outcomes = await replayed.replayMessages(messages, stamps);
+      expect(outcomes.map(({ applied: a, skipped, conflicts, transactions }) => ({ a, skipped, conflicts, transactions })))
+        .to.deep.equal(expected.map(({ applied: a, skipped, conflicts, transactions }) => ({ a, skipped, conflicts, transactions })));
+      // Only change sets that changed something are stamped, with the stamps given.
+      expect(outcomes[1]!.stamps.map(hlcToWire)).to.deep.equal([hlcToWire(stamps[1]![1]!)]);
+      expect(await stateOf(replayed)).to.deep.equal(await stateOf(applied));
+    });
 
     it('continues stamps above the replayed ones', async () => {
       const { replica: source } = await fixture.create();
@@ -131,3 +150,8 @@ describe('replica: archive primitives', () => {
     });
   });
 });
+
+/** A stamp of the replica's own site at (wall, counter). */
+function stampAt(replica: Replica, wall: number, counter: number): Buffer {
+  return encodeHlc({ wallTime: wall, counter, siteId: replica.siteId, opSeq: 0 });
+}
