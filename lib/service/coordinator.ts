@@ -7,7 +7,7 @@ import { logs } from '../log.js';
 import { validateChangeSets, validateCursor, type ValidChangeSet } from '../protocol/validate.js';
 import { siteIdFromWire } from '../protocol/site-id.js';
 import type { ApplyResult, ChangeSet } from '../protocol/messages.js';
-import type { Replica } from '../replica/replica.js';
+import type { ApplyOutcome, Replica } from '../replica/replica.js';
 import type { ChangesPage } from '../replica/change-log.js';
 import { validateDatabaseId } from '../storage/database-id.js';
 import { ReplicaPool, type Lease } from '../storage/replica-pool.js';
@@ -40,6 +40,29 @@ export interface ReplicaSource {
   close(databaseId: string, replica: Replica): Promise<void>;
   /** What `/status` shows of it (the durable archive's state), if anything. */
   status?(): object;
+}
+
+/**
+ * How an accepted message becomes part of its database: on one node, the
+ * replica merges it under a fresh stamp and the change sets are pushed; in a
+ * cluster, it goes through the shared log first (lib/cluster). Either way
+ * `commit` starts at once (messages of one client commit in the order it
+ * sent them), resolves once this node's replica holds the message, and the
+ * write path pushes what it accepted to the database's other subscribers.
+ */
+export interface WritePath {
+  commit(databaseId: string, replica: Replica, origin: string, sets: ValidChangeSet[]): Promise<ApplyOutcome>;
+}
+
+/** The single-node write path: merge, stamp locally, push. */
+export function localWrites(hub: Hub): WritePath {
+  return {
+    async commit(databaseId, replica, origin, sets) {
+      const outcome = await replica.apply(sets);
+      hub.publish(databaseId, origin, outcome.accepted, outcome.stamps);
+      return outcome;
+    },
+  };
 }
 
 /** A WebSocket handshake's claims (docs/protocol.md §4), not yet checked. */
@@ -102,6 +125,7 @@ export class Coordinator {
   private readonly streams = new Set<Promise<unknown>>();
   private readonly tokens: TokenList;
   private readonly replicas: ReplicaSource;
+  private readonly writes: WritePath;
   private sweepTimer?: NodeJS.Timeout;
   private closing?: Promise<void>;
   private readonly limits?: Limits;
@@ -111,11 +135,12 @@ export class Coordinator {
    * ReplicaSource). `limits`, when given, counts refusals by
    * maxChangesPerMessage.
    */
-  constructor(config: Config, metrics: Metrics, replicas: ReplicaSource, limits?: Limits) {
+  constructor(config: Config, metrics: Metrics, replicas: ReplicaSource, limits?: Limits, writes: (hub: Hub) => WritePath = localWrites) {
     this.config = config;
     this.metrics = metrics;
     this.limits = limits;
     this.hub = new Hub(metrics);
+    this.writes = writes(this.hub);
     this.startedAt = Date.now();
     this.tokens = new TokenList(config.authTokens);
     this.pool = new ReplicaPool<Replica>({
@@ -312,9 +337,10 @@ export class Coordinator {
         }
       }
       const lease = await this.pool.acquire(caller.databaseId);
-      let applying: ReturnType<Replica['apply']>;
+      let applying: Promise<ApplyOutcome>;
       try {
-        applying = lease.resource.apply(sets);
+        // Started at once, so one client's messages commit in the order it sent them.
+        applying = this.writes.commit(caller.databaseId, lease.resource, caller.siteId, sets);
       } catch (err) {
         lease.release();
         throw err;
@@ -329,7 +355,6 @@ export class Coordinator {
         this.metrics.changesAppliedTotal.inc(outcome.applied);
         this.metrics.changeBatchSize.observe(received);
         timer();
-        this.hub.publish(caller.databaseId, caller.siteId, outcome.accepted, outcome.stamps);
         const result: ApplyResult = {
           applied: outcome.applied, skipped: outcome.skipped, conflicts: outcome.conflicts, transactions: outcome.transactions,
           ...(rejected ? { rejected } : {}),
