@@ -186,7 +186,11 @@ async function applyRun(url: string, databaseId: string, perMessage: number, mes
     for (let k = 0; k < Math.min(window, messages); k++) sendOne();
   });
   const acked = performance.now();
-  await Promise.race([pushedAll, new Promise((r) => setTimeout(r, 30_000))]);
+  // Bounded: a lost push must not hang the bench. The timer is cleared, or it
+  // would hold the process for its full 30 s after the report is written.
+  let pushTimer: NodeJS.Timeout | undefined;
+  await Promise.race([pushedAll, new Promise((r) => { pushTimer = setTimeout(r, 30_000); })]);
+  clearTimeout(pushTimer);
   const elapsed = (acked - started) / 1000;
   const peakRssMb = sampler ? await sampler.stop() : undefined;
   for (const ws of [...subs, writer]) ws.close();
