@@ -5,8 +5,19 @@
  * transport ceiling of this machine), and prints figures plus their ratio to
  * the ceiling. Writes bench/results/latest.json. Figures, never pass/fail.
  *
+ * With S3 (on unless --no-s3): the same apply loads against coordinators
+ * archiving to a local s3rver (a stand-in for S3 that this script starts), in
+ * `async` and in `ack` durability, with the archive's lag after each async
+ * load; then restore time: a database of --restore-entries entries is filled,
+ * snapshotted to the archive, its data dir wiped, and the first handshake
+ * (which restores it) and `sync-coordinator restore <db>` are timed.
+ *
  * Options: --quick (smoke run), --messages N, --subscribers N, --catchup N,N,
- * --window N, --out FILE.
+ * --window N, --out FILE, --no-s3, --restore-entries N.
+ *
+ * Coordinators get this process's environment without SYNC_*, S3_* and
+ * DISK_EVICTION_* variables: the bench's settings are its flags and config
+ * file only, so a shell set up for S3 cannot turn the no-S3 figures into S3 ones.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -15,6 +26,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { TestSite } from '../spec/helpers/changes.js';
+import { startS3Server, type S3TestServer } from '../spec/helpers/s3-server.js';
 import { randomSiteId, siteIdToWire } from '../lib/protocol/site-id.js';
 import { openLevelStore } from '../lib/storage/leveldb.js';
 
@@ -35,18 +47,43 @@ const OUT = option('out', join(ROOT, 'bench', 'results', 'latest.json'));
 // --profile DIR: run the coordinator under --cpu-prof, profiles written to DIR.
 const PROFILE = option('profile', '');
 const ONLY = option('only', '');
+const S3 = !flag('no-s3');
+const RESTORE_ENTRIES = Number(option('restore-entries', QUICK ? '5000' : '1000000'));
+/**
+ * The loads run again with S3: all of them (pipelined ones show what group
+ * commit saves in `ack`); only the serial ones in --quick, to keep it short.
+ */
+const S3_LOADS = (name: string): boolean => !QUICK || name.endsWith(' serial');
+const S3_MODES = ['async', 'ack'] as const;
+type S3Mode = (typeof S3_MODES)[number];
 
 interface Proc { child: ChildProcess; url: string; pid: number }
 
-function startProcess(command: string, argv: string[], pattern: RegExp): Promise<Proc> {
+/** This process's environment without the coordinator's own settings (see the header). */
+function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [name, value] of Object.entries(process.env)) {
+    if (!/^(SYNC_|S3_|DISK_EVICTION_)/.test(name)) env[name] = value;
+  }
+  // The AWS SDK warns about Node versions it will drop one day; nothing to act on here.
+  return { ...env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...extra };
+}
+
+function startProcess(command: string, argv: string[], pattern: RegExp, env: NodeJS.ProcessEnv = childEnv()): Promise<Proc> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'inherit'], cwd: ROOT });
+    const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'inherit'], cwd: ROOT, env });
     let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
+    const onData = (d: Buffer): void => {
       out += d.toString();
       const m = pattern.exec(out);
-      if (m) resolve({ child, url: m[1]!, pid: child.pid! });
-    });
+      if (m) {
+        child.stdout!.off('data', onData);
+        // Keep draining, or a chatty child would block on a full pipe.
+        child.stdout!.resume();
+        resolve({ child, url: m[1]!, pid: child.pid! });
+      }
+    };
+    child.stdout!.on('data', onData);
     child.once('exit', (code) => reject(new Error(`${command} exited with ${code} before listening`)));
   });
 }
@@ -91,12 +128,16 @@ function open(url: string): Promise<WebSocket> {
 
 function nextMessage(ws: WebSocket, type: string): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
+    const done = (): void => { ws.off('message', onMessage); ws.off('close', onClose); };
     const onMessage = (data: Buffer): void => {
       const msg = JSON.parse(data.toString());
-      if (msg.type === type) { ws.off('message', onMessage); resolve(msg); }
-      else if (msg.type === 'error') { ws.off('message', onMessage); reject(new Error(`${msg.code}: ${msg.message}`)); }
+      if (msg.type === type) { done(); resolve(msg); }
+      else if (msg.type === 'error') { done(); reject(new Error(`${msg.code}: ${msg.message}`)); }
     };
+    // A socket the server closes (a handshake timeout, say) must stop the bench, not hang it.
+    const onClose = (code: number, reason: Buffer): void => { done(); reject(new Error(`the server closed the socket (${code} ${reason.toString()}) before ${type}`)); };
     ws.on('message', onMessage);
+    ws.on('close', onClose);
   });
 }
 
@@ -118,15 +159,30 @@ interface ApplyFigures {
   serverApplyMeanMs?: number;
 }
 
+/** One scrape of /metrics: the value of a sample by its name with labels as printed (`name{label="v"}`), 0 when absent. */
+async function scrapeMetrics(baseUrl: string): Promise<(sample: string) => number> {
+  const text = await (await fetch(`${baseUrl}/metrics`)).text();
+  const values = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const space = line.lastIndexOf(' ');
+    values.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return (sample) => values.get(sample) ?? 0;
+}
+
 /** Sum and count of sync_apply_changes_duration_seconds, from /metrics. */
 async function serverApplySeconds(baseUrl: string, metric = 'sync_apply_changes_duration_seconds'): Promise<{ sum: number; count: number }> {
-  const text = await (await fetch(`${baseUrl}/metrics`)).text();
-  const read = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
+  const read = await scrapeMetrics(baseUrl);
   return { sum: read(`${metric}_sum`), count: read(`${metric}_count`) };
 }
 
-/** One writer sending `messages` messages of `perMessage` changes, `window` in flight, to `subscribers` listeners. */
-async function applyRun(url: string, databaseId: string, perMessage: number, messages: number, window: number, pid?: number): Promise<ApplyFigures> {
+/**
+ * One writer sending `messages` messages of `perMessage` changes, `window` in
+ * flight, to `subscribers` listeners. `onAcked` runs the moment the last
+ * acknowledgement arrives (before the wait for the last pushes).
+ */
+async function applyRun(url: string, databaseId: string, perMessage: number, messages: number, window: number, pid?: number, onAcked?: () => void): Promise<ApplyFigures> {
   const siteBytes = randomSiteId();
   const site = new TestSite(siteBytes, Date.now() - 30_000);
   const frames: string[] = [];
@@ -180,13 +236,20 @@ async function applyRun(url: string, databaseId: string, perMessage: number, mes
       const id = Number(/"requestId":"(\d+)"/.exec(text)![1]);
       ackLatencies.push(performance.now() - sentAt.get(txIds[id]!)!);
       done++;
-      if (done === messages) resolve();
+      if (done === messages) {
+        onAcked?.();
+        resolve();
+      }
       else if (next < messages) sendOne();
     });
     for (let k = 0; k < Math.min(window, messages); k++) sendOne();
   });
   const acked = performance.now();
-  await Promise.race([pushedAll, new Promise((r) => setTimeout(r, 30_000))]);
+  // Bounded: a lost push must not hang the bench. The timer is cleared, or it
+  // would hold the process for its full 30 s after the report is written.
+  let pushTimer: NodeJS.Timeout | undefined;
+  await Promise.race([pushedAll, new Promise((r) => { pushTimer = setTimeout(r, 30_000); })]);
+  clearTimeout(pushTimer);
   const elapsed = (acked - started) / 1000;
   const peakRssMb = sampler ? await sampler.stop() : undefined;
   for (const ws of [...subs, writer]) ws.close();
@@ -317,24 +380,216 @@ async function rawScanEntriesPerSec(dir: string, n: number): Promise<number> {
   }
 }
 
+interface Coordinator extends Proc { baseUrl: string; wsUrl: string }
+
+/** The built CLI as users run it, on 127.0.0.1, port 0, over `dataDir` with `configFile`. */
+async function startCoordinator(nodeArgs: string[], dataDir: string, configFile: string, extraArgs: string[] = [], env?: NodeJS.ProcessEnv): Promise<Coordinator> {
+  const cli = join(ROOT, 'dist', 'cli', 'sync-coordinator.js');
+  const proc = await startProcess(process.execPath, [...nodeArgs, cli, '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir, '--config', configFile, ...extraArgs], /listening on (http:\/\/\S+)/, env);
+  return { ...proc, baseUrl: proc.url, wsUrl: `${proc.url.replace(/^http/, 'ws')}/ws` };
+}
+
+/**
+ * CLI flags and environment that archive to `s3` under `prefix`: the keys go
+ * in the environment, as the README advises (flags show in ps). The server
+ * also takes `--s3-durability`; `restore` refuses it.
+ */
+function s3Settings(s3: S3TestServer, prefix: string): { args: string[]; env: NodeJS.ProcessEnv } {
+  return {
+    args: ['--s3-bucket', s3.bucket, '--s3-endpoint', s3.endpoint, '--s3-force-path-style', 'true', '--s3-key-prefix', prefix],
+    env: childEnv({ S3_ACCESS_KEY_ID: s3.accessKeyId, S3_SECRET_ACCESS_KEY: s3.secretAccessKey }),
+  };
+}
+
+const benchStarted = performance.now();
+/** A line on stderr for the long S3 phases (the figures all come at the end, on stdout). */
+const phase = (text: string): void => { process.stderr.write(`bench: ${((performance.now() - benchStarted) / 1000).toFixed(1)} s: ${text}\n`); };
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+/** Polls /metrics every 10 ms until `done` holds (throws after `timeoutMs`); resolves with the last scrape. */
+async function waitForMetrics(baseUrl: string, done: (read: (sample: string) => number) => boolean, what: string, timeoutMs: number): Promise<(sample: string) => number> {
+  const started = performance.now();
+  for (;;) {
+    const read = await scrapeMetrics(baseUrl);
+    if (done(read)) return read;
+    if (read('sync_archive_upload_errors_total') > 0 || read('sync_archive_snapshot_errors_total') > 0) {
+      throw new Error(`the archive failed while waiting for ${what} (sync_archive_upload_errors_total ${read('sync_archive_upload_errors_total')}, sync_archive_snapshot_errors_total ${read('sync_archive_snapshot_errors_total')})`);
+    }
+    if (performance.now() - started > timeoutMs) throw new Error(`${what} did not happen within ${timeoutMs / 1000} s`);
+    await sleep(10);
+  }
+}
+
+const archiveComplete = (read: (sample: string) => number): boolean =>
+  read('sync_archive_pending_transactions') === 0 && read('sync_archive_lag_seconds') === 0;
+
+interface ArchiveLag {
+  /** sync_archive_lag_seconds and sync_archive_pending_transactions the moment the last write was acknowledged. */
+  lagSecondsAtEnd: number;
+  pendingAtEnd: number;
+  /** From then until both read 0 (10 ms polls; 0 when already there). */
+  caughtUpMs: number;
+}
+
+/** Async mode: the archive's lag at the end of a load, then how long it takes to catch up. */
+async function watchArchive(baseUrl: string): Promise<ArchiveLag> {
+  const started = performance.now();
+  const first = await scrapeMetrics(baseUrl);
+  const lagSecondsAtEnd = first('sync_archive_lag_seconds');
+  const pendingAtEnd = first('sync_archive_pending_transactions');
+  if (archiveComplete(first)) return { lagSecondsAtEnd, pendingAtEnd, caughtUpMs: 0 };
+  await waitForMetrics(baseUrl, archiveComplete, 'the archive to catch up', 300_000);
+  return { lagSecondsAtEnd, pendingAtEnd, caughtUpMs: performance.now() - started };
+}
+
+type S3ApplyFigures = ApplyFigures & { archive?: ArchiveLag };
+
+/**
+ * The apply loads against a coordinator per durability mode, each archiving
+ * to `s3` under its own prefix, with the default snapshot policy (a snapshot
+ * after every 1,000 changes, streamed while the load goes on).
+ */
+async function s3ApplyRuns(s3: S3TestServer, nodeArgs: string[], dataDir: string, configFile: string, scenarios: [string, number, number, number][]): Promise<Record<string, Partial<Record<S3Mode, S3ApplyFigures>>>> {
+  const out: Record<string, Partial<Record<S3Mode, S3ApplyFigures>>> = {};
+  for (const mode of S3_MODES) {
+    const { args, env } = s3Settings(s3, `apply-${mode}/`);
+    phase(`S3 ${mode}: the apply loads`);
+    const coordinator = await startCoordinator(nodeArgs, join(dataDir, `data-s3-${mode}`), configFile, [...args, '--s3-durability', mode], env);
+    try {
+      let run = 0;
+      for (const [name, per, count, window] of scenarios) {
+        if (run === 0) {
+          await applyRun(coordinator.wsUrl, 'warmup', per, Math.min(count, 50), window);
+          if (mode === 'async') await waitForMetrics(coordinator.baseUrl, archiveComplete, 'the warm-up to be archived', 300_000);
+        }
+        let watching: Promise<ArchiveLag> | undefined;
+        const before = await serverApplySeconds(coordinator.baseUrl);
+        const figures: S3ApplyFigures = await applyRun(coordinator.wsUrl, `bench-${run}`, per, count, window, coordinator.pid,
+          mode === 'async' ? () => { watching = watchArchive(coordinator.baseUrl); } : undefined);
+        const after = await serverApplySeconds(coordinator.baseUrl);
+        figures.serverApplyMeanMs = ((after.sum - before.sum) / Math.max(1, after.count - before.count)) * 1000;
+        if (watching) figures.archive = await watching;
+        (out[name] ??= {})[mode] = figures;
+        run++;
+      }
+    } finally {
+      await stopProcess(coordinator);
+    }
+  }
+  return out;
+}
+
+interface RestoreFigures {
+  /** Column versions written (one change each, 1,000 per message). */
+  entries: number;
+  fillMs: number;
+  /** From the end of the fill until the snapshot was uploaded and no batch was pending. */
+  archivedMs: number;
+  /** Entries the snapshot held in the store (column versions, change log, metadata), as the CLI restore reported them. */
+  storeEntries?: number;
+  /** Batches replayed after the snapshot by the CLI restore. */
+  batches?: number;
+  /** Data dir wiped, coordinator started: its first handshake, which restores the database. */
+  firstHandshakeMs: number;
+  /** `sync-coordinator restore <db>` on a wiped data dir, spawn to exit (node start and SDK load included). */
+  cliMs: number;
+  /** The time its summary line gives (the restore itself). */
+  cliReportedMs?: number;
+}
+
+/** Runs the CLI with `argv`; resolves with its exit code and output. */
+function runCli(argv: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [join(ROOT, 'dist', 'cli', 'sync-coordinator.js'), ...argv], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-10_000); });
+    child.once('error', reject);
+    child.once('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/**
+ * Restore time: fills database `restore-bench` with `entries` changes
+ * through an async-mode coordinator whose snapshot policy takes one snapshot
+ * right after the fill (snapshotChanges = entries), waits until it is
+ * archived, stops the coordinator, wipes its data dir and times the first
+ * handshake of a new one on it (the open restores the database); checks the
+ * restored database by its snapshot's entry count; then wipes again and
+ * times `sync-coordinator restore restore-bench` on the same settings.
+ */
+async function restoreRun(s3: S3TestServer, nodeArgs: string[], dataDir: string, entries: number): Promise<RestoreFigures> {
+  const db = 'restore-bench';
+  const dir = join(dataDir, 'data-restore');
+  const configFile = join(dataDir, 'restore-config.json');
+  // The handshake timer runs while the database opens, so with the default
+  // 10 s a restore that takes longer closes the first client (1008 "Handshake
+  // timeout"): here the whole restore is to be timed.
+  await writeFile(configFile, JSON.stringify({ router: { messagesPerSecond: 0, messagesPerSecondPerIp: 0, snapshotChanges: entries, snapshotIntervalMs: 3_600_000, handshakeTimeoutMs: 600_000 } }));
+  const { args, env } = s3Settings(s3, 'restore/');
+  let coordinator = await startCoordinator(nodeArgs, dir, configFile, [...args, '--s3-durability', 'async'], env);
+  let fillMs: number;
+  let archivedMs: number;
+  try {
+    phase(`restore: filling ${fmt(entries)} entries`);
+    const started = performance.now();
+    await fill(coordinator.wsUrl, db, entries);
+    const filled = performance.now();
+    fillMs = filled - started;
+    phase('restore: waiting for the snapshot to be archived');
+    await waitForMetrics(coordinator.baseUrl, (read) => read('sync_archive_snapshots_total') >= 1 && archiveComplete(read), `the snapshot of ${fmt(entries)} entries to be archived`, 600_000);
+    archivedMs = performance.now() - filled;
+  } finally {
+    await stopProcess(coordinator);
+  }
+  await rm(dir, { recursive: true, force: true });
+  phase('restore: data dir wiped, restoring on the first handshake');
+  coordinator = await startCoordinator(nodeArgs, dir, configFile, [...args, '--s3-durability', 'async'], env);
+  let firstHandshakeMs: number;
+  try {
+    const started = performance.now();
+    const ws = await connect(coordinator.wsUrl, db);
+    firstHandshakeMs = performance.now() - started;
+    ws.close();
+    const read = await scrapeMetrics(coordinator.baseUrl);
+    if (read('sync_archive_restores_total{result="restored"}') !== 1) throw new Error('the first handshake on the wiped data dir did not restore the database');
+    const check = await snapshotHttp(coordinator.baseUrl, db);
+    if (check.entries !== entries) throw new Error(`the restored database has ${check.entries} entries, not ${entries}`);
+  } finally {
+    await stopProcess(coordinator);
+  }
+  await rm(dir, { recursive: true, force: true });
+  phase('restore: data dir wiped, sync-coordinator restore');
+  const started = performance.now();
+  const cli = await runCli(['restore', db, '--data-dir', dir, '--config', configFile, ...args], env);
+  const cliMs = performance.now() - started;
+  if (cli.code !== 0) throw new Error(`sync-coordinator restore exited with ${cli.code}:\n${cli.stderr}`);
+  const summary = /\((\d+) store entries\) \+ (\d+) batches .* in ([\d.]+) s\s*$/.exec(cli.stdout);
+  return {
+    entries, fillMs, archivedMs, firstHandshakeMs, cliMs,
+    ...(summary ? { storeEntries: Number(summary[1]), batches: Number(summary[2]), cliReportedMs: Number(summary[3]) * 1000 } : {}),
+  };
+}
+
 const fmt = (n: number | undefined, digits = 0): string => (n === undefined || Number.isNaN(n) ? '-' : n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }));
 
 async function main(): Promise<void> {
   const dataDir = await mkdtemp(join(tmpdir(), 'sync-bench-'));
-  const cli = join(ROOT, 'dist', 'cli', 'sync-coordinator.js');
   // All load comes from one address and one writer: the per-address and
   // per-connection rate limits would measure themselves, not the server.
   const configFile = join(dataDir, 'bench-config.json');
   await writeFile(configFile, JSON.stringify({ router: { messagesPerSecond: 0, messagesPerSecondPerIp: 0 } }));
   const profileArgs = [...(PROFILE ? ['--cpu-prof', '--cpu-prof-dir', PROFILE] : []), ...(option('node-args', '') ? option('node-args', '').split(' ') : [])];
-  const coordinator = await startProcess(process.execPath, [...profileArgs, cli, '--host', '127.0.0.1', '--port', '0', '--data-dir', join(dataDir, 'data'), '--config', configFile], /listening on (http:\/\/\S+)/);
+  const coordinator = await startCoordinator(profileArgs, join(dataDir, 'data'), configFile);
   const relay = await startProcess(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'relay.ts')], /listening on (ws:\/\/\S+)/);
-  const baseUrl = coordinator.url;
-  const wsUrl = `${baseUrl.replace(/^http/, 'ws')}/ws`;
+  const { baseUrl, wsUrl } = coordinator;
+  let s3: S3TestServer | undefined;
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
     machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGb: Math.round(totalmem() / 2 ** 30), node: process.version },
-    options: { quick: QUICK, subscribers: SUBSCRIBERS, window: WINDOW, messages50: MESSAGES_50, messages1: MESSAGES_1 },
+    options: { quick: QUICK, subscribers: SUBSCRIBERS, window: WINDOW, messages50: MESSAGES_50, messages1: MESSAGES_1, s3: S3, restoreEntries: RESTORE_ENTRIES },
   };
   try {
     await new Promise((r) => setTimeout(r, 500));
@@ -347,7 +602,8 @@ async function main(): Promise<void> {
     ];
     const apply: Record<string, { coordinator: ApplyFigures; relay: ApplyFigures }> = {};
     let run = 0;
-    for (const [name, per, count, window] of scenarios.filter(([n]) => !ONLY || n === ONLY)) {
+    const selected = scenarios.filter(([n]) => !ONLY || n === ONLY);
+    for (const [name, per, count, window] of selected) {
       // Warm up both servers so JIT and caches do not count against the first scenario.
       if (run === 0) {
         await applyRun(wsUrl, 'warmup', per, Math.min(count, 50), window);
@@ -384,6 +640,19 @@ async function main(): Promise<void> {
     results.storageScanEntriesPerSec = scanCeiling;
     results.memory = { idleRssMb, peakRssMbDuring50Serial: apply['50/msg serial']?.coordinator.peakRssMb, finalRssMb: (await rssKb(coordinator.pid)) / 1024 };
 
+    // The S3 runs come last, so they cannot change the figures above (s3rver shares the cores).
+    let s3Apply: Record<string, Partial<Record<S3Mode, S3ApplyFigures>>> | undefined;
+    let restore: RestoreFigures | undefined;
+    if (S3) {
+      phase('starting s3rver, a local stand-in for S3');
+      s3 = await startS3Server('sync-bench');
+      s3Apply = await s3ApplyRuns(s3, profileArgs, dataDir, configFile, selected.filter(([name]) => S3_LOADS(name)));
+      if (!ONLY) restore = await restoreRun(s3, profileArgs, dataDir, RESTORE_ENTRIES);
+      results.s3 = { server: 's3rver on 127.0.0.1, a local stand-in for S3', apply: s3Apply, ...(restore ? { restore } : {}) };
+    } else {
+      results.s3 = { skipped: '--no-s3' };
+    }
+
     const lines: string[] = [];
     lines.push(`sync-coordinator bench (${QUICK ? 'quick' : 'full'}), ${SUBSCRIBERS} subscribers, node ${process.version}, ${cpus().length} cores`);
     lines.push('');
@@ -404,6 +673,33 @@ async function main(): Promise<void> {
     lines.push('');
     const mem = results.memory as { idleRssMb: number; peakRssMbDuring50Serial?: number; finalRssMb: number };
     lines.push(`memory: idle RSS ${fmt(mem.idleRssMb, 1)} MB, peak during 50/msg serial ${fmt(mem.peakRssMbDuring50Serial, 1)} MB, at the end ${fmt(mem.finalRssMb, 1)} MB`);
+    lines.push('');
+    if (!s3Apply) {
+      lines.push('S3: skipped (--no-s3)');
+    } else {
+      lines.push('S3 durability: against s3rver on 127.0.0.1, a local stand-in for S3 (no network, no real S3 latency): `ack` latency here is a lower bound of real S3\'s.');
+      lines.push('Default snapshot policy (a snapshot after every 1,000 changes, streamed during the load). Archive lag at end: sync_archive_lag_seconds (sync_archive_pending_transactions) read when the last write was acknowledged; caught up after: from then until both read 0, how far behind the archive really was.');
+      lines.push('');
+      lines.push('| load | S3 | changes/s | ratio to no S3 | ack p50/p99 ms | push p50/p99 ms | server apply mean ms | archive lag at end s (pending tx) | archive caught up after ms |');
+      lines.push('|---|---|---|---|---|---|---|---|---|');
+      for (const [name, { coordinator: none }] of Object.entries(apply)) {
+        if (!s3Apply[name]) continue;
+        lines.push(`| ${name} | none | ${fmt(none.changesPerSec)} | 1.00 | ${fmt(none.ackP50, 2)} / ${fmt(none.ackP99, 2)} | ${fmt(none.pushP50, 2)} / ${fmt(none.pushP99, 2)} | ${fmt(none.serverApplyMeanMs, 2)} | | |`);
+        for (const mode of S3_MODES) {
+          const c = s3Apply[name]?.[mode];
+          if (!c) continue;
+          const lag = c.archive ? `${fmt(c.archive.lagSecondsAtEnd, 3)} (${fmt(c.archive.pendingAtEnd)})` : '-';
+          lines.push(`| ${name} | ${mode} | ${fmt(c.changesPerSec)} | ${fmt(c.changesPerSec / none.changesPerSec, 2)} | ${fmt(c.ackP50, 2)} / ${fmt(c.ackP99, 2)} | ${fmt(c.pushP50, 2)} / ${fmt(c.pushP99, 2)} | ${fmt(c.serverApplyMeanMs, 2)} | ${lag} | ${c.archive ? fmt(c.archive.caughtUpMs) : '-'} |`);
+        }
+      }
+      if (restore) {
+        const perMillion = (ms: number): string => fmt(ms / 1000 / (restore!.entries / 1e6), 1);
+        lines.push('');
+        lines.push('| restore | entries | fill s | snapshot archived after s | restore on first handshake s | s per million entries | `sync-coordinator restore` s (its own count) | s per million entries |');
+        lines.push('|---|---|---|---|---|---|---|---|');
+        lines.push(`| wiped data dir | ${fmt(restore.entries)} (${restore.storeEntries !== undefined ? `${fmt(restore.storeEntries)} store entries` : '-'}, ${fmt(restore.batches)} batches after the snapshot) | ${fmt(restore.fillMs / 1000, 1)} | ${fmt(restore.archivedMs / 1000, 1)} | ${fmt(restore.firstHandshakeMs / 1000, 2)} | ${perMillion(restore.firstHandshakeMs)} | ${fmt(restore.cliMs / 1000, 2)} (${fmt((restore.cliReportedMs ?? NaN) / 1000, 1)}) | ${perMillion(restore.cliMs)} |`);
+      }
+    }
     process.stdout.write(`${lines.join('\n')}\n`);
     results.table = lines;
     await mkdir(dirname(OUT), { recursive: true });
@@ -412,6 +708,7 @@ async function main(): Promise<void> {
   } finally {
     await stopProcess(coordinator);
     await stopProcess(relay);
+    await s3?.close();
     await rm(dataDir, { recursive: true, force: true });
   }
 }

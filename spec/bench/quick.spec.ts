@@ -32,6 +32,16 @@ describe('bench', function () {
       }
       expect(report.catchup).to.have.property('2000');
       expect(report.memory.idleRssMb).to.be.greaterThan(0);
+      // --quick runs the serial loads with S3 in both modes, and a small restore.
+      expect(stdout).to.contain('local stand-in for S3');
+      expect(Object.keys(report.s3.apply)).to.deep.equal(['50/msg serial', '1/msg serial']);
+      for (const modes of Object.values(report.s3.apply) as { async: { changesPerSec: number; archive: { caughtUpMs: number } }; ack: { changesPerSec: number } }[]) {
+        expect(modes.async.changesPerSec).to.be.greaterThan(0);
+        expect(modes.async.archive).to.have.property('caughtUpMs');
+        expect(modes.ack.changesPerSec).to.be.greaterThan(0);
+      }
+      expect(report.s3.restore.entries).to.equal(5000);
+      expect(report.s3.restore.storeEntries).to.be.greaterThan(0);
     } finally {
       await removeTempDir(dir);
     }
