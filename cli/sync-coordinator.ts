@@ -145,14 +145,7 @@ function serveOptions<T>(args: Argv<T>) {
     })
     .option('batch-size', { type: 'string', description: describe('batchSize', 'Changes per get_changes page') })
     .option('retention-horizon-ms', { type: 'string', description: describe('retentionHorizonMs', 'Tombstone retention in ms (30 days)') })
-    .option('s3-durability', {
-      type: 'string',
-      description: describe('s3Durability', 'With S3: async (acknowledge once stored locally, archive right behind) or ack (acknowledge once in S3)'),
-    })
-    .option('disk-eviction', { type: 'string', description: describe('diskEviction', 'With S3: remove idle, fully archived databases from disk (true or false)') })
-    .option('disk-eviction-idle-ms', { type: 'string', description: describe('diskEvictionIdleMs', 'With S3: idle time before eviction, in ms (1 h)') })
-    .group(['host', 'port', 'base-path', 'cors-origin', 'auth-mode', 'auth-tokens', 'batch-size', 'retention-horizon-ms'], 'Server:')
-    .group(['s3-durability', 'disk-eviction', 'disk-eviction-idle-ms'], 'Server with S3:');
+    .group(['host', 'port', 'base-path', 'cors-origin', 'auth-mode', 'auth-tokens', 'batch-size', 'retention-horizon-ms'], 'Server:');
 }
 
 /** Help line of an S3 setting. */
@@ -171,9 +164,17 @@ function commonOptions<T>(args: Argv<T>) {
     .option('s3-secret-access-key', { type: 'string', description: describeS3('secretAccessKey', 'Secret access key (visible in ps: prefer the env var)') })
     .option('s3-force-path-style', { type: 'string', description: describeS3('forcePathStyle', 'Path-style bucket URLs, as most S3-compatible stores need (true or false)', 'false') })
     .option('s3-key-prefix', { type: 'string', description: describeS3('keyPrefix', 'Prefix of every key written, e.g. sync/', '""') })
+    // The server's S3 behaviour: taken (and ignored) by restore and export too, so a server's command line can be reused.
+    .option('s3-durability', {
+      type: 'string',
+      description: describe('s3Durability', 'With S3: async (acknowledge once stored locally, archive right behind) or ack (acknowledge once in S3)'),
+    })
+    .option('disk-eviction', { type: 'string', description: describe('diskEviction', 'With S3: remove idle, fully archived databases from disk (true or false)') })
+    .option('disk-eviction-idle-ms', { type: 'string', description: describe('diskEvictionIdleMs', 'With S3: idle time before eviction, in ms (1 h)') })
     .option('config', { type: 'string', description: 'JSON config file [default: ./sync-coordinator.json if it exists]' })
     .option('debug', { type: 'string', description: `Enable debug logging to stderr for these namespaces [default when given: ${DEFAULT_DEBUG}]` })
     .group(['data-dir', 's3-bucket', 's3-region', 's3-endpoint', 's3-access-key-id', 's3-secret-access-key', 's3-force-path-style', 's3-key-prefix'], 'Storage:')
+    .group(['s3-durability', 'disk-eviction', 'disk-eviction-idle-ms'], 'Server with S3:')
     .group(['config', 'debug', 'help', 'version'], 'Options:');
 }
 

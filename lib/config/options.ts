@@ -138,7 +138,11 @@ export interface SyncRouterOptions<I = unknown> {
   diskEvictionIdleMs?: number;
   /** A database that changed gets an archive snapshot at least this often, in ms. @default 300000 */
   snapshotIntervalMs?: number;
-  /** ...or once this many changes were committed since its last one. @default 1000 */
+  /**
+   * ...or once this many changes were committed since its last one, and at
+   * least a tenth of the database's size (a snapshot streams the whole
+   * database; its batches carry the changes meanwhile). @default 1000
+   */
   snapshotChanges?: number;
   /** Archive snapshots kept per database. @default 5 */
   snapshotsKept?: number;

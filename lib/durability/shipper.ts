@@ -171,6 +171,8 @@ export class Shipper {
         this.waitingSince = undefined;
         return;
       }
+      // The oldest commit not archived yet is this page's first (stamps carry the coordinator's clock).
+      if (page.firstStamp) this.waitingSince = hlcWallTime(page.firstStamp);
       const body = await gzip(Buffer.from(page.json, 'utf8'));
       await this.archive.put(batchKey(this.databaseId, after, page.lastStamp), body, { contentType: 'application/gzip' });
       await this.replica.markArchived(page.lastStamp);

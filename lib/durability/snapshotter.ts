@@ -67,12 +67,17 @@ export class Snapshotter {
     this.tracked.set(databaseId, { replica, shipper, changes: 0, lastAt: this.now(), urgent: false });
   }
 
-  /** A commit of `changes` changes was stored. */
+  /**
+   * A commit of `changes` changes was stored. A snapshot is due after
+   * `policy.changes` changes, and at least a tenth of the database's size: a
+   * snapshot streams the whole database, so a large one under steady writes
+   * is not streamed again every few seconds (its batches carry the changes).
+   */
   committed(databaseId: string, changes: number): void {
     const t = this.tracked.get(databaseId);
     if (!t) return;
     t.changes += changes;
-    if (t.changes >= this.policy.changes) this.schedule(databaseId, t);
+    if (t.changes >= this.policy.changes && t.changes >= sizeOf(t.replica) / 10) this.schedule(databaseId, t);
   }
 
   /** The database's log no longer reaches its archived stamp: snapshot now. */
@@ -188,4 +193,11 @@ export class Snapshotter {
       if (!(isSyncError(err) && err.code === ErrorCode.StorageUnavailable)) throw new Error(`pruning ${databaseId}: ${messageOf(err)}`);
     }
   }
+}
+
+/** Live column versions of a replica (its size, for the snapshot policy). */
+function sizeOf(replica: Replica): number {
+  let n = 0;
+  for (const table of replica.tableStats()) n += table.count;
+  return n;
 }

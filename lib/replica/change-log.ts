@@ -24,6 +24,8 @@ export interface ChangesPage {
   readonly lastHlc?: string;
   /** The same stamp as 30 bytes. */
   readonly lastStamp?: Buffer;
+  /** Stamp of the first change set (30 bytes). */
+  readonly firstStamp?: Buffer;
 }
 
 /**
@@ -62,6 +64,7 @@ export async function readChangesSince(
     let head = '';
     let lastHlc: string | undefined;
     let lastStamp: Buffer | undefined;
+    let firstStamp: Buffer | undefined;
     let changes: string[] = [];
     let migrations: string[] = [];
     const finish = (): void => {
@@ -83,6 +86,7 @@ export async function readChangesSince(
             if (count >= batchSize || bytes >= maxBytes) { hasMore = true; stampOf = undefined; lastHlc = previousHlc; break scan; }
           }
           stampOf = Buffer.from(logKeyStamp(key));
+          firstStamp ??= stampOf;
           lastHlc = hlcToWire(stampOf);
           const { siteId, transactionId } = logEntryOrigin(value);
           head = `{"siteId":"${siteIdToWire(siteId)}","transactionId":${JSON.stringify(transactionId)},"hlc":"${lastHlc}",`;
@@ -101,7 +105,7 @@ export async function readChangesSince(
     let parsed: ChangeSet[] | undefined;
     return {
       get changeSets() { return (parsed ??= JSON.parse(json) as ChangeSet[]); },
-      json, hasMore, changeCount: count, transactionCount: sets.length, ...(lastHlc ? { lastHlc, lastStamp } : {}),
+      json, hasMore, changeCount: count, transactionCount: sets.length, ...(lastHlc ? { lastHlc, lastStamp, firstStamp } : {}),
     };
   } finally {
     await it.close();

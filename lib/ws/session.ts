@@ -217,6 +217,9 @@ export class Session implements Subscriber {
       this.fail(new SyncError(ErrorCode.MissingDatabaseId, 'databaseId is required', { fatal: true }));
       return;
     }
+    // A well-formed handshake arrived: opening the database may take a while
+    // (a restore from the archive), which is not the client's delay.
+    clearTimeout(this.handshakeTimer);
     const clientPaging = message.clientPaging;
     if (clientPaging !== undefined && typeof clientPaging !== 'boolean') {
       this.fail(new SyncError(ErrorCode.InvalidMessage, `clientPaging: expected true or false, got ${JSON.stringify(clientPaging)?.slice(0, 40)}`, { fatal: true }), CloseCode.PolicyViolation);

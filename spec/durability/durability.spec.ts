@@ -234,6 +234,47 @@ describe('durability (with a directory archive)', () => {
     expect((await readdir(dataDir)).filter((name) => name.includes('restoring'))).to.deep.equal([]);
   });
 
+  it('snapshots a large database only once a tenth of its size has changed, not every snapshotChanges', async () => {
+    const server = await start({ snapshotChanges: 100, snapshotIntervalMs: 3_600_000 });
+    const snapshots = async (): Promise<number> => Number(/^sync_archive_snapshots_total (\S+)$/m.exec(await (await fetch(`${server.baseUrl}/metrics`)).text())![1]);
+    const site = new TestSite();
+    // 2,000 cells in one go: past snapshotChanges and a tenth of the (empty) database.
+    const post = async (from: number, n: number): Promise<void> => {
+      const res = await fetch(`${server.baseUrl}/${DB}/changes`, {
+        method: 'POST', headers: { 'content-type': 'application/json', 'x-site-id': site.wire },
+        body: JSON.stringify({ changes: [site.txn(Array.from({ length: n }, (_, i) => ({ pk: [from + i], value: i })))] }),
+      });
+      expect(res.status).to.equal(200);
+    };
+    await post(0, 2000);
+    expect(await eventually(async () => (await snapshots()) === 1, 200, 25)).to.equal(true);
+    // 150 more: past snapshotChanges (100) but not a tenth of 2,150 cells.
+    await post(10_000, 150);
+    await durabilityOf(server).flush(DB);
+    expect(await snapshots()).to.equal(1);
+    // 100 more makes 250 changes since the last snapshot: a tenth of the database.
+    await post(20_000, 100);
+    expect(await eventually(async () => (await snapshots()) === 2, 200, 25)).to.equal(true);
+  });
+
+  it('does not time a client out while its database is restored', async () => {
+    const first = await start();
+    await write(first, new TestSite(), 30);
+    expect(await durabilityOf(first).flush(DB)).to.equal(true);
+    await stop(first);
+    await rm(dataDir, { recursive: true, force: true });
+    // A slow archive (the real directory archive, each read delayed past the handshake timeout).
+    const real = await openFsArchive(archiveDir);
+    archives.push(real);
+    const slow = { ...real, location: real.location, put: real.put.bind(real), list: real.list.bind(real), delete: real.delete.bind(real), close: real.close.bind(real),
+      async get(key: string) { await new Promise((resolve) => setTimeout(resolve, 150)); return real.get(key); } };
+    const second = await startTestServer({ dataDir, archive: slow, handshakeTimeoutMs: 100 });
+    servers.push(second);
+    const { socket, reply } = await RawSocket.handshake(second.wsUrl, DB, new TestSite().wire);
+    expect(reply.type, JSON.stringify(reply)).to.equal('handshake_ack');
+    await socket.close();
+  });
+
   it('keeps only snapshotsKept snapshots and deletes the batches they make unnecessary', async () => {
     const server = await start({ snapshotsKept: 2 });
     const site = new TestSite();
