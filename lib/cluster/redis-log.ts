@@ -8,7 +8,17 @@
  * slot): `<prefix>{<db>}:log` the stream, `:site` its server site id, `:last`
  * the last id appended (the appender's state), `:trimmed` the highest MINID
  * it was trimmed at. Plus `<prefix>node:<nodeId>:<instance>:wake`, a tiny
- * stream that wakes this instance's blocking read.
+ * stream that wakes this instance's blocking read. Write none of them by hand.
+ *
+ * Continuity: every entry also stores `prev`, what a reader must already hold
+ * before applying it: the id of the entry before it (or the `after` its
+ * appender gave, when higher). Readers check it against their position: a
+ * higher `prev`, or a trim mark above the position, means entries they need
+ * are not in the log (LogGapError); a lower one, or a log that ends below the
+ * position, means Redis lost entries they have already applied (LogRewoundError:
+ * a Sentinel failover before the primary's last writes reached a replica, or
+ * a restart without AOF). Without the check, entries appended after such a
+ * loss could get ids at or below a reader's position and be skipped silently.
  *
  * Connections: two per RedisLog, whatever the number of databases. One
  * carries every ordinary command; the other runs the tail, a single loop that
@@ -34,6 +44,9 @@
  * 2 s) and the tail resumes from each database's position. An append that
  * failed may still have landed (its reply was lost): resending it is safe,
  * since merging the same change sets twice changes nothing.
+ *
+ * With `minReplicas`, append also waits (WAIT) until that many replicas have
+ * the entry, so that a failover cannot lose an acknowledged write.
  *
  * Needs Redis 6.2 or later (XTRIM MINID).
  */
@@ -69,6 +82,14 @@ export interface RedisLogOptions {
   blockMs?: number;
   /** Entries per database per read of the tail; bounds the memory of one batch. @default 100 */
   tailCount?: number;
+  /**
+   * Replicas that must hold an entry before append resolves (Redis WAIT).
+   * With Sentinel, set it to at least 1: an entry only the primary had is
+   * lost if it fails over. @default 0
+   */
+  minReplicas?: number;
+  /** How long append waits for `minReplicas`, in ms; below `commandTimeoutMs`. @default 1000 */
+  replicaTimeoutMs?: number;
   /** Called with every Redis error: connection errors, failed reads of the tail, failed handlers (e.g. to count them). */
   onError?: (err: Error) => void;
 }
@@ -97,7 +118,7 @@ export interface LogEntry {
   id: string;
   /**
    * The change sets, validated again (without a drift bound: it was applied
-   * when they were accepted). Empty for a corrupt entry.
+   * when they were accepted). Empty for a barrier and for a corrupt entry.
    */
   sets: ValidChangeSet[];
   /** `stamps[i]` is the stamp of `sets[i]` (stamps.ts `stampsOf`). */
@@ -106,6 +127,8 @@ export interface LogEntry {
   site: string;
   /** Id of the node that appended it, '' if missing. */
   node: string;
+  /** What a reader must hold before this entry (see the module comment); '' if missing. */
+  prev: string;
   /**
    * Why the entry could not be decoded (not written by RedisLog, or damaged).
    * Every node reads the same bytes, so every node skips it alike.
@@ -132,15 +155,17 @@ export interface TailHandler {
    * `tailCount` at a time; the next batch comes only after the returned
    * promise settles. On a rejection the same batch comes again after a
    * backoff (1 s, doubling up to 30 s), so apply what is above your own
-   * committed position and skip the rest.
+   * committed position and skip the rest. A barrier ({@link RedisLog.barrier})
+   * comes as an entry without sets.
    */
   onEntries(entries: LogEntry[]): void | Promise<void>;
   /**
-   * The stream was trimmed past `after`: entries the database still needs
-   * are gone from Redis (restore from the archive, then tail again). The
-   * tail has stopped. Without this handler, `onError` gets a LogTrimmedError.
+   * The log cannot go on from the tail's position: entries it needs are not
+   * in it (LogGapError: restore from the archive, then tail again), or Redis
+   * lost entries it has applied (LogRewoundError). The tail has stopped.
+   * Without this handler, `onError` gets the error.
    */
-  onTrimmed?(error: LogTrimmedError): void;
+  onBroken?(error: LogBreak): void;
 }
 
 /** A database being tailed. */
@@ -153,40 +178,69 @@ export interface Tail {
 }
 
 /**
- * The stream no longer holds every entry after `after` (trimmed below
- * `trimmedBelow`). Code SNAPSHOT_REQUIRED: the reader must start from an
- * archive snapshot instead.
+ * The log does not hold everything after `after`: it was trimmed past it, or
+ * it goes on above state it never held (an appender's `after`, a barrier).
+ * Code SNAPSHOT_REQUIRED: the reader must start from an archive snapshot.
  */
-export class LogTrimmedError extends SyncError {
+export class LogGapError extends SyncError {
   readonly db: string;
+  /** The reader's position. */
   readonly after: string;
-  readonly trimmedBelow: string;
+  /** What the log needs a reader to hold first (a trim mark or an entry's `prev`). */
+  readonly needs: string;
 
-  constructor(db: string, after: string, trimmedBelow: string) {
-    super(ErrorCode.SnapshotRequired, `redis log of ${db}: entries after ${after} were trimmed (the stream keeps ids from ${trimmedBelow}); restore from a snapshot`);
+  constructor(db: string, after: string, needs: string) {
+    super(ErrorCode.SnapshotRequired, `redis log of ${db}: entries after ${after} are not in the log (it goes on from ${needs}: trimmed, or continued above state it never held); restore from a snapshot`);
     this.db = db;
     this.after = after;
-    this.trimmedBelow = trimmedBelow;
+    this.needs = needs;
   }
 }
+
+/**
+ * The log lost entries up to `after` that the reader has already applied:
+ * Redis lost acknowledged writes (a failover before they reached a replica,
+ * a restart without AOF). Code INTERNAL_ERROR: the reader holds changes the
+ * log does not; an operator (or a barrier above `after`) must decide.
+ */
+export class LogRewoundError extends SyncError {
+  readonly db: string;
+  /** The reader's position. */
+  readonly after: string;
+  /** Where the log now ends or goes on from ('0-0' when it is empty). */
+  readonly logAt: string;
+
+  constructor(db: string, after: string, logAt: string) {
+    super(ErrorCode.Internal, `redis log of ${db}: the log lost entries up to ${after} that this node applied (it is at ${logAt}); Redis lost acknowledged writes (failover before replication, or a restart without AOF)`);
+    this.db = db;
+    this.after = after;
+    this.logAt = logAt;
+  }
+}
+
+/** Why a reader cannot go on from its position. */
+export type LogBreak = LogGapError | LogRewoundError;
 
 /** Replies of Redis that mean "not now": the command had no effect and may succeed later. */
 const TRANSIENT_REPLIES = /^(READONLY|LOADING|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|BUSY|NOREPLICAS|OOM|MISCONF|NOSCRIPT|UNBLOCKED)\b/;
 
-// KEYS: the stream, its last-id key. ARGV: change sets in the entry, an id to stay above ('' for none), then the fields.
-// The arithmetic of stamps.ts assignEntryId, done here so that reading the last id and adding the entry are one step.
+// KEYS: the stream, its last-id key. ARGV: change sets in the entry (0 for a barrier, which takes one id and no
+// stamp), an id to stay above ('' for none), then the fields. The arithmetic of stamps.ts assignEntryId, done here
+// so that reading the last id and adding the entry are one step; 'prev' records the highest bound it went above.
 const APPEND_SCRIPT = `
 local SPAN = 65536
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local seq = 0
-local count = tonumber(ARGV[1])
+local count = math.max(tonumber(ARGV[1]), 1)
+local prev, pm, ps = '0-0', 0, 0
 -- Moves the start of the new range past id (a seq past the counter counts as the end of its ms).
 local function above(id)
   if not id then return end
   local m, s = string.match(id, '^(%d+)-(%d+)$')
   m = tonumber(m)
   s = tonumber(s)
+  if m > pm or (m == pm and s > ps) then prev = id; pm = m; ps = s end
   if s >= SPAN - 1 then m = m + 1; s = 0 else s = s + 1 end
   if m > ms or (m == ms and s > seq) then ms = m; seq = s end
 end
@@ -202,12 +256,12 @@ end
 above(redis.call('GET', KEYS[2]) or streamLast())
 if ARGV[2] ~= '' then above(ARGV[2]) end
 local id = rangeEnd()
-local added = redis.pcall('XADD', KEYS[1], id, unpack(ARGV, 3))
+local added = redis.pcall('XADD', KEYS[1], id, 'prev', prev, unpack(ARGV, 3))
 if type(added) == 'table' and added.err then
   -- Something else wrote the stream past the last-id key: go past the stream's own last id.
   above(streamLast())
   id = rangeEnd()
-  redis.call('XADD', KEYS[1], id, unpack(ARGV, 3))
+  redis.call('XADD', KEYS[1], id, 'prev', prev, unpack(ARGV, 3))
 end
 redis.call('SET', KEYS[2], id)
 return id
@@ -270,6 +324,7 @@ interface Sub {
   readonly db: string;
   readonly key: string;
   readonly trimKey: string;
+  readonly lastKey: string;
   readonly siteId: Buffer;
   readonly handler: TailHandler;
   position: string;
@@ -281,7 +336,46 @@ interface Sub {
 
 interface Sleep { timer: NodeJS.Timeout; resolve: () => void }
 
-type StreamReply = [key: string, entries: [id: string, fields: string[]][]][] | null;
+type RawEntry = [id: string, fields: string[]];
+type StreamReply = [key: string, entries: RawEntry[]][] | null;
+
+function fieldOf(fields: string[], name: string): string | undefined {
+  for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === name) return fields[i + 1];
+  return undefined;
+}
+
+/**
+ * How many of `entries` (read after `position`, with the log's last id and
+ * trim mark from the same transaction) continue what the reader holds, and
+ * what breaks the chain after them (see the module comment).
+ */
+function continuity(db: string, position: string, last: string | null, mark: string | null, entries: RawEntry[]): { valid: number; error?: LogBreak } {
+  if (position !== '0-0' && (last === null || compareEntryIds(last, position) < 0)) {
+    return { valid: 0, error: new LogRewoundError(db, position, last ?? '0-0') };
+  }
+  if (mark !== null && compareEntryIds(mark, successorOf(position)) > 0) return { valid: 0, error: new LogGapError(db, position, mark) };
+  let at = position;
+  for (let i = 0; i < entries.length; i++) {
+    const prev = fieldOf(entries[i]![1], 'prev');
+    // An entry without a usable prev was not written by RedisLog (it is decoded as corrupt): nothing to check.
+    if (prev !== undefined && isEntryId(prev)) {
+      const order = compareEntryIds(prev, at);
+      if (order > 0) return { valid: i, error: new LogGapError(db, at, prev) };
+      if (order < 0) return { valid: i, error: new LogRewoundError(db, at, prev) };
+    }
+    at = entries[i]![0];
+  }
+  return { valid: entries.length };
+}
+
+function isEntryId(id: string): boolean {
+  try {
+    parseEntryId(id);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** The id right after `id` among ids the appender can assign. */
 function successorOf(id: string): string {
@@ -316,6 +410,8 @@ export class RedisLog {
   readonly #commandTimeoutMs: number;
   readonly #blockMs: number;
   readonly #tailCount: number;
+  readonly #minReplicas: number;
+  readonly #replicaTimeoutMs: number;
   readonly #onError: (err: Error) => void;
   readonly #cmd: Redis;
   readonly #blocker: Redis;
@@ -341,6 +437,11 @@ export class RedisLog {
     this.#commandTimeoutMs = positiveInt(options.commandTimeoutMs, 5000, 'commandTimeoutMs');
     this.#blockMs = positiveInt(options.blockMs, 5000, 'blockMs');
     this.#tailCount = positiveInt(options.tailCount, 100, 'tailCount');
+    this.#minReplicas = options.minReplicas === 0 ? 0 : positiveInt(options.minReplicas, 0, 'minReplicas');
+    this.#replicaTimeoutMs = positiveInt(options.replicaTimeoutMs, 1000, 'replicaTimeoutMs');
+    if (this.#minReplicas > 0 && this.#replicaTimeoutMs >= this.#commandTimeoutMs) {
+      throw new TypeError(`RedisLog option "replicaTimeoutMs" (${this.#replicaTimeoutMs}) must be below commandTimeoutMs (${this.#commandTimeoutMs})`);
+    }
     const onError = options.onError;
     this.#onError = (err) => {
       log('redis error: %s', messageOf(err));
@@ -413,6 +514,7 @@ export class RedisLog {
   }
 
   #keys(db: string): { log: string; site: string; last: string; trimmed: string } {
+    // Database ids never hold braces, so the hash tag is exactly the id.
     validateDatabaseId(db, 'databaseId');
     const base = `${this.#prefix}{${db}}`;
     return { log: `${base}:log`, site: `${base}:site`, last: `${base}:last`, trimmed: `${base}:trimmed` };
@@ -450,22 +552,47 @@ export class RedisLog {
 
   /**
    * Appends one accepted message to the log of `db` and returns its entry id
-   * once Redis has it (in memory and, with AOF, in its file: see the README).
-   * The id determines the stamps of `entry.sets` (stamps.ts `stampsOf`).
-   * Throws TypeError for an empty `sets` or a bad `site`;
-   * STORAGE_UNAVAILABLE when Redis cannot take it now (it may still have
-   * landed; resending is safe).
+   * once Redis has it (in memory and, with AOF, in its file: see the README;
+   * with `minReplicas`, also on that many replicas). The id determines the
+   * stamps of `entry.sets` (stamps.ts `stampsOf`). Throws TypeError for an
+   * empty `sets` or a bad `site`; STORAGE_UNAVAILABLE when Redis cannot take
+   * it now, or too few replicas confirmed it in time (it may still have
+   * landed, and then every node applies it: resending is safe, since merging
+   * the same change sets twice changes nothing).
    */
   async append(db: string, entry: AppendEntry, options: AppendOptions = {}): Promise<string> {
-    const keys = this.#keys(db);
     if (!Array.isArray(entry.sets) || entry.sets.length === 0) throw new TypeError('append needs at least one change set in entry.sets');
     if (!isSiteId(entry.site)) throw new TypeError(`entry.site must be a 22-character base64url site id, got ${JSON.stringify(entry.site)}`);
     const after = options.after === undefined ? '' : checkEntryId(options.after, 'options.after');
     const sets = JSON.stringify(entry.sets.map((set) => set.wire));
-    const id = await this.#run('append', db, () => this.#script(APPEND, [keys.log, keys.last], [
-      String(entry.sets.length), after, 'sets', sets, 'site', entry.site, 'node', this.nodeId,
-    ]));
-    return String(id);
+    return this.#add('append', db, entry.sets.length, after, ['sets', sets, 'site', entry.site]);
+  }
+
+  /**
+   * Appends an entry without change sets (and without stamps) whose `prev`
+   * is `after`: readers must hold everything up to `after` before they go
+   * on, and one that does not gets LogGapError. For a database that has
+   * stamps of its own before its log starts (`after` = entryIdOf of its last
+   * stamp), and to move the log above a reader that LogRewoundError stopped.
+   * A reader that persists its position must persist the barrier's id too
+   * (its replica's committed stamp does not move). Errors as {@link append}.
+   */
+  async barrier(db: string, after: string): Promise<string> {
+    checkEntryId(after, 'after');
+    return this.#add('barrier', db, 0, after, ['sets', '[]', 'site', '']);
+  }
+
+  async #add(op: string, db: string, count: number, after: string, fields: string[]): Promise<string> {
+    const keys = this.#keys(db);
+    const id = String(await this.#run(op, db, () => this.#script(APPEND, [keys.log, keys.last], [String(count), after, ...fields, 'node', this.nodeId])));
+    if (this.#minReplicas > 0) {
+      // WAIT covers every earlier write of this connection, so concurrent appends share the wait.
+      const replicas = Number(await this.#run(op, db, () => this.#cmd.wait(this.#minReplicas, this.#replicaTimeoutMs)));
+      if (replicas < this.#minReplicas) {
+        throw new SyncError(ErrorCode.StorageUnavailable, `redis log: ${op} of ${db}: ${replicas} of ${this.#minReplicas} replicas confirmed entry ${id} within ${this.#replicaTimeoutMs} ms; it may be lost on failover, try again`);
+      }
+    }
+    return id;
   }
 
   /**
@@ -505,14 +632,13 @@ export class RedisLog {
   #decode(id: string, fields: string[], siteId: Buffer): LogEntry {
     const map = new Map<string, string>();
     for (let i = 0; i + 1 < fields.length; i += 2) map.set(fields[i]!, fields[i + 1]!);
-    const entry: LogEntry = { id, sets: [], stamps: [], site: map.get('site') ?? '', node: map.get('node') ?? '' };
+    const entry: LogEntry = { id, sets: [], stamps: [], site: map.get('site') ?? '', node: map.get('node') ?? '', prev: map.get('prev') ?? '' };
     try {
       const raw = map.get('sets');
       if (raw === undefined) throw new Error('no "sets" field');
       // Checked for drift when accepted; replaying it later must not refuse it.
       const sets = validateChangeSets(JSON.parse(raw), { now: 0, maxDriftMs: Number.POSITIVE_INFINITY }, 'sets');
-      if (sets.length === 0) throw new Error('"sets" is empty');
-      entry.stamps = stampsOf(id, sets.length, siteId);
+      if (sets.length > 0) entry.stamps = stampsOf(id, sets.length, siteId);
       entry.sets = sets;
     } catch (err) {
       entry.corrupt = messageOf(err);
@@ -523,8 +649,9 @@ export class RedisLog {
 
   /**
    * Up to `count` entries of `db` after entry `after` ('0-0' for the start),
-   * in order; [] when there are none yet. Throws LogTrimmedError
-   * (SNAPSHOT_REQUIRED) when entries after `after` were trimmed away,
+   * in order; [] when there are none yet. Throws LogGapError
+   * (SNAPSHOT_REQUIRED) or LogRewoundError (INTERNAL_ERROR) when the log
+   * does not continue from `after` (see the module comment), and
    * STORAGE_UNAVAILABLE when Redis cannot answer. `siteId` defaults to
    * {@link siteIdOf}.
    */
@@ -533,15 +660,16 @@ export class RedisLog {
     checkEntryId(after, 'after');
     const count = positiveInt(options.count, 100, 'count');
     const siteId = options.siteId ?? await this.siteIdOf(db);
-    const [range, mark] = await this.#run('read', db, async () => {
-      // One transaction, so the trim mark describes the very state the range was read from.
-      const replies = await this.#cmd.multi().xrange(keys.log, successorOf(after), '+', 'COUNT', count).get(keys.trimmed).exec();
+    const [range, last, mark] = await this.#run('read', db, async () => {
+      // One transaction, so the last id and the trim mark describe the very state the range was read from.
+      const replies = await this.#cmd.multi().xrange(keys.log, successorOf(after), '+', 'COUNT', count).get(keys.last).get(keys.trimmed).exec();
       if (replies === null) throw new Error('transaction aborted');
       for (const [err] of replies) if (err) throw err;
-      return [replies[0]![1] as [string, string[]][], replies[1]![1] as string | null];
+      return [replies[0]![1] as RawEntry[], replies[1]![1] as string | null, replies[2]![1] as string | null] as const;
     });
-    if (mark !== null && compareEntryIds(mark, successorOf(after)) > 0) throw new LogTrimmedError(db, after, mark);
-    return range.map(([id, fields]) => this.#decode(id, fields, siteId));
+    const { valid, error } = continuity(db, after, last, mark, range);
+    if (error && valid === 0) throw error;
+    return range.slice(0, valid).map(([id, fields]) => this.#decode(id, fields, siteId));
   }
 
   /** Id of the oldest entry the stream of `db` keeps, or undefined when it is empty. */
@@ -598,7 +726,7 @@ export class RedisLog {
     if (this.#closed) throw new TypeError('the redis log is closed');
     if (this.#subs.has(db)) throw new TypeError(`${db} is already tailed by this redis log; stop that tail first`);
     const sub: Sub = {
-      db, key: keys.log, trimKey: keys.trimmed, siteId: Buffer.from(siteId), handler,
+      db, key: keys.log, trimKey: keys.trimmed, lastKey: keys.last, siteId: Buffer.from(siteId), handler,
       position: after, busy: false, stopped: false, failures: 0,
     };
     this.#subs.set(db, sub);
@@ -656,42 +784,41 @@ export class RedisLog {
     }
   }
 
-  /** Reads what is new for `free` (with the trim marks, atomically) and hands it out. True if anything was. */
+  /** Reads what is new for `free` (with last ids and trim marks, atomically) and hands it out. True if anything happened. */
   async #readBatch(free: Sub[]): Promise<boolean> {
     const replies = await this.#blocker.multi()
       .xread('COUNT', this.#tailCount, 'STREAMS', ...free.map((sub) => sub.key), ...free.map((sub) => sub.position))
-      .mget(...free.map((sub) => sub.trimKey))
+      .mget(...free.flatMap((sub) => [sub.lastKey, sub.trimKey]))
       .exec();
     if (replies === null) throw new Error('transaction aborted');
     for (const [err] of replies) if (err) throw err;
     const streams = replies[0]![1] as StreamReply;
-    const marks = replies[1]![1] as (string | null)[];
+    const states = replies[1]![1] as (string | null)[];
     let progressed = false;
     const byKey = new Map(streams?.map(([key, entries]) => [key, entries]));
     free.forEach((sub, i) => {
       if (sub.stopped) return;
-      const mark = marks[i];
-      if (mark != null && compareEntryIds(mark, successorOf(sub.position)) > 0) {
+      const entries = byKey.get(sub.key) ?? [];
+      const { valid, error } = continuity(sub.db, sub.position, states[2 * i] ?? null, states[2 * i + 1] ?? null, entries);
+      if (valid > 0) {
         progressed = true;
-        this.#trimmedPast(sub, mark);
-        return;
+        // A break after them is found again, at the front, by the next read.
+        this.#deliver(sub, entries.slice(0, valid).map(([id, fields]) => this.#decode(id, fields, sub.siteId)));
+      } else if (error) {
+        progressed = true;
+        this.#broken(sub, error);
       }
-      const entries = byKey.get(sub.key);
-      if (entries === undefined || entries.length === 0) return;
-      progressed = true;
-      this.#deliver(sub, entries.map(([id, fields]) => this.#decode(id, fields, sub.siteId)));
     });
     return progressed;
   }
 
-  #trimmedPast(sub: Sub, mark: string): void {
+  #broken(sub: Sub, error: LogBreak): void {
     sub.stopped = true;
     if (this.#subs.get(sub.db) === sub) this.#subs.delete(sub.db);
-    const error = new LogTrimmedError(sub.db, sub.position, mark);
     log('%s', error.message);
-    if (sub.handler.onTrimmed) {
+    if (sub.handler.onBroken) {
       try {
-        sub.handler.onTrimmed(error);
+        sub.handler.onBroken(error);
       } catch (err) {
         this.#onError(err instanceof Error ? err : new Error(String(err)));
       }

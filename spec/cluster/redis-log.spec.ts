@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { LogTrimmedError, RedisLog, type LogEntry, type RedisLogOptions, type Tail } from '../../lib/cluster/redis-log.js';
+import { LogGapError, LogRewoundError, RedisLog, type LogBreak, type LogEntry, type RedisLogOptions, type Tail } from '../../lib/cluster/redis-log.js';
 import { compareEntryIds, entryIdAfter, entryIdOf, stampsOf } from '../../lib/cluster/stamps.js';
 import { ErrorCode, isSyncError, SyncError } from '../../lib/errors.js';
 import { compareHlc, hlcFromSite } from '../../lib/protocol/hlc.js';
@@ -81,6 +81,8 @@ describe('cluster/redis-log', function () {
   before(async () => {
     server = await startRedisServer();
     raw = new Redis(server.url, { lazyConnect: true });
+    // It reconnects by itself after the outage test; its errors meanwhile are expected.
+    raw.on('error', () => {});
     await raw.connect();
   });
 
@@ -133,7 +135,9 @@ describe('cluster/redis-log', function () {
       const id = await log.append(db, message(1, 10), { after: `${ms}-65530` });
       // 10 stamps from ms-65531 end at (ms+1)-4: seq never leaves the 16-bit counter.
       expect(id).to.equal(`${ms + 1}-4`);
-      const [entry] = await log.read(db, '0-0');
+      // Readers must hold what `after` stands for: from the start, the log has a gap.
+      expect(await rejection(log.read(db, '0-0'))).to.be.instanceOf(LogGapError);
+      const [entry] = await log.read(db, `${ms}-65530`);
       expect(entry!.stamps.map(entryIdOf)).to.deep.equal([
         `${ms}-65531`, `${ms}-65532`, `${ms}-65533`, `${ms}-65534`, `${ms}-65535`,
         `${ms + 1}-0`, `${ms + 1}-1`, `${ms + 1}-2`, `${ms + 1}-3`, `${ms + 1}-4`,
@@ -146,7 +150,8 @@ describe('cluster/redis-log', function () {
     it('goes on above the stream when its last-id key was lost or the stream was written by hand', async () => {
       const log = await open();
       const db = freshDb();
-      const first = await log.append(db, message(1), { after: `${Date.now() + 60_000}-0` });
+      const start = `${Date.now() + 60_000}-0`;
+      const first = await log.append(db, message(1), { after: start });
       await raw.del(`sync:{${db}}:last`);
       const second = await log.append(db, message(2));
       expect(compareEntryIds(second, first)).to.be.greaterThan(0);
@@ -154,8 +159,9 @@ describe('cluster/redis-log', function () {
       const m3 = message(3);
       const third = await log.append(db, m3);
       expect(compareEntryIds(third, byHand!)).to.be.greaterThan(0);
-      const entries = await log.read(db, '0-0');
+      const entries = await log.read(db, start);
       expect(entries.map((e) => e.id)).to.deep.equal([first, second, byHand, third]);
+      expect(entries.map((e) => e.prev)).to.deep.equal([start, first, '', byHand]);
       // Every node reads the same bytes, so every node skips the damaged entry alike.
       expect(entries[2]!.corrupt).to.match(/JSON/);
       expect(entries[2]!.sets).to.deep.equal([]);
@@ -286,13 +292,13 @@ describe('cluster/redis-log', function () {
       // A reader at entry 4 misses nothing; one further back does.
       expect((await log.read(db, ids[3]!)).map((e) => e.id)).to.deep.equal(ids.slice(4));
       const err = await rejection(log.read(db, ids[2]!));
-      expect(err).to.be.instanceOf(LogTrimmedError);
+      expect(err).to.be.instanceOf(LogGapError);
       expect(err.code).to.equal(ErrorCode.SnapshotRequired);
-      expect(err.message).to.include(`entries after ${ids[2]} were trimmed`);
+      expect(err.message).to.include(`entries after ${ids[2]} are not in the log`);
 
-      const trimmed: LogTrimmedError[] = [];
+      const trimmed: LogBreak[] = [];
       const collector = new Collector();
-      log.tail(db, '0-0', siteId, { ...collector.handler(db), onTrimmed: (e) => trimmed.push(e) });
+      log.tail(db, '0-0', siteId, { ...collector.handler(db), onBroken: (e) => trimmed.push(e) });
       await until(() => trimmed.length === 1);
       expect(trimmed[0]!.after).to.equal('0-0');
       expect(collector.ids(db)).to.deep.equal([]);
@@ -307,14 +313,14 @@ describe('cluster/redis-log', function () {
       const first = await log.append(db, message(0));
       let release!: () => void;
       const gate = new Promise<void>((resolve) => { release = resolve; });
-      const trimmed: LogTrimmedError[] = [];
+      const trimmed: LogBreak[] = [];
       const batches: string[][] = [];
       const tail = log.tail(db, '0-0', siteId, {
         async onEntries(entries) {
           batches.push(entries.map((e) => e.id));
           await gate;
         },
-        onTrimmed: (e) => trimmed.push(e),
+        onBroken: (e) => trimmed.push(e),
       });
       await until(() => batches.length === 1);
       const later: string[] = [];
@@ -325,6 +331,95 @@ describe('cluster/redis-log', function () {
       expect(trimmed[0]!.after).to.equal(first);
       expect(tail.position).to.equal(first);
       expect(batches).to.deep.equal([[first]]);
+    });
+  });
+
+  describe('continuity', () => {
+    it('makes a reader below a barrier restore, and lets one at it go on', async () => {
+      const log = await open();
+      const db = freshDb();
+      const siteId = await log.siteIdOf(db);
+      const e1 = await log.append(db, message(1));
+      // A replica whose own stamps run ahead of the log (e.g. it existed before the cluster).
+      const above = `${Date.now() + 60_000}-0`;
+      const barrier = await log.barrier(db, above);
+      const e2 = await log.append(db, message(2));
+      expect(compareEntryIds(barrier, above)).to.be.greaterThan(0);
+
+      const gap = await rejection(log.read(db, e1));
+      expect(gap).to.be.instanceOf(LogGapError).with.property('needs', above);
+      expect(gap.code).to.equal(ErrorCode.SnapshotRequired);
+      const fromAbove = await log.read(db, above);
+      expect(fromAbove.map((e) => [e.id, e.sets.length, e.stamps.length, e.corrupt])).to.deep.equal([[barrier, 0, 0, undefined], [e2, 1, 1, undefined]]);
+      expect(fromAbove[1]!.prev).to.equal(barrier);
+
+      const broken: LogBreak[] = [];
+      const seen = new Collector();
+      log.tail(db, e1, siteId, { ...seen.handler(db), onBroken: (e) => broken.push(e) });
+      const other = await open();
+      const seenAbove = new Collector();
+      other.tail(db, above, siteId, seenAbove.handler(db));
+      await until(() => broken.length === 1 && seenAbove.ids(db).length === 2);
+      expect(broken[0]).to.be.instanceOf(LogGapError);
+      expect(seen.ids(db)).to.deep.equal([]);
+      expect(seenAbove.ids(db)).to.deep.equal([barrier, e2]);
+    });
+
+    it('stops a reader whose applied entries Redis lost, also when later ids fall below its position', async () => {
+      const reader = await open({ blockMs: 200 });
+      const writer = await open();
+      const db = freshDb();
+      const siteId = await writer.siteIdOf(db);
+      const e1 = await writer.append(db, message(1));
+      // What a replica had when the primary died: the log up to e1.
+      const saved = await Promise.all([`sync:{${db}}:log`, `sync:{${db}}:last`].map(async (key) => [key, await raw.dumpBuffer(key)] as const));
+      const e2 = await writer.append(db, message(2));
+      const e3 = await writer.append(db, message(3));
+      const broken: LogBreak[] = [];
+      const seen = new Collector();
+      reader.tail(db, '0-0', siteId, { ...seen.handler(db), onBroken: (e) => broken.push(e) });
+      await until(() => seen.ids(db).length === 3);
+      expect(seen.ids(db)).to.deep.equal([e1, e2, e3]);
+
+      // The failover: the replica becomes primary without e2 and e3.
+      for (const [key, dump] of saved) await raw.restore(key, 0, dump!, 'REPLACE');
+      await until(() => broken.length === 1);
+      expect(broken[0]).to.be.instanceOf(LogRewoundError);
+      expect(broken[0]!).to.include({ after: e3, logAt: e1 });
+
+      const e4 = await writer.append(db, message(4));
+      const rewound = await rejection(writer.read(db, e3));
+      expect(rewound).to.be.instanceOf(LogRewoundError);
+      expect(rewound.code).to.equal(ErrorCode.Internal);
+      // A node that had only e1 goes on as if nothing happened.
+      expect((await writer.read(db, e1)).map((e) => e.id)).to.deep.equal([e4]);
+    });
+  });
+
+  describe('with minReplicas', () => {
+    it('resolves once a replica has the entry, and refuses when none confirms it', async () => {
+      const replica = await startRedisServer();
+      const client = new Redis(replica.url, { lazyConnect: true, maxRetriesPerRequest: 0 });
+      client.on('error', () => {});
+      try {
+        await client.connect();
+        await client.call('REPLICAOF', '127.0.0.1', String(server.port));
+        await until(async () => /master_link_status:up/.test(await client.info('replication')));
+        const log = await open({ minReplicas: 1, replicaTimeoutMs: 500 });
+        const db = freshDb();
+        const id = await log.append(db, message(1));
+        expect((await client.xrange(`sync:{${db}}:log`, id, id)).map(([entryId]) => entryId)).to.deep.equal([id]);
+
+        await replica.stop();
+        const err = await rejection(log.append(db, message(2)));
+        expect(err.code).to.equal(ErrorCode.StorageUnavailable);
+        expect(err.message).to.include('0 of 1 replicas confirmed');
+        // The entry is in the log all the same: every node applies it, and a resend is harmless.
+        expect(await log.read(db, id)).to.have.length(1);
+      } finally {
+        client.disconnect();
+        await replica.close();
+      }
     });
   });
 
@@ -379,6 +474,34 @@ describe('cluster/redis-log', function () {
       expect(stored).to.include.members(acked);
       await until(() => seen.ids(db).length >= stored.length && late.ids(lateDb).length === 1);
       expect(seen.ids(db)).to.deep.equal(stored);
+    });
+  });
+
+  describe('when the primary was demoted (failover)', () => {
+    it('refuses writes with STORAGE_UNAVAILABLE while Redis answers READONLY, and writes again once it is primary', async () => {
+      const log = await open();
+      const db = freshDb();
+      const siteId = await log.siteIdOf(db);
+      const seen = new Collector();
+      log.tail(db, '0-0', siteId, seen.handler(db));
+      const before = await log.append(db, message(1));
+      await until(() => seen.ids(db).length === 1);
+      // A replica of a primary that does not exist: it keeps its data and refuses writes.
+      await raw.call('REPLICAOF', '127.0.0.1', '1');
+      try {
+        const err = await rejection(log.append(db, message(2)));
+        expect(err.code).to.equal(ErrorCode.StorageUnavailable);
+        expect(err.message).to.include('READONLY');
+      } finally {
+        await raw.call('REPLICAOF', 'NO', 'ONE');
+      }
+      let after: string | undefined;
+      await until(async () => {
+        after = await log.append(db, message(3)).catch(() => undefined);
+        return after !== undefined;
+      });
+      await until(() => seen.ids(db).length === 2);
+      expect(seen.ids(db)).to.deep.equal([before, after]);
     });
   });
 

@@ -9,7 +9,7 @@ import { makeTempDir, removeTempDir } from './tmp-dir.js';
  * Redis. stop() closes the pipe the same way. A background job of a
  * non-interactive shell gets /dev/null as stdin, so Redis never holds it.
  */
-const WATCHDOG = 'redis-server "$@" & pid=$!; read -r _; kill -9 "$pid" 2>/dev/null; wait "$pid"';
+const WATCHDOG = 'command -v redis-server >/dev/null || exit 127; redis-server "$@" & pid=$!; read -r _; kill -9 "$pid" 2>/dev/null; wait "$pid"';
 
 /** A real redis-server (Debian's package; `.ci/run` installs it when missing) on 127.0.0.1 with AOF (`appendfsync everysec`), in a temp dir. */
 export interface RedisTestServer {
@@ -47,6 +47,8 @@ function argsFor(dir: string, port: number): string[] {
     // No RDB snapshots; the append-only file is the durability the README recommends.
     '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec',
     '--daemonize', 'no', '--logfile', '', '--loglevel', 'notice',
+    // A replica (REPLICAOF) gets its first copy at once rather than after 5 s.
+    '--repl-diskless-sync-delay', '0',
   ];
 }
 
@@ -57,17 +59,19 @@ async function launch(dir: string, port: number): Promise<Running> {
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const proc = { child, exited };
   let out = '';
-  child.stderr!.setEncoding('utf8').on('data', (text: string) => { out = (out + text).slice(-10_000); });
   try {
     await new Promise<void>((resolve, reject) => {
-      child.stdout!.setEncoding('utf8').on('data', (text: string) => {
+      const onOutput = (text: string) => {
         out = (out + text).slice(-10_000);
         if (out.includes('Ready to accept connections')) resolve();
         // Redis logs the failure and exits; the shell would wait on its stdin forever.
         else if (/Could not create server TCP listening socket|Failed listening|FATAL|Can't open/i.test(out)) reject(new Error(`redis-server failed to start on port ${port}:\n${out}`));
-      });
-      child.once('error', (err) => reject(new Error(`cannot run redis-server (${err.message}); install the Debian package redis-server`)));
-      void exited.then(() => reject(new Error(`redis-server exited before it was ready on port ${port}:\n${out}`)));
+      };
+      child.stdout!.setEncoding('utf8').on('data', onOutput);
+      child.stderr!.setEncoding('utf8').on('data', onOutput);
+      void exited.then(() => reject(new Error(child.exitCode === 127
+        ? 'redis-server is not installed: install the Debian package redis-server (.ci/run does)'
+        : `redis-server exited before it was ready on port ${port}:\n${out}`)));
     });
   } catch (err) {
     await halt(proc);
