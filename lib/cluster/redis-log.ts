@@ -29,8 +29,8 @@
  * an XADD to the wake stream ends the block. (CLIENT UNBLOCK would race with
  * a read still on its way; a stream id cannot: XREAD returns at once for
  * anything after the id it is given.) The data itself is always read
- * non-blocking inside MULTI together with the trim marks, so the check "was
- * anything after my position trimmed?" sees the same state as the read.
+ * non-blocking inside MULTI together with each stream's last id and trim
+ * mark, so the continuity check sees the very state the entries came from.
  * Multi-key XREAD needs all keys in one slot on Redis Cluster, so this
  * targets a standalone primary (optionally found through Sentinel).
  *
@@ -714,7 +714,11 @@ export class RedisLog {
    * now and as they are appended, until stopped or closed (see
    * {@link TailHandler} for batching, retries and trimming). `siteId` is the
    * database's server site id (from {@link siteIdOf}), used for the stamps.
-   * One tail per database per RedisLog (TypeError otherwise). Needs no
+   * `after` is where the reader's replica is (entryIdOf its committed stamp,
+   * or the last barrier it handled); a replica with stamps of its own whose
+   * log does not reach them yet needs a {@link barrier} first, or the tail
+   * reports LogRewoundError. One tail per database per RedisLog (TypeError
+   * otherwise). Needs no
    * answer from Redis to start: while Redis is down the tail waits and
    * retries, reporting errors to `onError`.
    */
