@@ -365,7 +365,7 @@ describe('cluster/redis-log', function () {
       expect(seenAbove.ids(db)).to.deep.equal([barrier, e2]);
     });
 
-    it('stops a reader whose applied entries Redis lost, also when later ids fall below its position', async () => {
+    it('stops a reader whose applied entries Redis lost (a failover), and refuses reads from its position', async () => {
       const reader = await open({ blockMs: 200 });
       const writer = await open();
       const db = freshDb();
