@@ -14,6 +14,7 @@ export const logs = {
   replica: createDebug(`${LOG_PREFIX}:replica`),
   storage: createDebug(`${LOG_PREFIX}:storage`),
   s3: createDebug(`${LOG_PREFIX}:s3`),
+  cluster: createDebug(`${LOG_PREFIX}:cluster`),
 } as const;
 
 /** The layer names (`ws`, `http` ...), i.e. the namespaces without LOG_PREFIX. */
