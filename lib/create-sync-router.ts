@@ -4,7 +4,10 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import type { Registry } from 'prom-client';
 import { parseOptions, type Config, type SyncRouterOptions } from './config/options.js';
 import { createArchiveMetrics, createMetrics, type Metrics } from './metrics/metrics.js';
-import { Coordinator } from './service/coordinator.js';
+import { Coordinator, type ReplicaSource } from './service/coordinator.js';
+import { Hub } from './hub/hub.js';
+import { Cluster } from './cluster/cluster.js';
+import { RedisLog } from './cluster/redis-log.js';
 import { openLevelReplica } from './replica/open-level.js';
 import { Durability } from './durability/durability.js';
 import { openS3Archive, replicaOptionsOf } from './durability/offline.js';
@@ -57,10 +60,15 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   const limits = createLimits(config, metrics);
   const durability = createDurability(config);
   const replicas = replicaOptionsOf(config);
-  const coordinator = new Coordinator(config, metrics, durability ?? {
-    open: (id) => openLevelReplica(databaseDirectory(config.dataDir, id), replicas),
+  const local: ReplicaSource = durability ?? {
+    open: (id, options) => openLevelReplica(databaseDirectory(config.dataDir, id), { ...replicas, ...options }),
     close: (_id, replica) => replica.close(),
-  }, limits);
+  };
+  const hub = new Hub(metrics);
+  // In a cluster, every write goes through the shared log and every open database follows it.
+  const redis = config.redis ? new RedisLog({ url: config.redis, nodeId: config.nodeId }) : undefined;
+  const cluster = redis ? new Cluster(redis, local, hub, config.nodeId) : undefined;
+  const coordinator = new Coordinator(config, metrics, { replicas: cluster ?? local, limits, hub, ...(cluster ? { writes: cluster } : {}) });
   const upgrades = createUpgradeHandler(config, coordinator, metrics, limits, inbound);
   const router = express.Router();
   router.use(checkMount);
@@ -111,7 +119,10 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
     return coordinator.close(async function closeTransports() {
       routes.close();
       await upgrades.close();
-    }).then(() => durability?.shutdown());
+    }).then(async () => {
+      await redis?.close();
+      await durability?.shutdown();
+    });
   }
 
   const sync = Object.assign(router, {

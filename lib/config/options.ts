@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { Registry } from 'prom-client';
 import type { CoordinatorHooks } from './hooks.js';
 import { archiveKeyProblem, type Archive } from '../durability/archive.js';
@@ -146,6 +148,15 @@ export interface SyncRouterOptions<I = unknown> {
   snapshotChanges?: number;
   /** Archive snapshots kept per database. @default 5 */
   snapshotsKept?: number;
+  /**
+   * Join a cluster: a Redis URL (`redis://host:6379`). Every database's
+   * writes then go through a shared log (a Redis Stream) that every node
+   * applies, so any node serves any database. Without it the coordinator is
+   * a single node.
+   */
+  redis?: string;
+  /** This node's name in a cluster (logs, `/status`). @default host name, pid and a random suffix */
+  nodeId?: string;
   /** Prometheus registry for the metrics. @default a new Registry */
   registry?: Registry;
   /** Wall clock in ms, for tests. @default Date.now */
@@ -169,12 +180,14 @@ export interface S3Options {
 }
 
 /** Options whose value is plain data: described by OPTION_SPECS, defaulted and checked from it. */
-export type PlainOptionKey = Exclude<keyof SyncRouterOptions, 'hooks' | 'registry' | 'now' | 's3' | 'archive'>;
+export type PlainOptionKey = Exclude<keyof SyncRouterOptions, 'hooks' | 'registry' | 'now' | 's3' | 'archive' | 'redis' | 'nodeId'>;
 
 /** The checked, complete, frozen configuration the layers read. */
 export type Config = { readonly [K in PlainOptionKey]-?: NonNullable<SyncRouterOptions[K]> } & {
   readonly s3?: Readonly<S3Options>;
   readonly archive?: Archive;
+  readonly redis?: string;
+  readonly nodeId: string;
   readonly hooks: CoordinatorHooks;
   readonly registry: Registry;
   readonly now: () => number;
@@ -295,7 +308,7 @@ export const DEFAULTS: Defaults = Object.freeze(
   Object.fromEntries(Object.entries(OPTION_SPECS).map(([key, spec]) => [key, spec.default])) as unknown as Defaults,
 );
 
-const KNOWN = new Set<string>([...Object.keys(OPTION_SPECS), 'hooks', 'registry', 'now', 's3', 'archive']);
+const KNOWN = new Set<string>([...Object.keys(OPTION_SPECS), 'hooks', 'registry', 'now', 's3', 'archive', 'redis', 'nodeId']);
 
 const HOOK_NAMES = ['onAuthenticate', 'onAuthorize', 'onBeforeApplyChanges', 'onAfterApplyChanges', 'onClientConnect', 'onClientDisconnect'];
 
@@ -348,7 +361,15 @@ export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
     throw new TypeError('Option "archive" must be an Archive (put, get, list, delete, close)');
   }
   if (s3 && archive) throw new TypeError('Options "s3" and "archive" exclude each other: give one archive');
-  return Object.freeze({ ...plain, ...(s3 ? { s3 } : {}), ...(archive ? { archive } : {}), hooks: Object.freeze({ ...hooks }), registry, now }) as Config;
+  const redis = o.redis;
+  if (redis !== undefined && (typeof redis !== 'string' || !/^rediss?:\/\/\S+$/.test(redis))) {
+    throw new TypeError(`Option "redis" must be a redis:// or rediss:// URL, got ${typeof redis === 'string' ? JSON.stringify(redis.replace(/\/\/[^@/]*@/, '//***@')) : typeof redis}`);
+  }
+  const nodeId = o.nodeId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  if (typeof nodeId !== 'string' || !/^[\x21-\x7e]{1,128}$/.test(nodeId)) throw new TypeError(`Option "nodeId" must be 1-128 printable characters without spaces, got ${JSON.stringify(nodeId)}`);
+  return Object.freeze({
+    ...plain, ...(s3 ? { s3 } : {}), ...(archive ? { archive } : {}), ...(redis ? { redis } : {}), nodeId, hooks: Object.freeze({ ...hooks }), registry, now,
+  }) as Config;
 }
 
 const S3_KEYS = new Set(['bucket', 'region', 'endpoint', 'accessKeyId', 'secretAccessKey', 'forcePathStyle', 'keyPrefix']);

@@ -144,8 +144,8 @@ export class Durability implements ReplicaSource {
   }
 
   /** ReplicaSource: opens a database, restoring it from the archive when it is not on disk. */
-  open(databaseId: string): Promise<Replica> {
-    return this.locked(databaseId, () => this.openLocked(databaseId));
+  open(databaseId: string, options: { siteId?: Uint8Array } = {}): Promise<Replica> {
+    return this.locked(databaseId, () => this.openLocked(databaseId, options.siteId));
   }
 
   /** ReplicaSource: archives what it can within a moment, then closes the replica. */
@@ -183,7 +183,7 @@ export class Durability implements ReplicaSource {
     await this.options.archive.close();
   }
 
-  private async openLocked(databaseId: string): Promise<Replica> {
+  private async openLocked(databaseId: string, siteId?: Uint8Array): Promise<Replica> {
     const { archive, dataDir, metrics } = this.options;
     const dir = databaseDirectory(dataDir, databaseId);
     if (!(await pathExists(dir))) {
@@ -210,6 +210,7 @@ export class Durability implements ReplicaSource {
     let shipper: Shipper | undefined;
     const replica = await openLevelReplica(dir, {
       ...this.options.replicaOptions,
+      ...(siteId ? { siteId } : {}),
       ...(this.options.mode === 'ack' ? { beforeCommit: (commit: StampedCommit) => this.archiveCommit(databaseId, shipper, commit) } : {}),
       onCommit: (info: CommitInfo) => {
         if (this.options.mode === 'async') shipper?.committed(info);

@@ -8,7 +8,7 @@
  * group instead of per message.
  */
 
-import { hlcFromSite } from '../protocol/hlc.js';
+import { hlcFromSite, hlcWallTime } from '../protocol/hlc.js';
 import type { ValidChange, ValidChangeSet, ValidMigration } from '../protocol/validate.js';
 import type { ApplyResult, ChangeSet, ColumnChange, DeleteChange } from '../protocol/messages.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
@@ -335,11 +335,13 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       });
     }
 
-    const now = ctx.now();
     for (const r of raised) {
       const winner = raisedBy.get(r)!;
       const where = place.get(winner.item)!;
       const wire = winner.item.change.wire as DeleteChange;
+      // When the deletion was accepted, by the stamp's clock: the same on every
+      // node that applies it and after a restore, and what retention ages by.
+      const now = hlcWallTime(where.stamp);
       const entry = wire.priorRow === undefined
         ? { pk: wire.pk, hlc: wire.hlc, createdAt: now }
         : { pk: wire.pk, hlc: wire.hlc, createdAt: now, priorRow: wire.priorRow };

@@ -46,6 +46,11 @@ export interface ReplicaOptions {
   /** Entries per snapshot chunk. @default 1000 */
   snapshotChunkSize?: number;
   /**
+   * The server site id a new store gets (16 bytes); an existing store with
+   * another one is refused. A cluster's nodes share it. @default random for a new store
+   */
+  siteId?: Uint8Array;
+  /**
    * Awaited before each commit is written, with the change sets it accepts
    * (each `hlc` its stamp), the stamp it follows and its last stamp.
    * Rejecting refuses the whole commit; resolving marks it archived.
@@ -154,7 +159,7 @@ export class Replica implements ReplicaContext {
     const [format, site, last] = await store.getMany([META_FORMAT, META_SITE_ID, META_LAST_STAMP]);
     let siteId: Buffer;
     if (format === undefined) {
-      siteId = randomSiteId();
+      siteId = options.siteId ? Buffer.from(options.siteId) : randomSiteId();
       const version = Buffer.allocUnsafe(4);
       version.writeUInt32BE(KEY_FORMAT, 0);
       await store.write([
@@ -166,6 +171,9 @@ export class Replica implements ReplicaContext {
       if (version > KEY_FORMAT) throw new Error(`store key format ${version} is newer than this coordinator supports (${KEY_FORMAT})`);
       if (!site || site.length !== 16) throw new Error('store has no server site id: not a replica store, or corrupt');
       siteId = Buffer.from(site);
+      if (options.siteId && !siteId.equals(options.siteId)) {
+        throw new SyncError(ErrorCode.Internal, `the store's server site id is ${siteIdToWire(siteId)}, not ${siteIdToWire(Buffer.from(options.siteId))} as its cluster says: it was created apart from the cluster; remove it so it restores from the cluster's log and archive`);
+      }
     }
     const tables = new Map<string, TableStats>();
     const it = store.iterator({ gte: Buffer.of(NS_TABLE_STATS), lt: Buffer.of(NS_TABLE_STATS + 1) });

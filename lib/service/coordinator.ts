@@ -34,8 +34,11 @@ export interface Caller {
  * archive and to archive what they accept.
  */
 export interface ReplicaSource {
-  /** Opens (creating or restoring if needed) the replica of a database id. */
-  open(databaseId: string): Promise<Replica>;
+  /**
+   * Opens (creating or restoring if needed) the replica of a database id.
+   * `siteId`, when given, is the server site id it must have (a cluster's).
+   */
+  open(databaseId: string, options?: { siteId?: Uint8Array }): Promise<Replica>;
   /** Closes a replica `open` gave (the pool calls it when it evicts or shuts down). */
   close(databaseId: string, replica: Replica): Promise<void>;
   /** What `/status` shows of it (the durable archive's state), if anything. */
@@ -63,6 +66,18 @@ export function localWrites(hub: Hub): WritePath {
       return outcome;
     },
   };
+}
+
+/** What a coordinator is built from (the router builds it). */
+export interface CoordinatorParts {
+  /** Where replicas come from (LevelDB under dataDir; durability; a cluster). */
+  replicas: ReplicaSource;
+  /** Counts refusals by maxChangesPerMessage. */
+  limits?: Limits;
+  /** Subscribers and fan-out. @default a new Hub */
+  hub?: Hub;
+  /** How accepted messages are committed. @default localWrites(hub) */
+  writes?: WritePath;
 }
 
 /** A WebSocket handshake's claims (docs/protocol.md §4), not yet checked. */
@@ -135,12 +150,13 @@ export class Coordinator {
    * ReplicaSource). `limits`, when given, counts refusals by
    * maxChangesPerMessage.
    */
-  constructor(config: Config, metrics: Metrics, replicas: ReplicaSource, limits?: Limits, writes: (hub: Hub) => WritePath = localWrites) {
+  constructor(config: Config, metrics: Metrics, parts: CoordinatorParts) {
+    const { replicas, limits, hub = new Hub(metrics), writes = localWrites(hub) } = parts;
     this.config = config;
     this.metrics = metrics;
     this.limits = limits;
-    this.hub = new Hub(metrics);
-    this.writes = writes(this.hub);
+    this.hub = hub;
+    this.writes = writes;
     this.startedAt = Date.now();
     this.tokens = new TokenList(config.authTokens);
     this.pool = new ReplicaPool<Replica>({
