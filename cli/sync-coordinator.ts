@@ -171,10 +171,13 @@ function commonOptions<T>(args: Argv<T>) {
     })
     .option('disk-eviction', { type: 'string', description: describe('diskEviction', 'With S3: remove idle, fully archived databases from disk (true or false)') })
     .option('disk-eviction-idle-ms', { type: 'string', description: describe('diskEvictionIdleMs', 'With S3: idle time before eviction, in ms (1 h)') })
+    .option('redis-url', { type: 'string', description: describe('redisUrl', 'Join a cluster through this Redis (redis://host:6379): any node serves any database', 'none (one node)') })
+    .option('node-id', { type: 'string', description: describe('nodeId', "This node's name in a cluster (logs, /status, metrics)", 'host:pid:random') })
     .option('config', { type: 'string', description: 'JSON config file [default: ./sync-coordinator.json if it exists]' })
     .option('debug', { type: 'string', description: `Enable debug logging to stderr for these namespaces [default when given: ${DEFAULT_DEBUG}]` })
     .group(['data-dir', 's3-bucket', 's3-region', 's3-endpoint', 's3-access-key-id', 's3-secret-access-key', 's3-force-path-style', 's3-key-prefix'], 'Storage:')
     .group(['s3-durability', 'disk-eviction', 'disk-eviction-idle-ms'], 'Server with S3:')
+    .group(['redis-url', 'node-id'], 'Cluster:')
     .group(['config', 'debug', 'help', 'version'], 'Options:');
 }
 

@@ -65,6 +65,8 @@ export function routerOptionsOf<I = unknown>(partial: Partial<CoordinatorConfig>
     s3Durability: durability('s3Durability'),
     diskEviction: durability('diskEviction'),
     diskEvictionIdleMs: durability('diskEvictionIdleMs'),
+    ...(config.redisUrl !== undefined ? { redis: config.redisUrl } : {}),
+    ...(config.nodeId !== undefined ? { nodeId: config.nodeId } : {}),
     ...(hooks ? { hooks } : {}),
   };
 }

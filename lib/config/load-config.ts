@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import { describeValue } from '../errors.js';
 import { logs } from '../log.js';
 import {
-  MOUNT_PATH_EXPECTED, OPTION_SPECS, SERVER_DEFAULTS, checkMountPath, checkS3,
+  MOUNT_PATH_EXPECTED, OPTION_SPECS, SERVER_DEFAULTS, checkMountPath, checkNodeId, checkRedisUrl, checkS3,
   type AuthMode, type CoordinatorConfig, type CorsOrigin, type OptionSpec, type PlainOptionKey, type S3Options,
 } from './options.js';
 
@@ -205,6 +205,16 @@ function parseBoolText(text: string): boolean {
   fail(BOOL_EXPECTED, text);
 }
 
+/** A value checked by one of the router's own checkers (TypeError 'Option "x" must be X, got Y'), reported as 'expected X, got Y'. */
+function byRouterRule<T>(check: (value: unknown) => T, value: unknown): T {
+  try {
+    return check(value);
+  } catch (err) {
+    if (err instanceof TypeError) throw new Invalid(err.message.replace(/^Option "[A-Za-z]+" must be /, 'expected '));
+    throw err;
+  }
+}
+
 /** A router option checked by the router's own rule (OPTION_SPECS), so the CLI and createSyncRouter accept the same values. */
 function routerValue<K extends PlainOptionKey>(key: K): (value: unknown) => NonNullable<CoordinatorConfig[K & keyof CoordinatorConfig]> {
   const spec = OPTION_SPECS[key] as OptionSpec<unknown>;
@@ -275,6 +285,8 @@ const SETTINGS: SettingSpecs = {
     fromText: routerIntText('diskEvictionIdleMs'),
     fromValue: routerValue('diskEvictionIdleMs'),
   },
+  redisUrl: { env: 'SYNC_REDIS_URL', flag: '--redis-url', fromText: (text) => byRouterRule(checkRedisUrl, text), fromValue: (value) => byRouterRule(checkRedisUrl, value), secret: true },
+  nodeId: { env: 'SYNC_NODE_ID', flag: '--node-id', fromText: (text) => byRouterRule(checkNodeId, text), fromValue: (value) => byRouterRule(checkNodeId, value) },
 };
 
 interface S3FieldSpec {
@@ -350,6 +362,7 @@ export const CONFIG_SETTINGS: Readonly<Record<ConfigSettingKey, { readonly env: 
  */
 const TOP_LEVEL_OPTIONS: ReadonlySet<string> = new Set([
   'path', 'dataDir', 'corsOrigin', 'authMode', 'authTokens', 'retentionHorizonMs', 'batchSize', 's3Durability', 'diskEviction', 'diskEvictionIdleMs',
+  'redis', 'nodeId',
 ]);
 const ROUTER_SPECS: ReadonlyMap<string, OptionSpec<unknown>> = new Map(
   (Object.entries(OPTION_SPECS) as [string, OptionSpec<unknown>][]).filter(([key]) => !TOP_LEVEL_OPTIONS.has(key)),
@@ -696,6 +709,10 @@ export function resolveConfig(options: LoadConfigOptions = {}): ResolvedConfig {
     diskEviction: pick('diskEviction').value,
     diskEvictionIdleMs: pick('diskEvictionIdleMs').value,
   };
+  const redisUrl = pick('redisUrl').value;
+  if (redisUrl !== undefined) config.redisUrl = redisUrl;
+  const nodeId = pick('nodeId').value;
+  if (nodeId !== undefined) config.nodeId = nodeId;
   if (fromFile.router || fromOverrides.router) config.router = { ...fromFile.router, ...fromOverrides.router };
 
   const s3 = pickS3([fromOverrides.s3, fromEnv.s3, fromFile.s3]);

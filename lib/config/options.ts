@@ -361,15 +361,32 @@ export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
     throw new TypeError('Option "archive" must be an Archive (put, get, list, delete, close)');
   }
   if (s3 && archive) throw new TypeError('Options "s3" and "archive" exclude each other: give one archive');
-  const redis = o.redis;
-  if (redis !== undefined && (typeof redis !== 'string' || !/^rediss?:\/\/\S+$/.test(redis))) {
-    throw new TypeError(`Option "redis" must be a redis:// or rediss:// URL, got ${typeof redis === 'string' ? JSON.stringify(redis.replace(/\/\/[^@/]*@/, '//***@')) : typeof redis}`);
-  }
-  const nodeId = o.nodeId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
-  if (typeof nodeId !== 'string' || !/^[\x21-\x7e]{1,128}$/.test(nodeId)) throw new TypeError(`Option "nodeId" must be 1-128 printable characters without spaces, got ${JSON.stringify(nodeId)}`);
+  const redis = o.redis === undefined ? undefined : checkRedisUrl(o.redis);
+  const nodeId = o.nodeId === undefined ? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}` : checkNodeId(o.nodeId);
   return Object.freeze({
     ...plain, ...(s3 ? { s3 } : {}), ...(archive ? { archive } : {}), ...(redis ? { redis } : {}), nodeId, hooks: Object.freeze({ ...hooks }), registry, now,
   }) as Config;
+}
+
+/** What option "redis" takes. */
+export const REDIS_URL_EXPECTED = 'a redis:// or rediss:// URL';
+/** What option "nodeId" takes. */
+export const NODE_ID_EXPECTED = '1-128 printable characters without spaces';
+
+/**
+ * Checks option `redis` (also the CLI's `--redis-url`). Throws TypeError
+ * naming the option; the message never holds the URL's password.
+ */
+export function checkRedisUrl(value: unknown): string {
+  if (typeof value === 'string' && /^rediss?:\/\/\S+$/.test(value)) return value;
+  const shown = typeof value === 'string' ? JSON.stringify(value.replace(/\/\/[^@/]*@/, '//***@')) : typeof value;
+  throw new TypeError(`Option "redis" must be ${REDIS_URL_EXPECTED}, got ${shown}`);
+}
+
+/** Checks option `nodeId` (also the CLI's `--node-id`). Throws TypeError naming the option. */
+export function checkNodeId(value: unknown): string {
+  if (typeof value === 'string' && /^[\x21-\x7e]{1,128}$/.test(value)) return value;
+  throw new TypeError(`Option "nodeId" must be ${NODE_ID_EXPECTED}, got ${JSON.stringify(value)}`);
 }
 
 const S3_KEYS = new Set(['bucket', 'region', 'endpoint', 'accessKeyId', 'secretAccessKey', 'forcePathStyle', 'keyPrefix']);
@@ -434,8 +451,12 @@ export interface CoordinatorConfig {
   diskEviction: boolean;
   /** Idle time before eviction, in ms. @default 3600000 (1 h) */
   diskEvictionIdleMs: number;
+  /** Join a cluster through this Redis (`SYNC_REDIS_URL`, `--redis-url`); see SyncRouterOptions.redis. @default none: a single node */
+  redisUrl?: string;
+  /** This node's name in a cluster (`SYNC_NODE_ID`, `--node-id`). @default host name, pid and a random suffix */
+  nodeId?: string;
   /** Further router options (limits, intervals, snapshots), passed through as they are. */
-  router?: Omit<SyncRouterOptions, 'path' | 'dataDir' | 'corsOrigin' | 'authMode' | 'authTokens' | 'retentionHorizonMs' | 'batchSize' | 'hooks' | 's3' | 's3Durability' | 'diskEviction' | 'diskEvictionIdleMs'>;
+  router?: Omit<SyncRouterOptions, 'path' | 'dataDir' | 'corsOrigin' | 'authMode' | 'authTokens' | 'retentionHorizonMs' | 'batchSize' | 'hooks' | 's3' | 's3Durability' | 'diskEviction' | 'diskEvictionIdleMs' | 'redis' | 'nodeId'>;
 }
 
 /** Defaults of the standalone server. */
