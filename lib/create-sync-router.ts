@@ -3,7 +3,7 @@ import type { Duplex } from 'node:stream';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { Registry } from 'prom-client';
 import { parseOptions, type Config, type SyncRouterOptions } from './config/options.js';
-import { createArchiveMetrics, createMetrics, type Metrics } from './metrics/metrics.js';
+import { createArchiveMetrics, createClusterMetrics, createMetrics, type Metrics } from './metrics/metrics.js';
 import { Coordinator, type ReplicaSource } from './service/coordinator.js';
 import { Hub } from './hub/hub.js';
 import { Cluster } from './cluster/cluster.js';
@@ -66,8 +66,11 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   };
   const hub = new Hub(metrics);
   // In a cluster, every write goes through the shared log and every open database follows it.
-  const redis = config.redis ? new RedisLog({ url: config.redis, nodeId: config.nodeId }) : undefined;
-  const cluster = redis ? new Cluster(redis, local, hub, config.nodeId) : undefined;
+  const clusterMetrics = config.redis ? createClusterMetrics(config.registry, config.nodeId) : undefined;
+  const redis = config.redis ? new RedisLog({ url: config.redis, nodeId: config.nodeId, onError: () => clusterMetrics?.redisErrorsTotal.inc() }) : undefined;
+  const cluster = redis && clusterMetrics
+    ? new Cluster(redis, local, hub, { nodeId: config.nodeId, logRetentionMs: config.clusterLogRetentionMs, metrics: clusterMetrics, now: config.now })
+    : undefined;
   const coordinator = new Coordinator(config, metrics, { replicas: cluster ?? local, limits, hub, ...(cluster ? { writes: cluster } : {}) });
   const upgrades = createUpgradeHandler(config, coordinator, metrics, limits, inbound);
   const router = express.Router();
@@ -120,6 +123,7 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
       routes.close();
       await upgrades.close();
     }).then(async () => {
+      cluster?.shutdown();
       await redis?.close();
       await durability?.shutdown();
     });

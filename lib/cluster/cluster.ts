@@ -5,8 +5,9 @@ import { compareHlc } from '../protocol/hlc.js';
 import type { ValidChangeSet } from '../protocol/validate.js';
 import type { ApplyOutcome, Replica } from '../replica/replica.js';
 import type { ReplicaSource, WritePath } from '../service/coordinator.js';
-import type { LogEntry, RedisLog, Tail } from './redis-log.js';
-import { compareEntryIds, entryIdOf } from './stamps.js';
+import type { ClusterMetrics } from '../metrics/metrics.js';
+import { trimmedPast, type LogEntry, type RedisLog, type Tail } from './redis-log.js';
+import { compareEntryIds, entryIdAfter, entryIdOf, parseEntryId } from './stamps.js';
 
 const log = logs.cluster;
 
@@ -14,6 +15,19 @@ const log = logs.cluster;
 const CONNECT_WAIT_MS = 2000;
 /** How long an outcome of this node's append waits for its append to return (its tail may apply it first). */
 const UNCLAIMED_OUTCOME_MS = 60_000;
+/** Longest time between two rounds of trimming and lag figures (shorter when the retention is short). */
+const UPKEEP_MS = 5000;
+
+/** Options of a {@link Cluster} node. */
+export interface ClusterOptions {
+  /** This node's id (entries, logs, `/status`). */
+  nodeId: string;
+  /** How long a log keeps entries, in ms; with an archive, only archived ones go (SyncRouterOptions.clusterLogRetentionMs). */
+  logRetentionMs: number;
+  metrics: ClusterMetrics;
+  /** Wall clock in ms. @default Date.now */
+  now?: () => number;
+}
 
 interface Waiter { resolve(outcome: ApplyOutcome): void; reject(err: unknown): void }
 
@@ -44,30 +58,67 @@ export class Cluster implements WritePath, ReplicaSource {
   private readonly base: ReplicaSource;
   private readonly nodeId: string;
   private readonly hub: Hub;
+  private readonly metrics: ClusterMetrics;
+  private readonly retentionMs: number;
+  private readonly now: () => number;
   private readonly open_ = new Map<string, OpenDatabase>();
+  /** Per open database: how far behind the last entry of its log this node was at the last upkeep, in s. */
+  private readonly lag = new Map<string, number>();
+  private readonly upkeepTimer: NodeJS.Timeout;
+  private upkeeping = false;
+  private closed = false;
 
-  constructor(redis: RedisLog, base: ReplicaSource, hub: Hub, nodeId: string) {
+  constructor(redis: RedisLog, base: ReplicaSource, hub: Hub, options: ClusterOptions) {
     this.redis = redis;
     this.base = base;
     this.hub = hub;
-    this.nodeId = nodeId;
+    this.nodeId = options.nodeId;
+    this.metrics = options.metrics;
+    this.retentionMs = options.logRetentionMs;
+    this.now = options.now ?? Date.now;
+    this.upkeepTimer = setInterval(() => void this.upkeep(), Math.max(250, Math.min(UPKEEP_MS, Math.floor(this.retentionMs / 4))));
+    this.upkeepTimer.unref();
   }
 
-  /** ReplicaSource: opens a database with its cluster-wide site id and starts following its log. */
+  /**
+   * ReplicaSource: opens a database with its cluster-wide site id and starts
+   * following its log. A local copy older than what the log still holds (the
+   * node was away past the retention, or it is new) is discarded and restored
+   * from the archive first; without an archive the open fails with
+   * STORAGE_UNAVAILABLE, since serving that copy would hide changes forever.
+   */
   async open(databaseId: string): Promise<Replica> {
     // A node just started, or Redis just came back: wait a moment for the connection.
     await this.redis.ready(CONNECT_WAIT_MS);
     const siteId = await this.redis.siteIdOf(databaseId);
-    const replica = await this.base.open(databaseId, { siteId });
+    let replica = await this.base.open(databaseId, { siteId });
     try {
-      const committed = replica.committedStamp;
-      const after = committed ? entryIdOf(committed) : '0-0';
-      if (committed) {
-        // A replica whose stamps the log does not reach (it was restored from
-        // an archive the stream was trimmed past): the log continues above it.
-        const info = await this.redis.info(databaseId);
-        if (!info.lastId || compareEntryIds(info.lastId, after) < 0) await this.redis.barrier(databaseId, after);
+      let info = await this.redis.info(databaseId);
+      if (trimmedPast(positionOf(replica), info)) {
+        const position = positionOf(replica);
+        if (!this.base.discard) {
+          this.metrics.catchUpsTotal.inc({ from: 'refused' });
+          throw new SyncError(
+            ErrorCode.StorageUnavailable,
+            `this node cannot serve ${databaseId}: its copy ends at log entry ${position}, but the log was trimmed below ${info.trimmedBelow} and there is no archive to restore from ` +
+              '(give the cluster an archive, or a clusterLogRetentionMs longer than any node stays away)',
+          );
+        }
+        log('%s: this node holds the log up to %s, but it was trimmed below %s: restoring from the archive', databaseId, position, info.trimmedBelow);
+        await this.base.close(databaseId, replica);
+        await this.base.discard(databaseId);
+        replica = await this.base.open(databaseId, { siteId });
+        info = await this.redis.info(databaseId);
+        if (trimmedPast(positionOf(replica), info)) {
+          this.metrics.catchUpsTotal.inc({ from: 'refused' });
+          throw new SyncError(ErrorCode.StorageUnavailable, `the archive of ${databaseId} ends at log entry ${positionOf(replica)}, below the log's trim point ${info.trimmedBelow}; try again once it has caught up`);
+        }
+        this.metrics.catchUpsTotal.inc({ from: 'archive' });
       }
+      const after = positionOf(replica);
+      // A replica whose stamps the log does not reach (it was restored from
+      // an archive the stream was trimmed past): the log continues above it.
+      if (after !== '0-0' && (!info.lastId || compareEntryIds(info.lastId, after) < 0)) await this.redis.barrier(databaseId, after);
       const entry: OpenDatabase = { replica, waiters: new Map(), early: new Map(), tail: undefined as unknown as Tail };
       entry.tail = this.redis.tail(databaseId, after, siteId, {
         onEntries: (entries) => this.apply(databaseId, entry, entries),
@@ -94,14 +145,92 @@ export class Cluster implements WritePath, ReplicaSource {
       entry.tail.stop();
       const closing = new SyncError(ErrorCode.StoreClosed, `${databaseId} closed before its log entry was applied here; the write is in the log and every node applies it`);
       for (const waiter of entry.waiters.values()) waiter.reject(closing);
+      this.lag.delete(databaseId);
+      this.metrics.streamLagSeconds.remove({ database: databaseId });
     }
     await this.base.close(databaseId, replica);
   }
 
-  status(): object {
-    const databases: Record<string, string> = {};
-    for (const [db, entry] of this.open_) databases[db] = entry.tail.position;
-    return { node: this.nodeId, ...(this.base.status ? { archive: this.base.status() } : {}), logPositions: databases };
+  /** Stops trimming and lag figures (the router closes every database first). */
+  shutdown(): void {
+    this.closed = true;
+    clearInterval(this.upkeepTimer);
+  }
+
+  /**
+   * What `/status` shows of the cluster: this node's id, and per open
+   * database its position in the log (entry id) and how far behind the
+   * log's last entry it was at the last upkeep (s, null before the first).
+   */
+  statusSections(): { archive?: object; cluster: object } {
+    const databases: Record<string, { position: string; lagSeconds: number | null; following: boolean }> = {};
+    let lagSeconds = 0;
+    for (const [db, entry] of this.open_) {
+      const lag = this.lag.get(db);
+      if (lag !== undefined) lagSeconds = Math.max(lagSeconds, lag);
+      databases[db] = { position: entry.tail.position, lagSeconds: lag ?? null, following: !entry.broken };
+    }
+    return {
+      ...this.base.statusSections?.(),
+      cluster: { node: this.nodeId, lagSeconds, logRetentionMs: this.retentionMs, databases },
+    };
+  }
+
+  /** ReplicaSource: the archive's position, when the base has an archive. */
+  archivedStamp(databaseId: string): Buffer | undefined {
+    return this.base.archivedStamp?.(databaseId);
+  }
+
+  /**
+   * One round of upkeep over the open databases: measures how far behind its
+   * log this node is, and trims each log below what every node no longer
+   * needs from it: entries older than the retention, and with an archive
+   * only those it holds, and never past this node's own position.
+   */
+  private async upkeep(): Promise<void> {
+    if (this.upkeeping || this.closed) return;
+    this.upkeeping = true;
+    try {
+      for (const [db, entry] of [...this.open_]) {
+        if (this.closed) return;
+        try {
+          const info = await this.redis.info(db);
+          const position = entry.tail.position;
+          const lag = info.lastId ? Math.max(0, Number(parseEntryId(info.lastId).ms - parseEntryId(position).ms) / 1000) : 0;
+          if (this.open_.get(db) !== entry) continue;
+          this.lag.set(db, lag);
+          this.metrics.streamLagSeconds.set({ database: db }, lag);
+          const bound = this.trimBound(db, entry);
+          if (bound && info.firstId && compareEntryIds(info.firstId, bound) < 0) {
+            const removed = await this.redis.trim(db, bound);
+            if (removed > 0) {
+              this.metrics.entriesTrimmedTotal.inc(removed);
+              log('trimmed %d entries of the log of %s below %s', removed, db, bound);
+            }
+          }
+        } catch (err) {
+          log('upkeep of the log of %s failed: %s', db, messageOf(err));
+        }
+      }
+    } finally {
+      this.upkeeping = false;
+    }
+  }
+
+  /** Where the log of `db` may be trimmed (entries below the returned id go), or undefined for nowhere yet. */
+  private trimBound(db: string, entry: OpenDatabase): string | undefined {
+    const committed = entry.replica.committedStamp;
+    if (!committed || entry.broken) return undefined;
+    let bound = `${Math.max(0, this.now() - this.retentionMs)}-0`;
+    const own = entryIdAfter(committed);
+    if (compareEntryIds(own, bound) < 0) bound = own;
+    if (this.base.archivedStamp) {
+      const archived = this.base.archivedStamp(db);
+      if (!archived) return undefined;
+      const upTo = entryIdAfter(archived);
+      if (compareEntryIds(upTo, bound) < 0) bound = upTo;
+    }
+    return bound === '0-0' ? undefined : bound;
   }
 
   /**
@@ -139,6 +268,8 @@ export class Cluster implements WritePath, ReplicaSource {
       }
     }
     const now = Date.now();
+    for (const e of fresh) this.metrics.applyLagSeconds.observe(Math.max(0, now - Number(parseEntryId(e.id).ms)) / 1000);
+    this.metrics.entriesAppliedTotal.inc(fresh.length);
     for (const [key, early] of entry.early) if (now - early.at > UNCLAIMED_OUTCOME_MS) entry.early.delete(key);
     // An append of this node the replica already held (a batch delivered again after a failure): nothing new.
     for (const e of entries) {
@@ -162,4 +293,10 @@ export class Cluster implements WritePath, ReplicaSource {
       }
     });
   }
+}
+
+/** The log position a replica holds: the entry of its last stamp ('0-0' when it has none). */
+function positionOf(replica: Replica): string {
+  const committed = replica.committedStamp;
+  return committed ? entryIdOf(committed) : '0-0';
 }

@@ -377,6 +377,15 @@ function isEntryId(id: string): boolean {
   }
 }
 
+/**
+ * Whether a reader at `position` (an entry id, '0-0' before any) would miss
+ * entries of a log described by `info` because they were trimmed: the check
+ * the tail makes, for deciding before tailing (docs: README "Scale out").
+ */
+export function trimmedPast(position: string, info: LogInfo): boolean {
+  return info.trimmedBelow !== undefined && compareEntryIds(info.trimmedBelow, successorOf(position)) > 0;
+}
+
 /** The id right after `id` among ids the appender can assign. */
 function successorOf(id: string): string {
   const { ms, seq } = parseEntryId(id);

@@ -157,6 +157,16 @@ export interface SyncRouterOptions<I = unknown> {
   redis?: string;
   /** This node's name in a cluster (logs, `/status`). @default host name, pid and a random suffix */
   nodeId?: string;
+  /**
+   * In a cluster, how long a database's log keeps an entry, in ms. Older
+   * entries are trimmed, but with an archive only once archived: a node whose
+   * copy is older than the log (it was away, or it is new) then restores it
+   * from the archive and follows the log from there. Without an archive such a
+   * node cannot serve that database (STORAGE_UNAVAILABLE): give a cluster an
+   * archive, or a retention longer than any node stays away. Redis holds about
+   * this much of the write volume. @default 86400000 (24 h)
+   */
+  clusterLogRetentionMs?: number;
   /** Prometheus registry for the metrics. @default a new Registry */
   registry?: Registry;
   /** Wall clock in ms, for tests. @default Date.now */
@@ -299,6 +309,7 @@ export const OPTION_SPECS: { readonly [K in PlainOptionKey]-?: OptionSpec<NonNul
   snapshotIntervalMs: int(5 * 60 * 1000, 1000, MAX_TIMER_MS, ' (ms)'),
   snapshotChanges: int(1000, 1),
   snapshotsKept: int(5, 1),
+  clusterLogRetentionMs: int(24 * 60 * 60 * 1000, 1000, Number.MAX_SAFE_INTEGER, ' (ms)'),
 });
 
 type Defaults = { readonly [K in PlainOptionKey]-?: NonNullable<SyncRouterOptions[K]> };

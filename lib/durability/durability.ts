@@ -133,6 +133,11 @@ export class Durability implements ReplicaSource {
     return { pendingTransactions, outboxBytes, lagSeconds };
   }
 
+  /** ReplicaSource: the `archive` section of `/status`. */
+  statusSections(): { archive: ArchiveStatus } {
+    return { archive: this.status() };
+  }
+
   status(): ArchiveStatus {
     return {
       mode: this.options.mode, openDatabases: this.opened.size, ...this.figures(),
@@ -161,6 +166,21 @@ export class Durability implements ReplicaSource {
       }
       await replica.close();
       this.closed.set(databaseId, { at: this.now(), complete });
+    });
+  }
+
+  /** ReplicaSource: the last stamp the archive holds of an open database. */
+  archivedStamp(databaseId: string): Buffer | undefined {
+    return this.opened.get(databaseId)?.shipper.archivedStamp;
+  }
+
+  /** ReplicaSource: removes the local copy of a closed database; its next open restores it from the archive. */
+  discard(databaseId: string): Promise<void> {
+    return this.locked(databaseId, async () => {
+      if (this.opened.has(databaseId)) throw new Error(`${databaseId} is open: close it before discarding its local copy`);
+      await rm(databaseDirectory(this.options.dataDir, databaseId), { recursive: true, force: true });
+      this.closed.delete(databaseId);
+      log('discarded the local copy of %s', databaseId);
     });
   }
 

@@ -180,3 +180,37 @@ export function createArchiveMetrics(registry: Registry, figures: () => ArchiveF
     evictionsTotal: new Counter({ name: 'sync_disk_evictions_total', help: 'Idle, fully archived databases removed from disk', registers }),
   };
 }
+
+/** The metrics of a cluster node (lib/cluster), in the router's registry; created only with option `redis`. */
+export interface ClusterMetrics {
+  /** Per open database: how far this node's position is behind the last entry of its log, in seconds of entry ids. */
+  streamLagSeconds: Gauge<'database'>;
+  /** Time from an entry's append (its id's ms) to this node having applied it. */
+  applyLagSeconds: Histogram;
+  /** Log entries this node applied to its replicas. */
+  entriesAppliedTotal: Counter;
+  /** Redis errors: connection errors, failed commands, failed reads of the log. */
+  redisErrorsTotal: Counter;
+  /** Log entries removed by this node's trimming (below the archive and older than clusterLogRetentionMs). */
+  entriesTrimmedTotal: Counter;
+  /** Times this node's copy of a database was older than its trimmed log, by how it caught up (`archive`) or not (`refused`). */
+  catchUpsTotal: Counter<'from'>;
+}
+
+/**
+ * Creates the cluster metrics. Every metric of the registry gets the label
+ * `node` (the node id) from then on, so that one Prometheus query can put the
+ * nodes of a cluster side by side.
+ */
+export function createClusterMetrics(registry: Registry, nodeId: string): ClusterMetrics {
+  registry.setDefaultLabels({ node: nodeId });
+  const registers = [registry];
+  return {
+    streamLagSeconds: new Gauge({ name: 'sync_cluster_stream_lag_seconds', help: "How far this node is behind the last entry of each open database's log, in seconds of entry ids", labelNames: ['database'] as const, registers }),
+    applyLagSeconds: new Histogram({ name: 'sync_cluster_apply_lag_seconds', help: 'Time from the append of a log entry to this node having applied it', buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300], registers }),
+    entriesAppliedTotal: new Counter({ name: 'sync_cluster_entries_applied_total', help: 'Log entries this node applied to its replicas', registers }),
+    redisErrorsTotal: new Counter({ name: 'sync_cluster_redis_errors_total', help: 'Redis errors: connection errors, failed commands, failed reads of the log', registers }),
+    entriesTrimmedTotal: new Counter({ name: 'sync_cluster_entries_trimmed_total', help: 'Log entries this node trimmed (archived, and older than clusterLogRetentionMs)', registers }),
+    catchUpsTotal: new Counter({ name: 'sync_cluster_catch_ups_total', help: "Opens that found this node's copy older than the trimmed log: caught up from the archive, or refused", labelNames: ['from'] as const, registers }),
+  };
+}

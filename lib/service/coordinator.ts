@@ -41,8 +41,20 @@ export interface ReplicaSource {
   open(databaseId: string, options?: { siteId?: Uint8Array }): Promise<Replica>;
   /** Closes a replica `open` gave (the pool calls it when it evicts or shuts down). */
   close(databaseId: string, replica: Replica): Promise<void>;
-  /** What `/status` shows of it (the durable archive's state), if anything. */
-  status?(): object;
+  /** The sections `/status` shows of it, by name (`archive`, `cluster`), if any. */
+  statusSections?(): { archive?: object; cluster?: object };
+  /**
+   * With an archive: the last stamp of an open database the archive holds
+   * (undefined when none yet, or when the database is not open here). A
+   * source without this method has no archive.
+   */
+  archivedStamp?(databaseId: string): Buffer | undefined;
+  /**
+   * With an archive: removes a closed database's local copy, so that the next
+   * `open` restores it from the archive (a cluster node whose copy is older
+   * than the shared log). Rejects when the database is open.
+   */
+  discard?(databaseId: string): Promise<void>;
 }
 
 /**
@@ -123,6 +135,8 @@ export interface CoordinatorStatus {
   connectedClients: number;
   /** The durable archive's state, when one is configured. */
   archive?: object;
+  /** This node's id and lag, in a cluster. */
+  cluster?: object;
 }
 
 /**
@@ -483,7 +497,7 @@ export class Coordinator {
       uptime: (Date.now() - this.startedAt) / 1000,
       openStores: this.pool.size,
       connectedClients: this.hub.size,
-      ...(this.replicas.status ? { archive: this.replicas.status() } : {}),
+      ...this.replicas.statusSections?.(),
     };
   }
 

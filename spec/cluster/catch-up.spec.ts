@@ -1,0 +1,140 @@
+import { expect } from 'chai';
+import { Registry } from 'prom-client';
+import { startTestServer, type TestServer } from '../helpers/server.js';
+import { startRedisServer, type RedisTestServer } from '../helpers/redis-server.js';
+import { TestSite } from '../helpers/changes.js';
+import { RawSocket } from '../helpers/raw-socket.js';
+import { eventually } from '../helpers/coordinator-process.js';
+import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
+import { openFsArchive } from '../../lib/durability/fs-archive.js';
+import { RedisLog } from '../../lib/cluster/redis-log.js';
+import type { SyncRouterOptions } from '../../lib/config/options.js';
+import type { SnapshotChunk } from '../../lib/protocol/messages.js';
+
+const DB = 'acme:trimmed';
+
+/** A database's state as a node's snapshot shows it (snapshot ids aside), or the HTTP status when it cannot. */
+async function state(node: TestServer, db = DB): Promise<unknown[] | number> {
+  const res = await fetch(`${node.baseUrl}/${db}/snapshot`, { headers: { 'x-site-id': new TestSite().wire } });
+  if (res.status !== 200) return res.status;
+  return (await res.text()).trim().split('\n').map((line) => JSON.parse(line) as SnapshotChunk).map((c) => (c.type === 'header' || c.type === 'footer' ? { ...c, snapshotId: '' } : c));
+}
+
+describe('cluster: trimmed logs and nodes that were away', function () {
+  this.timeout(60_000);
+  let redis: RedisTestServer;
+  let log: RedisLog;
+  const nodes: TestServer[] = [];
+  const dirs: string[] = [];
+  const sockets: RawSocket[] = [];
+
+  beforeEach(async () => {
+    redis = await startRedisServer();
+    log = await RedisLog.open({ url: redis.url });
+  });
+  afterEach(async () => {
+    await Promise.all(sockets.splice(0).map((s) => s.close(true)));
+    await Promise.all(nodes.splice(0).map((n) => n.close()));
+    await log.close();
+    await redis.close();
+    await Promise.all(dirs.splice(0).map((d) => removeTempDir(d)));
+  });
+
+  async function dir(): Promise<string> {
+    const d = await makeTempDir('cluster-catch-up-');
+    dirs.push(d);
+    return d;
+  }
+
+  async function node(options: SyncRouterOptions): Promise<TestServer> {
+    const n = await startTestServer({ redis: redis.url, clusterLogRetentionMs: 1000, ...options });
+    nodes.push(n);
+    return n;
+  }
+
+  async function stop(n: TestServer): Promise<void> {
+    nodes.splice(nodes.indexOf(n), 1);
+    await n.close();
+  }
+
+  /** Writes `count` transactions of 10 rows through `n`, each acknowledged. */
+  async function write(n: TestServer, site: TestSite, from: number, count: number): Promise<void> {
+    const { socket, reply } = await RawSocket.handshake(n.wsUrl, DB, site.wire);
+    expect(reply.type, JSON.stringify(reply)).to.equal('handshake_ack');
+    sockets.push(socket);
+    for (let i = from; i < from + count; i++) {
+      const set = site.txn(Array.from({ length: 10 }, (_, k) => ({ pk: [i * 10 + k], value: `v${i}` })));
+      const answer = await socket.request({ type: 'apply_changes', requestId: String(i), changes: [set] }, ['apply_result', 'error']);
+      expect(answer.type, JSON.stringify(answer)).to.equal('apply_result');
+    }
+    await socket.close(true);
+  }
+
+  /** Waits until the log of DB was trimmed past everything written so far (its oldest entry is newer than `since`). */
+  async function trimmed(): Promise<void> {
+    const info = await log.info(DB);
+    const last = info.lastId!;
+    expect(await eventually(async () => {
+      const now = await log.info(DB);
+      return now.trimmedBelow !== undefined && (now.firstId === undefined || now.firstId > last || now.length <= 1);
+    }, 200, 100), 'the log was never trimmed').to.equal(true);
+  }
+
+  it('with an archive, trims only archived entries, and a node whose copy is older than the log restores from the archive and follows on', async () => {
+    const archiveDir = await dir();
+    const aDir = await dir();
+    const bDir = await dir();
+    const registry = new Registry();
+    const a = await node({ nodeId: 'a', dataDir: aDir, archive: await openFsArchive(archiveDir), registry });
+    const site = new TestSite();
+    let b = await node({ nodeId: 'b', dataDir: bDir, archive: await openFsArchive(archiveDir) });
+    await write(a, site, 0, 20);
+    expect(await eventually(async () => JSON.stringify(await state(b)) === JSON.stringify(await state(a)), 100, 50)).to.equal(true);
+    // b goes away; a takes 40 more transactions, archives them, and trims them out of the log.
+    await stop(b);
+    await write(a, site, 20, 40);
+    await trimmed();
+    const metrics = await registry.metrics();
+    expect(metrics).to.match(/sync_cluster_entries_trimmed_total\{node="a"\} [1-9]/);
+    // b comes back on its old copy, which the log no longer continues: it restores from the archive.
+    b = await node({ nodeId: 'b', dataDir: bDir, archive: await openFsArchive(archiveDir), registry: new Registry() });
+    const expected = await state(a);
+    expect(await state(b)).to.deep.equal(expected);
+    expect(await b.sync.registry.metrics()).to.match(/sync_cluster_catch_ups_total\{from="archive",node="b"\} 1/);
+    // And it follows the log from there: writes through either node reach the other.
+    await write(b, site, 60, 5);
+    await write(a, site, 65, 5);
+    expect(await eventually(async () => JSON.stringify(await state(b)) === JSON.stringify(await state(a)), 100, 50)).to.equal(true);
+    expect(((await state(a)) as SnapshotChunk[]).filter((c) => c.type === 'header')).to.have.length(1);
+  });
+
+  it('with an archive, a node new to the cluster after the log was trimmed serves the whole database', async () => {
+    const archiveDir = await dir();
+    const a = await node({ nodeId: 'a', archive: await openFsArchive(archiveDir) });
+    await write(a, new TestSite(), 0, 30);
+    await trimmed();
+    const c = await node({ nodeId: 'c', archive: await openFsArchive(archiveDir) });
+    expect(await state(c)).to.deep.equal(await state(a));
+  });
+
+  it('without an archive, trims by age, and a node whose copy is older than the log refuses the database with 503 instead of serving a partial copy', async () => {
+    const aDir = await dir();
+    const bDir = await dir();
+    const a = await node({ nodeId: 'a', dataDir: aDir });
+    let b = await node({ nodeId: 'b', dataDir: bDir });
+    const site = new TestSite();
+    await write(a, site, 0, 5);
+    expect(await eventually(async () => JSON.stringify(await state(b)) === JSON.stringify(await state(a)), 100, 50)).to.equal(true);
+    await stop(b);
+    await write(a, site, 5, 10);
+    await trimmed();
+    b = await node({ nodeId: 'b', dataDir: bDir });
+    expect(await state(b)).to.equal(503);
+    const { socket, reply } = await RawSocket.handshake(b.wsUrl, DB, new TestSite().wire);
+    sockets.push(socket);
+    expect(reply).to.include({ type: 'error', code: 'STORAGE_UNAVAILABLE' });
+    expect((reply as { message?: string }).message).to.match(/trimmed/);
+    // The node that kept up goes on serving it.
+    expect(await state(a)).to.be.an('array');
+  });
+});
