@@ -719,6 +719,13 @@ export function resolveConfig(options: LoadConfigOptions = {}): ResolvedConfig {
   if (s3.options) config.s3 = s3.options;
 
   const sources = Object.fromEntries(SETTING_KEYS.map((key) => [key, pick(key).setting])) as Record<ConfigSettingKey, string>;
+  if (config.redisUrl !== undefined && config.s3 && config.s3Durability === 'ack') {
+    throw new ConfigError(
+      sources.s3Durability!,
+      'ack',
+      `"ack" cannot be used in a cluster (${sources.redisUrl} is set): a write is acknowledged once it is in the Redis log, and the archive follows the log; use "async"`,
+    );
+  }
   for (const key of SETTING_KEYS) {
     if (!SETTINGS[key].secret) log('%s = %o (from %s)', key, config[key], sources[key]);
   }

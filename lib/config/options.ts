@@ -373,6 +373,12 @@ export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
   }
   if (s3 && archive) throw new TypeError('Options "s3" and "archive" exclude each other: give one archive');
   const redis = o.redis === undefined ? undefined : checkRedisUrl(o.redis);
+  if (redis && (s3 || archive) && plain.s3Durability === 'ack') {
+    throw new TypeError(
+      'Options "redis" and "s3Durability": "ack" exclude each other: in a cluster a write is acknowledged once it is in the Redis log ' +
+        '(made durable by AOF and replicas, see the README), and the archive follows the log; use "async"',
+    );
+  }
   const nodeId = o.nodeId === undefined ? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}` : checkNodeId(o.nodeId);
   return Object.freeze({
     ...plain, ...(s3 ? { s3 } : {}), ...(archive ? { archive } : {}), ...(redis ? { redis } : {}), nodeId, hooks: Object.freeze({ ...hooks }), registry, now,
