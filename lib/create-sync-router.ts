@@ -58,7 +58,9 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   const inbound = createInboundBudget({ limitBytes: config.maxInboundBytes, maxMessageBytes: config.maxMessageBytes });
   const metrics = createMetrics(config.registry, inbound);
   const limits = createLimits(config, metrics);
-  const durability = createDurability(config);
+  // In a cluster one node archives each database; `cluster` decides which, once built below.
+  let cluster: Cluster | undefined;
+  const durability = createDurability(config, config.redis ? (id) => cluster?.archives(id) ?? false : undefined);
   const replicas = replicaOptionsOf(config);
   const local: ReplicaSource = durability ?? {
     open: (id, options) => openLevelReplica(databaseDirectory(config.dataDir, id), { ...replicas, ...options }),
@@ -68,7 +70,7 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   // In a cluster, every write goes through the shared log and every open database follows it.
   const clusterMetrics = config.redis ? createClusterMetrics(config.registry, config.nodeId) : undefined;
   const redis = config.redis ? new RedisLog({ url: config.redis, nodeId: config.nodeId, onError: () => clusterMetrics?.redisErrorsTotal.inc() }) : undefined;
-  const cluster = redis && clusterMetrics
+  cluster = redis && clusterMetrics
     ? new Cluster(redis, local, hub, { nodeId: config.nodeId, logRetentionMs: config.clusterLogRetentionMs, metrics: clusterMetrics, now: config.now })
     : undefined;
   const coordinator = new Coordinator(config, metrics, { replicas: cluster ?? local, limits, hub, ...(cluster ? { writes: cluster } : {}) });
@@ -153,7 +155,7 @@ function joinPath(base: string, leaf: string): string {
  * `archive`), else undefined: one local disk holds everything. The S3
  * implementation (and the AWS SDK) loads on first use.
  */
-function createDurability(config: Config): Durability | undefined {
+function createDurability(config: Config, archives?: (databaseId: string) => boolean): Durability | undefined {
   const { s3 } = config;
   const archive = config.archive ?? (s3 ? openS3Archive(s3) : undefined);
   if (!archive) return undefined;
@@ -168,6 +170,7 @@ function createDurability(config: Config): Durability | undefined {
     eviction: { enabled: config.diskEviction, idleMs: config.diskEvictionIdleMs },
     metrics,
     now: config.now,
+    ...(archives ? { archives } : {}),
   });
   return durability;
 }

@@ -40,6 +40,8 @@ interface OpenDatabase {
   early: Map<string, { outcome: ApplyOutcome; at: number }>;
   /** Why the log can no longer be followed, once it cannot. */
   broken?: Error;
+  /** Whether this node holds the database's archiver lease (with an archive). */
+  archiver: boolean;
 }
 
 /**
@@ -65,6 +67,8 @@ export class Cluster implements WritePath, ReplicaSource {
   /** Per open database: how far behind the last entry of its log this node was at the last upkeep, in s. */
   private readonly lag = new Map<string, number>();
   private readonly upkeepTimer: NodeJS.Timeout;
+  /** How long an archiver lease lasts without renewal: three upkeep rounds. */
+  private readonly leaseMs: number;
   private upkeeping = false;
   private closed = false;
 
@@ -76,7 +80,9 @@ export class Cluster implements WritePath, ReplicaSource {
     this.metrics = options.metrics;
     this.retentionMs = options.logRetentionMs;
     this.now = options.now ?? Date.now;
-    this.upkeepTimer = setInterval(() => void this.upkeep(), Math.max(250, Math.min(UPKEEP_MS, Math.floor(this.retentionMs / 4))));
+    const every = Math.max(250, Math.min(UPKEEP_MS, Math.floor(this.retentionMs / 4)));
+    this.leaseMs = every * 3;
+    this.upkeepTimer = setInterval(() => void this.upkeep(), every);
     this.upkeepTimer.unref();
   }
 
@@ -119,7 +125,7 @@ export class Cluster implements WritePath, ReplicaSource {
       // A replica whose stamps the log does not reach (it was restored from
       // an archive the stream was trimmed past): the log continues above it.
       if (after !== '0-0' && (!info.lastId || compareEntryIds(info.lastId, after) < 0)) await this.redis.barrier(databaseId, after);
-      const entry: OpenDatabase = { replica, waiters: new Map(), early: new Map(), tail: undefined as unknown as Tail };
+      const entry: OpenDatabase = { replica, waiters: new Map(), early: new Map(), tail: undefined as unknown as Tail, archiver: false };
       entry.tail = this.redis.tail(databaseId, after, siteId, {
         onEntries: (entries) => this.apply(databaseId, entry, entries),
         onBroken: (err) => {
@@ -130,6 +136,8 @@ export class Cluster implements WritePath, ReplicaSource {
         },
       });
       this.open_.set(databaseId, entry);
+      // The first open of a database in the cluster archives it at once; others learn who does at the next upkeep.
+      await this.elect(databaseId, entry).catch((err: unknown) => log('archiver lease of %s: %s', databaseId, messageOf(err)));
       return replica;
     } catch (err) {
       await this.base.close(databaseId, replica);
@@ -147,8 +155,42 @@ export class Cluster implements WritePath, ReplicaSource {
       for (const waiter of entry.waiters.values()) waiter.reject(closing);
       this.lag.delete(databaseId);
       this.metrics.streamLagSeconds.remove({ database: databaseId });
+      await this.base.close(databaseId, replica);
+      // After the close, which archives what it can: another node that has it open takes over at once.
+      if (entry.archiver) await this.redis.releaseArchiver(databaseId).catch((err: unknown) => log('releasing the archiver lease of %s: %s', databaseId, messageOf(err)));
+      return;
     }
     await this.base.close(databaseId, replica);
+  }
+
+  /** Whether this node archives `databaseId` now (the Durability's `archives` option in a cluster). */
+  archives(databaseId: string): boolean {
+    return this.open_.get(databaseId)?.archiver ?? false;
+  }
+
+  /**
+   * With an archive, one node archives each database (a lease in Redis,
+   * renewed at every upkeep, lost when the node dies): the holder records
+   * how far the archive goes; the others take that as theirs, so that their
+   * eviction and trimming know it, and upload nothing.
+   */
+  private async elect(databaseId: string, entry: OpenDatabase): Promise<void> {
+    if (!this.base.archivedStamp) return;
+    const held = await this.redis.claimArchiver(databaseId, this.leaseMs);
+    if (this.open_.get(databaseId) !== entry) return;
+    if (held) {
+      if (!entry.archiver) {
+        entry.archiver = true;
+        log('%s: this node archives it now', databaseId);
+        this.base.wakeArchive?.(databaseId);
+      }
+      const archived = this.base.archivedStamp(databaseId);
+      if (archived) await this.redis.raiseArchived(databaseId, archived);
+    } else {
+      entry.archiver = false;
+      const archived = await this.redis.archivedOf(databaseId);
+      if (archived && this.open_.get(databaseId) === entry) await this.base.archivedElsewhere?.(databaseId, archived);
+    }
   }
 
   /** Stops trimming and lag figures (the router closes every database first). */
@@ -200,6 +242,7 @@ export class Cluster implements WritePath, ReplicaSource {
           if (this.open_.get(db) !== entry) continue;
           this.lag.set(db, lag);
           this.metrics.streamLagSeconds.set({ database: db }, lag);
+          await this.elect(db, entry);
           const bound = this.trimBound(db, entry);
           if (bound && info.firstId && compareEntryIds(info.firstId, bound) < 0) {
             const removed = await this.redis.trim(db, bound);

@@ -7,7 +7,8 @@
  * Keys of database `db` (hash-tagged, so that on Redis Cluster they share one
  * slot): `<prefix>{<db>}:log` the stream, `:site` its server site id, `:last`
  * the last id appended (the appender's state), `:trimmed` the highest MINID
- * it was trimmed at. Plus `<prefix>node:<nodeId>:<instance>:wake`, a tiny
+ * it was trimmed at, `:archiver` the node id holding the archiver lease,
+ * `:archived` the last stamp its archive holds (hex). Plus `<prefix>node:<nodeId>:<instance>:wake`, a tiny
  * stream that wakes this instance's blocking read. Write none of them by hand.
  *
  * Continuity: every entry also stores `prev`, what a reader must already hold
@@ -291,6 +292,32 @@ return removed
 
 interface Script { readonly lua: string; readonly sha: string }
 
+// KEYS: the archiver key. ARGV: node id, lease in ms. Takes the lease when free, renews it when this node holds it.
+const CLAIM_SCRIPT = `
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return 1
+end
+return 0
+`;
+const CLAIM = script(CLAIM_SCRIPT);
+
+// KEYS: the archiver key. ARGV: node id. Gives the lease up if this node holds it.
+const RELEASE_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`;
+const RELEASE = script(RELEASE_SCRIPT);
+
+// KEYS: the archived key. ARGV: a stamp in hex (fixed length, so text order is stamp order). Only ever moves up.
+const RAISE_SCRIPT = `
+local current = redis.call('GET', KEYS[1])
+if current == false or ARGV[1] > current then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+return 0
+`;
+const RAISE = script(RAISE_SCRIPT);
+
 function script(lua: string): Script {
   return { lua, sha: createHash('sha1').update(lua).digest('hex') };
 }
@@ -522,11 +549,14 @@ export class RedisLog {
     });
   }
 
-  #keys(db: string): { log: string; site: string; last: string; trimmed: string } {
+  #keys(db: string): { log: string; site: string; last: string; trimmed: string; archiver: string; archived: string } {
     // Database ids never hold braces, so the hash tag is exactly the id.
     validateDatabaseId(db, 'databaseId');
     const base = `${this.#prefix}{${db}}`;
-    return { log: `${base}:log`, site: `${base}:site`, last: `${base}:last`, trimmed: `${base}:trimmed` };
+    return {
+      log: `${base}:log`, site: `${base}:site`, last: `${base}:last`, trimmed: `${base}:trimmed`,
+      archiver: `${base}:archiver`, archived: `${base}:archived`,
+    };
   }
 
   #failure(op: string, db: string | undefined, err: unknown): SyncError {
@@ -716,6 +746,37 @@ export class RedisLog {
     const keys = this.#keys(db);
     checkEntryId(minId, 'minId');
     return Number(await this.#run('trim', db, () => this.#script(TRIM, [keys.log, keys.trimmed], [minId, options.approximate ? '~' : ''])));
+  }
+
+  /**
+   * Takes or renews the lease of `db`'s archiver for `ttlMs` (Redis-side
+   * expiry, so a node that dies loses it): resolves true when this node
+   * (`nodeId` of the options) holds it now. One node archives a database at
+   * a time; two for a moment (a lease that expired under a slow node) is
+   * harmless, since restores take overlapping batches.
+   */
+  async claimArchiver(db: string, ttlMs: number): Promise<boolean> {
+    const keys = this.#keys(db);
+    return Number(await this.#run('claim archiver', db, () => this.#script(CLAIM, [keys.archiver], [this.nodeId, String(Math.max(1, Math.round(ttlMs)))]))) === 1;
+  }
+
+  /** Gives up the archiver lease of `db` if this node holds it. */
+  async releaseArchiver(db: string): Promise<void> {
+    const keys = this.#keys(db);
+    await this.#run('release archiver', db, () => this.#script(RELEASE, [keys.archiver], [this.nodeId]));
+  }
+
+  /** Records that the archive holds `db` up to `stamp` (it only ever moves up), for the nodes that do not archive it. */
+  async raiseArchived(db: string, stamp: Uint8Array): Promise<void> {
+    const keys = this.#keys(db);
+    await this.#run('raise archived', db, () => this.#script(RAISE, [keys.archived], [Buffer.from(stamp).toString('hex')]));
+  }
+
+  /** The last stamp of `db` its archiver recorded with {@link raiseArchived}, if any. */
+  async archivedOf(db: string): Promise<Buffer | undefined> {
+    const keys = this.#keys(db);
+    const hex = await this.#run('archived', db, () => this.#cmd.get(keys.archived));
+    return typeof hex === 'string' && /^([0-9a-f]{2})+$/.test(hex) ? Buffer.from(hex, 'hex') : undefined;
   }
 
   /**

@@ -49,6 +49,13 @@ export interface DurabilityOptions {
   eviction: { enabled: boolean; idleMs: number };
   metrics: ArchiveMetrics;
   now?: () => number;
+  /**
+   * Whether this process archives a database now. In a cluster one node
+   * holds each database's archiver lease; the others upload nothing and learn
+   * the archive's progress through {@link Durability.archivedElsewhere}.
+   * @default always true
+   */
+  archives?: (databaseId: string) => boolean;
 }
 
 /** The archive state `/status` shows. */
@@ -184,6 +191,32 @@ export class Durability implements ReplicaSource {
     });
   }
 
+  /** ReplicaSource: this process now archives an open database (it took the cluster's lease): catch up. */
+  wakeArchive(databaseId: string): void {
+    this.opened.get(databaseId)?.shipper.wake();
+  }
+
+  /**
+   * ReplicaSource: another node archived an open database up to `stamp`;
+   * recorded in its store too, so that eviction and a later lease start
+   * from there instead of uploading again what the archive holds.
+   */
+  async archivedElsewhere(databaseId: string, stamp: Buffer): Promise<void> {
+    const entry = this.opened.get(databaseId);
+    if (!entry) return;
+    const before = entry.shipper.archivedStamp;
+    const committed = entry.replica.committedStamp;
+    // Only what this copy holds counts: its own commits past `stamp` are not archived by anyone yet as far as it knows.
+    const upTo = committed && compareHlc(stamp, committed) > 0 ? committed : stamp;
+    if (before && compareHlc(upTo, before) <= 0) return;
+    entry.shipper.advance(upTo);
+    await entry.replica.markArchived(upTo);
+  }
+
+  private archives(databaseId: string): boolean {
+    return this.options.archives?.(databaseId) ?? true;
+  }
+
   /** Takes a snapshot of an open database now; resolves with its key (undefined when not open). */
   snapshotNow(databaseId: string): Promise<string | undefined> {
     return this.snapshotter.snapshotNow(databaseId);
@@ -252,14 +285,14 @@ export class Durability implements ReplicaSource {
           log('the change log of %s no longer reaches its archived stamp: snapshotting', databaseId);
           this.snapshotter.urgent(databaseId);
         },
-      });
+      }, () => this.archives(databaseId));
     } catch (err) {
       await replica.close();
       throw err;
     }
     this.opened.set(databaseId, { replica, shipper });
     this.closed.delete(databaseId);
-    this.snapshotter.track(databaseId, replica, shipper);
+    this.snapshotter.track(databaseId, replica, shipper, () => this.archives(databaseId));
     return replica;
   }
 
@@ -401,6 +434,8 @@ export class Durability implements ReplicaSource {
 
   /** Opens a closed database just long enough to archive what it holds; true when complete. */
   private async finishArchiving(databaseId: string): Promise<boolean> {
+    // Another node archives it (a cluster): what this copy holds is in the shared log until archived.
+    if (!this.archives(databaseId)) return true;
     const replica = await openLevelReplica(databaseDirectory(this.options.dataDir, databaseId), this.options.replicaOptions);
     try {
       const shipper = await Shipper.start(this.options.archive, databaseId, replica, {

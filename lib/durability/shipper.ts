@@ -36,6 +36,7 @@ export class Shipper {
   private readonly databaseId: string;
   private readonly replica: Replica;
   private readonly events: ShipperEvents;
+  private readonly archives: () => boolean;
   private archived: Buffer | undefined;
   private running?: Promise<void>;
   private wanted = false;
@@ -51,17 +52,23 @@ export class Shipper {
   /** When the oldest commit not archived yet was stored (ms), while there is one. */
   private waitingSince?: number;
 
-  private constructor(archive: Archive, databaseId: string, replica: Replica, archived: Buffer | undefined, events: ShipperEvents) {
+  private constructor(archive: Archive, databaseId: string, replica: Replica, archived: Buffer | undefined, events: ShipperEvents, archives: () => boolean) {
     this.archive = archive;
+    this.archives = archives;
     this.databaseId = databaseId;
     this.replica = replica;
     this.archived = archived;
     this.events = events;
   }
 
-  /** A shipper for `replica`, resuming from the stamp its store says was archived; it starts archiving at once. */
-  static async start(archive: Archive, databaseId: string, replica: Replica, events: ShipperEvents): Promise<Shipper> {
-    const shipper = new Shipper(archive, databaseId, replica, await replica.archivedStamp(), events);
+  /**
+   * A shipper for `replica`, resuming from the stamp its store says was
+   * archived; it starts archiving at once. While `archives()` is false (in a
+   * cluster, another node archives this database) it uploads nothing and
+   * learns the archive's progress through `advance`; `wake()` it once true.
+   */
+  static async start(archive: Archive, databaseId: string, replica: Replica, events: ShipperEvents, archives: () => boolean = () => true): Promise<Shipper> {
+    const shipper = new Shipper(archive, databaseId, replica, await replica.archivedStamp(), events, archives);
     if (!shipper.complete) {
       // A backlog left by a crash or an outage: count it, and date it by its first stamp (stamps carry the coordinator's clock).
       const backlog = await replica.logAfter(shipper.archived);
@@ -162,7 +169,7 @@ export class Shipper {
 
   /** Uploads batches until the log after the archived stamp is empty. */
   private async drain(): Promise<void> {
-    while (!this.closed) {
+    while (!this.closed && this.archives()) {
       const after = this.archived;
       const page = await this.replica.changesSince(after, undefined, BATCH_CHANGES, BATCH_BYTES);
       if (page.transactionCount === 0 || !page.lastStamp) {

@@ -32,6 +32,8 @@ interface Tracked {
   running?: Promise<void>;
   /** Set when the shipper fell behind retention: the next snapshot is urgent. */
   urgent: boolean;
+  /** False while another node archives this database (a cluster): no snapshots then. */
+  archives: () => boolean;
 }
 
 /**
@@ -62,9 +64,9 @@ export class Snapshotter {
     this.timer.unref();
   }
 
-  /** Starts watching an open database. */
-  track(databaseId: string, replica: Replica, shipper: Shipper): void {
-    this.tracked.set(databaseId, { replica, shipper, changes: 0, lastAt: this.now(), urgent: false });
+  /** Starts watching an open database; while `archives()` is false its snapshots wait. */
+  track(databaseId: string, replica: Replica, shipper: Shipper, archives: () => boolean = () => true): void {
+    this.tracked.set(databaseId, { replica, shipper, changes: 0, lastAt: this.now(), urgent: false, archives });
   }
 
   /**
@@ -119,7 +121,7 @@ export class Snapshotter {
   }
 
   private schedule(databaseId: string, t: Tracked): void {
-    if (t.running) return;
+    if (t.running || !t.archives()) return;
     t.running = this.queue.then(async () => {
       if (this.tracked.get(databaseId) !== t) return;
       try {

@@ -8,6 +8,10 @@ import { eventually } from '../helpers/coordinator-process.js';
 import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
 import { openFsArchive } from '../../lib/durability/fs-archive.js';
 import { RedisLog } from '../../lib/cluster/redis-log.js';
+import { databaseKey, parseBatchKey } from '../../lib/durability/layout.js';
+import { restoreDatabase } from '../../lib/durability/restore.js';
+import { openLevelReplica } from '../../lib/replica/open-level.js';
+import { join } from 'node:path';
 import type { SyncRouterOptions } from '../../lib/config/options.js';
 import type { SnapshotChunk } from '../../lib/protocol/messages.js';
 
@@ -106,6 +110,57 @@ describe('cluster: trimmed logs and nodes that were away', function () {
     await write(a, site, 65, 5);
     expect(await eventually(async () => JSON.stringify(await state(b)) === JSON.stringify(await state(a)), 100, 50)).to.equal(true);
     expect(((await state(a)) as SnapshotChunk[]).filter((c) => c.type === 'header')).to.have.length(1);
+  });
+
+  it('with an archive, one node archives each database, and another takes over when it goes', async () => {
+    const archiveDir = await dir();
+    const archive = await openFsArchive(archiveDir);
+    const a = await node({ nodeId: 'a', archive: await openFsArchive(archiveDir), clusterLogRetentionMs: 60_000 });
+    const b = await node({ nodeId: 'b', archive: await openFsArchive(archiveDir), clusterLogRetentionMs: 60_000 });
+    const site = new TestSite();
+    // Both have it open (a first: it takes the lease), and both take writes.
+    await write(a, site, 0, 10);
+    await write(b, site, 10, 10);
+    await write(a, site, 20, 10);
+    const uploads = async (n: TestServer): Promise<number> => Number(/^sync_archive_uploads_total\{[^}]*\} (\d+)/m.exec(await n.sync.registry.metrics())?.[1] ?? 0);
+    /** The archive's batches of DB: one chain, each batch starting where the one before ended. */
+    const chain = async (): Promise<boolean> => {
+      const batches: { after: string; last: string }[] = [];
+      for await (const o of archive.list(databaseKey(DB))) {
+        const b = parseBatchKey(DB, o.key);
+        if (b) batches.push({ after: b.after.toString('hex'), last: b.last.toString('hex') });
+      }
+      batches.sort((x, y) => (x.after < y.after ? -1 : 1));
+      return batches.length > 0 && batches.every((b, i) => i === 0 || b.after === batches[i - 1]!.last);
+    };
+    const all = async (): Promise<string | undefined> => {
+      for await (const o of archive.list(databaseKey(DB))) {
+        const b = parseBatchKey(DB, o.key);
+        if (b && b.last.toString('hex') === (await log.archivedOf(DB))?.toString('hex')) return b.last.toString('hex');
+      }
+      return undefined;
+    };
+    expect(await eventually(async () => (await all()) !== undefined && (await uploads(a)) > 0, 200, 50)).to.equal(true);
+    expect(await uploads(b)).to.equal(0);
+    expect(await chain()).to.equal(true);
+    // a goes: b takes the lease and archives what comes next.
+    await stop(a);
+    await write(b, site, 30, 10);
+    expect(await eventually(async () => (await uploads(b)) > 0, 200, 50)).to.equal(true);
+    expect(await chain()).to.equal(true);
+    // The archive alone restores what b serves.
+    expect(await eventually(async () => {
+      const target = join(await dir(), 'restored');
+      const result = await restoreDatabase(archive, DB, target);
+      const replica = await openLevelReplica(target);
+      try {
+        return result.restored && replica.committedStamp?.equals((await log.archivedOf(DB)) ?? Buffer.alloc(0)) === true &&
+          (await log.info(DB)).lastId !== undefined && replica.tableStats().reduce((n, t) => n + t.count, 0) === 400;
+      } finally {
+        await replica.close();
+      }
+    }, 100, 100)).to.equal(true);
+    await archive.close();
   });
 
   it('with an archive, a node new to the cluster after the log was trimmed serves the whole database', async () => {
