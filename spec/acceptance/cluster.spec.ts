@@ -149,8 +149,9 @@ describe('acceptance: a cluster of three node processes on one redis-server', fu
         // Past the debounce now and then, so pushes interleave with other clients' writes.
         await sleep(k % 2 === 0 ? 20 + rng.int(60) : 5);
       }
-      await c.whenPushed();
     }));
+    // No whenPushed(): a commit that a remote delete erased before its push is never sent (nothing of it is left,
+    // as with a real client), so "every commit acknowledged" need not come; the states below are what counts.
 
     for (const [d, db] of DBS.entries()) {
       const list = groups[d]!;

@@ -274,7 +274,13 @@ export class ReferenceClient {
     }
   }
 
-  /** True once every local commit has been acknowledged by an apply_result. */
+  /**
+   * True once every local commit has been acknowledged by an apply_result.
+   * Never true while the newest commit was erased before its push by a
+   * remote delete of its rows (no resurrection): nothing of it is left to
+   * send, as with a real client. Clients that delete each other's rows
+   * should wait on state (`settle`) instead.
+   */
   get allOwnAcked(): boolean {
     const last = this.ownChangeSets.at(-1);
     if (!last) return true;
