@@ -346,6 +346,14 @@ describe('acceptance: a cluster of three node processes on one redis-server', fu
     expect(refusal.fatal, 'not fatal: the device keeps its writes and syncs on').to.equal(false);
     expect(device.connections, 'the device kept its connection').to.equal(1);
     expect(device.allOwnAcked).to.equal(false);
+    // A database no node has open cannot be opened without Redis (its server site id and log live there):
+    // its device is refused with the transient code and a close it reconnects after (1013, try again later).
+    const cold = client('outage:cold', 0);
+    cold.start();
+    expect(await eventually(() => cold.closeCodes.length >= 2, 400, 50), `the cold device was refused and tried again (${describeClient('cold', cold)})`).to.equal(true);
+    expect(cold.errors.map((e) => `${e.code}/${String(e.fatal)}`)).to.include('STORAGE_UNAVAILABLE/false');
+    expect([...new Set(cold.closeCodes)]).to.deep.equal([1013]);
+    expect(cold.stoppedByServer, 'the cold device keeps trying').to.equal(false);
 
     await sleep(Math.max(0, OUTAGE_MS - (Date.now() - outageStart)));
     const codes = tally.codes();
@@ -360,6 +368,7 @@ describe('acceptance: a cluster of three node processes on one redis-server', fu
     // Every writer, on the very WebSocket or HTTP client it used all along, is acknowledged again on every node.
     const resumed = await eventually(() => tags.every((tag, k) => ackedBy(tag).length > ackedAtStopByTag[k]!), 600, 50);
     expect(resumed, `every writer is acknowledged again (${tags.map((tag, k) => `${tag} ${ackedAtStopByTag[k]}>${ackedBy(tag).length}`).join(', ')})`).to.equal(true);
+    await cold.whenReady();
     // The device's refused commit goes through with its next one (§8: a push repeats what was not acknowledged).
     device.write({ pk: ['after'], values: { s: 'after' } });
     await device.whenPushed();
