@@ -17,8 +17,12 @@ const FATAL_WITHOUT_FLAG = new Set(['AUTH_FAILED', 'MISSING_DATABASE_ID', 'ALREA
 
 /** Options of a ReferenceClient. */
 export interface ReferenceClientOptions {
-  /** WebSocket URL of the coordinator, e.g. `ws://127.0.0.1:1234/sync/ws`. */
-  url: string;
+  /**
+   * WebSocket URL of the coordinator, e.g. `ws://127.0.0.1:1234/sync/ws`; or
+   * a function asked for it at every connect, standing for a load balancer
+   * that picks a node per connection (the client itself sees one address).
+   */
+  url: string | (() => string);
   databaseId: string;
   /** 16 bytes. @default a random site id */
   siteId?: Buffer;
@@ -270,7 +274,13 @@ export class ReferenceClient {
     }
   }
 
-  /** True once every local commit has been acknowledged by an apply_result. */
+  /**
+   * True once every local commit has been acknowledged by an apply_result.
+   * Never true while the newest commit was erased before its push by a
+   * remote delete of its rows (no resurrection): nothing of it is left to
+   * send, as with a real client. Clients that delete each other's rows
+   * should wait on state (`settle`) instead.
+   */
   get allOwnAcked(): boolean {
     const last = this.ownChangeSets.at(-1);
     if (!last) return true;
@@ -373,7 +383,8 @@ export class ReferenceClient {
       return;
     }
     const token = this.options.token;
-    const url = token === undefined ? this.options.url : `${this.options.url}?token=${encodeURIComponent(token)}`;
+    const base = typeof this.options.url === 'function' ? this.options.url() : this.options.url;
+    const url = token === undefined ? base : `${base}?token=${encodeURIComponent(token)}`;
     // Browsers have no frame size limit of their own; neither does this client.
     const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 2 ** 31 - 1 });
     const conn: Connection = { id: ++this.nextConnId, ws, open: false, landing: false, ready: false, chunks: 0, paused: false, dead: false };
