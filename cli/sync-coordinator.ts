@@ -245,6 +245,8 @@ function flagTexts(argv: Args): ConfigText {
     s3Durability: text('s3Durability'),
     diskEviction: text('diskEviction'),
     diskEvictionIdleMs: text('diskEvictionIdleMs'),
+    redisUrl: text('redisUrl'),
+    nodeId: text('nodeId'),
     s3: {
       bucket: text('s3Bucket'),
       region: text('s3Region'),

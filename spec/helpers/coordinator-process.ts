@@ -21,6 +21,8 @@ export interface CoordinatorProcessOptions {
   router?: ProcessRouterOptions;
   /** Further CLI arguments, e.g. ['--auth-mode', 'token-whitelist', '--auth-tokens', 't']. */
   args?: string[];
+  /** Extra environment, e.g. `{ DEBUG: 'sync-coordinator:cluster' }` while investigating (SYNC_* and DEBUG of this process are never passed on). */
+  env?: NodeJS.ProcessEnv;
 }
 
 /** Exit status of the process. */
@@ -73,6 +75,7 @@ export async function startCoordinatorProcess(options: CoordinatorProcessOptions
     ],
     dataDir,
     ownDir,
+    env: options.env,
     release: () => removeTempDir(configDir),
   });
 }
