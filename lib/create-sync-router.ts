@@ -8,6 +8,7 @@ import { Coordinator, type ReplicaSource } from './service/coordinator.js';
 import { Hub } from './hub/hub.js';
 import { Cluster } from './cluster/cluster.js';
 import { RedisLog } from './cluster/redis-log.js';
+import { SharedLimits } from './cluster/shared-limits.js';
 import { openLevelReplica } from './replica/open-level.js';
 import { Durability } from './durability/durability.js';
 import { openS3Archive, replicaOptionsOf } from './durability/offline.js';
@@ -73,6 +74,17 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   cluster = redis && clusterMetrics
     ? new Cluster(redis, local, hub, { nodeId: config.nodeId, logRetentionMs: config.clusterLogRetentionMs, metrics: clusterMetrics, now: config.now })
     : undefined;
+  // Per-address limits count every node's use; the total stays per node (shared-limits.ts says why).
+  const sharesLimits = config.clusterLimitsSyncMs > 0 && (config.maxConnectionsPerIp > 0 || config.messagesPerSecondPerIp > 0);
+  const sharedLimits = redis && sharesLimits
+    ? new SharedLimits({
+      usage: limits.usage,
+      connection: redis.connection('limits'),
+      nodeId: config.nodeId,
+      intervalMs: config.clusterLimitsSyncMs,
+      onError: () => clusterMetrics?.redisErrorsTotal.inc(),
+    })
+    : undefined;
   const coordinator = new Coordinator(config, metrics, { replicas: cluster ?? local, limits, hub, ...(cluster ? { writes: cluster } : {}) });
   const upgrades = createUpgradeHandler(config, coordinator, metrics, limits, inbound);
   const router = express.Router();
@@ -126,6 +138,7 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
       await upgrades.close();
     }).then(async () => {
       cluster?.shutdown();
+      await sharedLimits?.close();
       await redis?.close();
       await durability?.shutdown();
     });

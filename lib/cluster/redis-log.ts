@@ -993,4 +993,31 @@ export class RedisLog {
     this.#cmd.disconnect();
     await Promise.all([blockerEnded, cmdEnded]);
   }
+
+  /**
+   * A further connection to this log's Redis, with the same URL and failure
+   * options (no offline queue, no resend, `commandTimeoutMs`) and its errors
+   * going to `onError`, plus the key prefix: for a module that keeps keys of
+   * its own there (lib/cluster/shared-limits.ts), whose commands must not
+   * wait behind appends. The caller ends it with {@link closeConnection}.
+   */
+  connection(role: string): { redis: Redis; keyPrefix: string } {
+    const redis = this.#cmd.duplicate({ connectionName: `sync-coordinator:${this.nodeId}:${role}` });
+    redis.on('error', this.#onError);
+    return { redis, keyPrefix: this.#prefix };
+  }
+
+  /** Ends a connection from {@link connection}: QUIT when it is up, then waits until its socket is gone. */
+  static async closeConnection(redis: Redis): Promise<void> {
+    if (redis.status === 'ready') {
+      try {
+        await redis.quit();
+      } catch (err) {
+        log('close: %s', messageOf(err));
+      }
+    }
+    const done = ended(redis);
+    redis.disconnect();
+    await done;
+  }
 }

@@ -167,6 +167,14 @@ export interface SyncRouterOptions<I = unknown> {
    * this much of the write volume. @default 86400000 (24 h)
    */
   clusterLogRetentionMs?: number;
+  /**
+   * In a cluster, how often a node shares its per-address usage (open
+   * connections, rate tokens taken) through Redis and reads the other nodes',
+   * in ms: `maxConnectionsPerIp` and `messagesPerSecondPerIp` then hold for
+   * the cluster as a whole, about one to two intervals late (README "Scale
+   * out"). 0 keeps every limit per node. @default 1000
+   */
+  clusterLimitsSyncMs?: number;
   /** Prometheus registry for the metrics. @default a new Registry */
   registry?: Registry;
   /** Wall clock in ms, for tests. @default Date.now */
@@ -310,6 +318,11 @@ export const OPTION_SPECS: { readonly [K in PlainOptionKey]-?: OptionSpec<NonNul
   snapshotChanges: int(1000, 1),
   snapshotsKept: int(5, 1),
   clusterLogRetentionMs: int(24 * 60 * 60 * 1000, 1000, Number.MAX_SAFE_INTEGER, ' (ms)'),
+  clusterLimitsSyncMs: {
+    // Below 10 ms a node would mostly be talking to Redis.
+    default: 1000, min: 0, expected: '0 (limits per node) or an integer from 10 to 60000 (ms)',
+    check: (v: unknown) => (typeof v === 'number' && Number.isSafeInteger(v) && (v === 0 || (v >= 10 && v <= 60_000)) ? v : undefined),
+  },
 });
 
 type Defaults = { readonly [K in PlainOptionKey]-?: NonNullable<SyncRouterOptions[K]> };

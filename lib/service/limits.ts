@@ -34,6 +34,21 @@ export class TokenBucket {
     }
     return Math.max(1, Math.ceil(((1 - this.tokens) * 1000) / this.rate));
   }
+
+  /**
+   * Removes `tokens` taken elsewhere (by other nodes of a cluster), going
+   * below zero (a debt the refill pays back first) down to `-maxDebt` at
+   * most: the sum of what every holder of a copy of the bucket takes then
+   * stays near the rate, where clamping at zero would let each copy spend the
+   * whole rate itself.
+   */
+  charge(tokens: number, now: number, maxDebt: number): void {
+    if (now > this.last) {
+      this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) * this.rate) / 1000);
+      this.last = now;
+    }
+    this.tokens = Math.max(-maxDebt, this.tokens - tokens);
+  }
 }
 
 /**
@@ -47,6 +62,8 @@ export class AddressRateLimiter {
   private readonly maxAddresses: number;
   /** Least recently seen first (a Map keeps insertion order). */
   private readonly buckets = new Map<string, TokenBucket>();
+  /** Tokens granted per address since the last drainTaken(); kept only once a cluster asks for them. */
+  private taken: Map<string, number> | undefined;
 
   /** `rate` per second with `burst` per address, tracking `maxAddresses` addresses at most. */
   constructor(rate: number, burst: number, maxAddresses = MAX_TRACKED_ADDRESSES) {
@@ -57,6 +74,38 @@ export class AddressRateLimiter {
 
   /** Takes one token for `address`. Returns 0 when granted, else the ms until one will be available. */
   take(address: string, now: number): number {
+    const wait = this.bucketOf(address, now).take(now);
+    const taken = this.taken;
+    if (wait === 0 && taken !== undefined) {
+      const n = taken.get(address);
+      // Beyond the bound (more addresses within one sync than are tracked), the excess goes unshared.
+      if (n !== undefined) taken.set(address, n + 1);
+      else if (taken.size < this.maxAddresses) taken.set(address, 1);
+    }
+    return wait;
+  }
+
+  /**
+   * Charges `tokens` that other nodes granted to `address` (TokenBucket.charge),
+   * making its bucket when this node has none yet: the address is then known
+   * here with what the cluster has left of its burst.
+   */
+  charge(address: string, tokens: number, now: number, maxDebt: number): void {
+    this.bucketOf(address, now).charge(tokens, now, maxDebt);
+  }
+
+  /**
+   * Tokens granted per address since the previous call, at most `maxAddresses`
+   * addresses. Counting starts with the first call: a single node never pays for it.
+   */
+  drainTaken(): Map<string, number> {
+    const taken = this.taken ?? new Map<string, number>();
+    this.taken = new Map();
+    return taken;
+  }
+
+  /** The bucket of `address`, made most recently seen; a new one (full) when it had none, forgetting the least recently seen beyond the bound. */
+  private bucketOf(address: string, now: number): TokenBucket {
     let bucket = this.buckets.get(address);
     if (bucket) {
       this.buckets.delete(address);
@@ -68,7 +117,7 @@ export class AddressRateLimiter {
       }
     }
     this.buckets.set(address, bucket);
-    return bucket.take(now);
+    return bucket;
   }
 
   /** Addresses currently tracked. */
@@ -80,11 +129,16 @@ export class AddressRateLimiter {
 /** Why a connection was refused. */
 export type ConnectionRefusal = 'total' | 'address';
 
-/** Counts open connections, in total and per client address. */
+/**
+ * Counts open connections, in total and per client address. In a cluster,
+ * the per-address limit also counts what the other nodes hold open
+ * (`setRemote`); the total stays this node's own.
+ */
 export class ConnectionCounter {
   private readonly maxTotal: number;
   private readonly maxPerAddress: number;
   private readonly perAddress = new Map<string, number>();
+  private remote: ReadonlyMap<string, number> = new Map();
   private open = 0;
 
   /** 0 disables a limit. */
@@ -96,8 +150,18 @@ export class ConnectionCounter {
   /** Which limit one more connection from `address` would break, if any. */
   check(address: string): ConnectionRefusal | undefined {
     if (this.maxTotal > 0 && this.open >= this.maxTotal) return 'total';
-    if (this.maxPerAddress > 0 && (this.perAddress.get(address) ?? 0) >= this.maxPerAddress) return 'address';
+    if (this.maxPerAddress > 0 && (this.perAddress.get(address) ?? 0) + (this.remote.get(address) ?? 0) >= this.maxPerAddress) return 'address';
     return undefined;
+  }
+
+  /** Connections other nodes hold open per address, as last heard; replaces the previous (an empty map: this node alone). */
+  setRemote(counts: ReadonlyMap<string, number>): void {
+    this.remote = counts;
+  }
+
+  /** Open connections per address on this node (addresses with at least one). */
+  byAddress(): ReadonlyMap<string, number> {
+    return this.perAddress;
   }
 
   /** Counts a connection from `address` until `closed(address)`. */
@@ -196,13 +260,43 @@ export interface Limits {
   now(): number;
 }
 
-/** Builds a router's limits, counting refusals in its metrics. */
-export function createLimits(config: Config, metrics: Metrics): Limits {
+/**
+ * This node's side of the per-address limits as a cluster shares them
+ * (lib/cluster/shared-limits.ts): what it used, and where the other nodes'
+ * use is counted. Nothing here talks to Redis; every method is synchronous.
+ */
+export interface AddressUsage {
+  /** `messagesPerSecondPerIp` (0: the rate limit is off, and `charge` does nothing). */
+  readonly ratePerSecond: number;
+  /** `messageBurstPerIp`. */
+  readonly burst: number;
+  /** `maxConnectionsPerIp` (0: off). */
+  readonly maxConnectionsPerAddress: number;
+  /** Open WebSocket connections per address on this node. */
+  connections(): ReadonlyMap<string, number>;
+  /** Rate tokens granted per address on this node since the previous call (the first call starts the count). */
+  drainTaken(): Map<string, number>;
+  /** Takes `tokens` other nodes granted to `address` from its bucket here, owing at most `maxDebt` (TokenBucket.charge). */
+  charge(address: string, tokens: number, maxDebt: number): void;
+  /** What other nodes hold open per address, counted against `maxConnectionsPerIp` until replaced. */
+  setRemoteConnections(counts: ReadonlyMap<string, number>): void;
+}
+
+/** The limits of a router, with the side a cluster shares. */
+export interface RouterLimits extends Limits {
+  readonly usage: AddressUsage;
+}
+
+/**
+ * Builds a router's limits, counting refusals in its metrics. `now` is the
+ * clock of the token buckets in ms: monotonic, since wall-clock jumps must
+ * not refill or drain them (tests may pass their own).
+ */
+export function createLimits(config: Config, metrics: Metrics, now: () => number = () => performance.now()): RouterLimits {
   const refusals = metrics.limitRefusalsTotal;
   const lagging = metrics.laggingSessionsTotal;
-  // Monotonic: wall-clock jumps must not refill or drain the buckets.
-  const now = (): number => performance.now();
   const addressRate = config.messagesPerSecondPerIp > 0 ? new AddressRateLimiter(config.messagesPerSecondPerIp, config.messageBurstPerIp) : undefined;
+  const connections = new ConnectionCounter(config.maxConnections, config.maxConnectionsPerIp);
   return {
     takeAddress(address, what) {
       const waitMs = addressRate?.take(address, now()) ?? 0;
@@ -210,9 +304,18 @@ export function createLimits(config: Config, metrics: Metrics): Limits {
       refusals.inc({ limit: 'rate_address' });
       return { waitMs, message: `too many ${what} from this address (limit ${config.messagesPerSecondPerIp}/s, burst ${config.messageBurstPerIp}); retry in ${waitMs} ms` };
     },
-    connections: new ConnectionCounter(config.maxConnections, config.maxConnectionsPerIp),
+    connections,
     refused: (limit) => refusals.inc({ limit }),
     lagged: () => lagging.inc(),
     now,
+    usage: {
+      ratePerSecond: addressRate ? config.messagesPerSecondPerIp : 0,
+      burst: config.messageBurstPerIp,
+      maxConnectionsPerAddress: config.maxConnectionsPerIp,
+      connections: () => connections.byAddress(),
+      drainTaken: () => addressRate?.drainTaken() ?? new Map(),
+      charge: (address, tokens, maxDebt) => addressRate?.charge(address, tokens, now(), maxDebt),
+      setRemoteConnections: (counts) => connections.setRemote(counts),
+    },
   };
 }
