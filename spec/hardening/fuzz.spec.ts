@@ -249,11 +249,16 @@ async function runWorker(proc: CoordinatorProcess, seed: number, tally: Tally): 
   const me = new TestSite(f.r.bytes(16));
   let socket!: RawSocket;
   let db = DB;
+  // Whether the session pages on request: a fuzzed handshake that loses its
+  // clientPaging flag gets server-driven paging, so one get_changes is
+  // answered by every page up to the one with hasMore: false.
+  let clientPaging = true;
   async function clean(): Promise<void> {
     const { socket: s, reply } = await RawSocket.handshake(proc.wsUrl, DB, me.wire, { clientPaging: true });
     expect(reply.type, JSON.stringify(reply)).to.equal('handshake_ack');
     socket = s;
     db = DB;
+    clientPaging = true;
   }
   await clean();
   let mutated = 0;
@@ -268,7 +273,8 @@ async function runWorker(proc: CoordinatorProcess, seed: number, tally: Tally): 
     if (frame.mutated) mutated++;
     tally.frames++;
     socket.send(frame.bytes, frame.binary);
-    const reply: Received = await socket.until(TERMINAL);
+    let reply: Received = await socket.until(TERMINAL);
+    while (!clientPaging && reply.type === 'changes' && (reply as { hasMore?: unknown }).hasMore === true) reply = await socket.until(TERMINAL);
     if (reply.type === '#closed') {
       const code = (reply as { code: number }).code;
       count(tally.closes, code);
@@ -288,11 +294,15 @@ async function runWorker(proc: CoordinatorProcess, seed: number, tally: Tally): 
         // Still not authenticated: complete a clean handshake on the same socket.
         expect((await socket.request(f.handshake(me.wire), TERMINAL)).type).to.equal('handshake_ack');
         db = DB;
+        clientPaging = true;
       }
       continue;
     }
     count(tally.replies, reply.type);
-    if (reply.type === 'handshake_ack') db = String((reply as { databaseId?: unknown }).databaseId);
+    if (reply.type === 'handshake_ack') {
+      db = String((reply as { databaseId?: unknown }).databaseId);
+      clientPaging = (JSON.parse(frame.bytes.toString('utf8')) as { clientPaging?: unknown }).clientPaging === true;
+    }
     if (reply.type === 'apply_result') {
       const list = tally.accepted.get(db) ?? [];
       list.push(frame.bytes.toString('utf8'));
@@ -336,6 +346,7 @@ describe('hardening: fuzzed frames (against a coordinator process)', function ()
       const { replica: expected } = await fixture.create();
       for (const text of frames) {
         const message = JSON.parse(text) as { changes: unknown };
+        expect(message.changes, `a frame that got apply_result: ${text.slice(0, 300)}`).to.be.an('array');
         await expected.apply(validateChangeSets(message.changes, { now: Date.now() + 3_600_000 }));
       }
       const stored = await Replica.open(await openLevelStore(databaseDirectory(proc.dataDir, db)));
