@@ -295,6 +295,12 @@ export class Cluster implements WritePath, ReplicaSource {
     return new Promise<ApplyOutcome>((resolve, reject) => entry.waiters.set(id, { resolve, reject }));
   }
 
+  /** WritePath: whether an append to the log of `databaseId` could be taken now (Redis connected, log followed). */
+  writable(databaseId: string): boolean {
+    const entry = this.open_.get(databaseId);
+    return entry !== undefined && !entry.broken && this.redis.connected;
+  }
+
   /** Applies a batch of log entries to this node's replica, pushes them, and answers this node's appends. */
   private async apply(databaseId: string, entry: OpenDatabase, entries: LogEntry[]): Promise<void> {
     const committed = entry.replica.committedStamp;

@@ -529,6 +529,11 @@ export class RedisLog {
     return redisLog;
   }
 
+  /** Whether the command connection is up now (a hint: the next command may still fail). */
+  get connected(): boolean {
+    return !this.#closed && this.#cmd.status === 'ready';
+  }
+
   /** Resolves once the command connection is ready; STORAGE_UNAVAILABLE after `timeoutMs`. */
   async ready(timeoutMs = this.#commandTimeoutMs): Promise<void> {
     if (this.#cmd.status === 'ready') return;

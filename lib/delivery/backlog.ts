@@ -27,3 +27,10 @@ export function largestHlc(hlcs: Iterable<Buffer>): Buffer | undefined {
   for (const hlc of hlcs) if (!max || compareHlc(hlc, max) > 0) max = hlc;
   return max;
 }
+
+/** The smallest of the change sets' HLCs (their own, as the client sent them). */
+export function smallestHlc(hlcs: Iterable<Buffer>): Buffer | undefined {
+  let min: Buffer | undefined;
+  for (const hlc of hlcs) if (!min || compareHlc(hlc, min) < 0) min = hlc;
+  return min;
+}

@@ -12,7 +12,7 @@ import type { ChangesPage } from '../replica/change-log.js';
 import { validateDatabaseId } from '../storage/database-id.js';
 import { ReplicaPool, type Lease } from '../storage/replica-pool.js';
 import type { LogReader } from '../delivery/ports.js';
-import { largestHlc } from '../delivery/backlog.js';
+import { largestHlc, smallestHlc } from '../delivery/backlog.js';
 import type { AuthenticateContext, ClientInfo, Identity, Operation } from '../config/hooks.js';
 import type { Limits } from './limits.js';
 import { TokenList } from './tokens.js';
@@ -71,6 +71,12 @@ export interface ReplicaSource {
  */
 export interface WritePath {
   commit(databaseId: string, replica: Replica, origin: string, sets: ValidChangeSet[]): Promise<ApplyOutcome>;
+  /**
+   * Whether a commit to `databaseId` could be taken now (a cluster: Redis is
+   * connected). A hint for retrying refused writes, not a promise. Absent:
+   * always true.
+   */
+  writable?(databaseId: string): boolean;
 }
 
 /** The single-node write path: merge, stamp locally, push. */
@@ -122,6 +128,8 @@ export interface SubmittedChanges {
   changeCount: number;
   /** The largest change-set HLC of the message (the client's own, not a stamp). */
   lastHlc?: Buffer;
+  /** The smallest change-set HLC of the message (the client's own). */
+  firstHlc?: Buffer;
 }
 
 /** A caller's reader of its database's change log (the delivery stream's log port). */
@@ -339,6 +347,7 @@ export class Coordinator {
       }
       const received = factsIn(sets);
       const lastHlc = largestHlc(sets.map((set) => set.hlc));
+      const firstHlc = smallestHlc(sets.map((set) => set.hlc));
       this.metrics.changesReceivedTotal.inc(received);
       let rejected: ApplyResult['rejected'];
       const hook = this.config.hooks.onBeforeApplyChanges;
@@ -407,7 +416,7 @@ export class Coordinator {
       this.inflight.add(done);
       const settle = (): void => { this.inflight.delete(done); };
       done.then(settle, settle);
-      return { done, changeCount: received, ...(lastHlc ? { lastHlc } : {}) };
+      return { done, changeCount: received, ...(lastHlc ? { lastHlc } : {}), ...(firstHlc ? { firstHlc } : {}) };
     });
   }
 
@@ -424,6 +433,11 @@ export class Coordinator {
       this.limits?.refused('changes_per_message');
       throw new SyncError(ErrorCode.PayloadTooLarge, `changes: ${n} changes and migrations in one message, more than the limit of ${max} (maxChangesPerMessage); send them in several messages`);
     }
+  }
+
+  /** Whether a write to `databaseId` could be taken now (WritePath.writable; true on one node). */
+  writable(databaseId: string): boolean {
+    return this.writes.writable?.(databaseId) ?? true;
   }
 
   /** One page of changes after `sinceHLC` (validated here) for the caller's site (HTTP). */

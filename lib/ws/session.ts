@@ -11,6 +11,7 @@ import type { Subscriber } from '../hub/hub.js';
 import type { Push } from '../delivery/push.js';
 import { DeliveryStream } from '../delivery/stream.js';
 import { backlogRequest } from '../delivery/backlog.js';
+import { RefusedWrites, isRetryableRefusal } from '../delivery/refused-writes.js';
 import type { Caller, Connection, Coordinator, SubmittedChanges } from '../service/coordinator.js';
 import type { ClientInfo } from '../config/hooks.js';
 import { TokenBucket, exceedsJsonDepth, type Limits } from '../service/limits.js';
@@ -66,6 +67,8 @@ export class Session implements Subscriber {
   private state: State = 'handshake';
   private connection?: Connection;
   private delivery?: DeliveryStream;
+  /** Pulls this client's writes again after a transient refusal (real clients do not retry). */
+  private refusedWrites?: RefusedWrites;
   private readonly out: Outbound;
   private queue: Promise<void> = Promise.resolve();
   /** Replies of applies submitted but not yet answered, in submission order. */
@@ -259,6 +262,11 @@ export class Session implements Subscriber {
         log('session %s lags (%d bytes queued); it gets what it misses from the log once it drains', this.connectionId, this.out.bufferedBytes);
       },
     }, start);
+    this.refusedWrites = new RefusedWrites({
+      send: (frame) => this.out.send(frame),
+      serverSiteId: connection.serverSiteId,
+      writable: () => coordinator.writable(caller.databaseId),
+    });
     this.out.send(JSON.stringify({
       type: 'handshake_ack', databaseId: caller.databaseId, serverSiteId: connection.serverSiteId, connectionId: this.connectionId, protocolVersion: PROTOCOL_VERSION,
     }));
@@ -310,7 +318,12 @@ export class Session implements Subscriber {
     this.applyTail = this.applyTail.then(async () => {
       try {
         if (!submitted) throw failure;
-        const result = await submitted.done;
+        const result = await submitted.done.catch((err: unknown) => {
+          // Nothing of it was stored and a real client will not resend it: pull it later (§9).
+          if (isSyncError(err) && isRetryableRefusal(err.code) && submitted!.firstHlc) this.refusedWrites?.refused(submitted!.firstHlc);
+          throw err;
+        });
+        this.refusedWrites?.accepted(submitted.firstHlc);
         this.out.send(JSON.stringify(requestId === undefined ? { type: 'apply_result', ...result } : { type: 'apply_result', requestId, ...result }));
         const pull = backlogRequest(submitted.changeCount, submitted.lastHlc, this.connection!.serverSiteId);
         if (pull) this.out.send(pull);
@@ -408,6 +421,7 @@ export class Session implements Subscriber {
     // Nothing more will flush; wake the message or stream waiting for a drain.
     this.out.end();
     this.delivery?.close();
+    this.refusedWrites?.close();
     this.deps.metrics.wsConnectionsActive.dec();
     this.deps.coordinator.hub.leave(this);
     // Let the message in progress finish before the database may close.

@@ -369,7 +369,11 @@ describe('acceptance: a cluster of three node processes on one redis-server', fu
     const resumed = await eventually(() => tags.every((tag, k) => ackedBy(tag).length > ackedAtStopByTag[k]!), 600, 50);
     expect(resumed, `every writer is acknowledged again (${tags.map((tag, k) => `${tag} ${ackedAtStopByTag[k]}>${ackedBy(tag).length}`).join(', ')})`).to.equal(true);
     await cold.whenReady();
-    // The device's refused commit goes through with its next one (§8: a push repeats what was not acknowledged).
+    // The device's refused commit reaches the cluster without another commit of the device (which does not
+    // retry, §8): its node pulls it back with request_changes once Redis is up.
+    const pulled = await eventually(async () => countRows((await readServerState(cluster.proc(2).baseUrl, db)).model, [['during']]) === 1, 400, 100);
+    expect(pulled, `the refused write was pulled from the device (${describeClient('device', device)})`).to.equal(true);
+    expect(device.ownChangeSets.length, 'the device committed nothing more').to.equal(2);
     device.write({ pk: ['after'], values: { s: 'after' } });
     await device.whenPushed();
     await sleep(2000);

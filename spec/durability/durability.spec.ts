@@ -15,6 +15,7 @@ import type { Durability } from '../../lib/durability/durability.js';
 import { compareHlc, hlcFromWire } from '../../lib/protocol/hlc.js';
 import type { SyncRouterOptions } from '../../lib/config/options.js';
 import type { ChangeSet, SnapshotChunk } from '../../lib/protocol/messages.js';
+import { ReferenceClient } from '../helpers/reference-client.js';
 
 const DB = 'acme:durable';
 
@@ -165,6 +166,31 @@ describe('durability (with a directory archive)', () => {
       await rename(`${archiveDir}.gone`, archiveDir);
     }
     expect(await write(server, site, 5, 20)).to.deep.equal(Array(5).fill('ok'));
+  });
+
+  it('in ack mode, pulls a real client\'s refused write back once the archive returns, without another commit of the client', async () => {
+    const server = await start({ s3Durability: 'ack' });
+    const device = new ReferenceClient({ url: server.wsUrl, databaseId: DB, reconnectDelayMs: 10 });
+    try {
+      device.start();
+      await device.whenReady();
+      device.write({ pk: ['before'], values: { s: 'before' } });
+      await device.whenPushed();
+      await rename(archiveDir, `${archiveDir}.gone`);
+      try {
+        device.write({ pk: ['during'], values: { s: 'during' } });
+        expect(await eventually(() => device.errors.some((e) => e.code === 'STORAGE_UNAVAILABLE'), 200, 25), 'the device was told').to.equal(true);
+      } finally {
+        await rename(`${archiveDir}.gone`, archiveDir);
+      }
+      // A real client does not retry (docs/protocol.md §8); the coordinator asks for the change set again.
+      const rows = async (): Promise<string[]> => (await changesAfter(server, undefined)).flatMap((set) => set.changes.map((c) => JSON.stringify(c.pk)));
+      expect(await eventually(async () => (await rows()).includes('["during"]'), 200, 50), 'the refused write reached the server').to.equal(true);
+      expect(device.ownChangeSets).to.have.length(2);
+      expect(device.connections, 'on the same connection').to.equal(1);
+    } finally {
+      await device.stop();
+    }
   });
 
   it('in async mode, acknowledges through an outage and archives everything once the archive is back', async () => {
