@@ -13,6 +13,7 @@ import { openLevelReplica } from './replica/open-level.js';
 import { Durability } from './durability/durability.js';
 import { openS3Archive, replicaOptionsOf } from './durability/offline.js';
 import { databaseDirectory } from './storage/database-id.js';
+import { pathExists } from './storage/leveldb.js';
 import { mountRoutes } from './http/routes.js';
 import { createLimits } from './service/limits.js';
 import { createUpgradeHandler } from './ws/upgrade.js';
@@ -66,13 +67,17 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   const local: ReplicaSource = durability ?? {
     open: (id, options) => openLevelReplica(databaseDirectory(config.dataDir, id), { ...replicas, ...options }),
     close: (_id, replica) => replica.close(),
+    hasLocalCopy: (id) => pathExists(databaseDirectory(config.dataDir, id)),
   };
   const hub = new Hub(metrics);
   // In a cluster, every write goes through the shared log and every open database follows it.
   const clusterMetrics = config.redis ? createClusterMetrics(config.registry, config.nodeId) : undefined;
   const redis = config.redis ? new RedisLog({ url: config.redis, nodeId: config.nodeId, onError: () => clusterMetrics?.redisErrorsTotal.inc() }) : undefined;
   cluster = redis && clusterMetrics
-    ? new Cluster(redis, local, hub, { nodeId: config.nodeId, logRetentionMs: config.clusterLogRetentionMs, metrics: clusterMetrics, now: config.now })
+    ? new Cluster(redis, local, hub, {
+      nodeId: config.nodeId, logRetentionMs: config.clusterLogRetentionMs, metrics: clusterMetrics, now: config.now,
+      onStale: (id, reason) => coordinator.retire(id, reason),
+    })
     : undefined;
   // Per-address limits count every node's use; the total stays per node (shared-limits.ts says why).
   const sharesLimits = config.clusterLimitsSyncMs > 0 && (config.maxConnectionsPerIp > 0 || config.messagesPerSecondPerIp > 0);

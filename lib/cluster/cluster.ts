@@ -1,4 +1,4 @@
-import { SyncError, ErrorCode, messageOf } from '../errors.js';
+import { SyncError, ErrorCode, isSyncError, messageOf } from '../errors.js';
 import { logs } from '../log.js';
 import type { Hub } from '../hub/hub.js';
 import { compareHlc } from '../protocol/hlc.js';
@@ -6,7 +6,7 @@ import type { ValidChangeSet } from '../protocol/validate.js';
 import type { ApplyOutcome, Replica } from '../replica/replica.js';
 import type { ReplicaSource, WritePath } from '../service/coordinator.js';
 import type { ClusterMetrics } from '../metrics/metrics.js';
-import { trimmedPast, type LogEntry, type RedisLog, type Tail } from './redis-log.js';
+import { LogGapError, trimmedPast, type LogEntry, type RedisLog, type Tail } from './redis-log.js';
 import { compareEntryIds, entryIdAfter, entryIdOf, parseEntryId } from './stamps.js';
 
 const log = logs.cluster;
@@ -27,13 +27,21 @@ export interface ClusterOptions {
   metrics: ClusterMetrics;
   /** Wall clock in ms. @default Date.now */
   now?: () => number;
+  /**
+   * Called when an open database's copy here can no longer follow its log
+   * (the log was trimmed past it, or lost entries it holds): the database
+   * should be closed and opened again, which restores or re-anchors it
+   * (the router retires it from the pool and closes its sockets with 1013).
+   */
+  onStale?(databaseId: string, reason: string): void;
 }
 
 interface Waiter { resolve(outcome: ApplyOutcome): void; reject(err: unknown): void }
 
 interface OpenDatabase {
   replica: Replica;
-  tail: Tail;
+  /** Undefined while the database is open from its local copy only (opened while Redis was down). */
+  tail?: Tail;
   /** This node's appends whose entries the tail has not applied yet, by entry id. */
   waiters: Map<string, Waiter>;
   /** Outcomes of this node's entries applied before their append returned, by entry id. */
@@ -71,6 +79,7 @@ export class Cluster implements WritePath, ReplicaSource {
   private readonly leaseMs: number;
   private upkeeping = false;
   private closed = false;
+  private readonly onStale?: (databaseId: string, reason: string) => void;
 
   constructor(redis: RedisLog, base: ReplicaSource, hub: Hub, options: ClusterOptions) {
     this.redis = redis;
@@ -80,6 +89,7 @@ export class Cluster implements WritePath, ReplicaSource {
     this.metrics = options.metrics;
     this.retentionMs = options.logRetentionMs;
     this.now = options.now ?? Date.now;
+    this.onStale = options.onStale;
     const every = Math.max(250, Math.min(UPKEEP_MS, Math.floor(this.retentionMs / 4)));
     this.leaseMs = every * 3;
     this.upkeepTimer = setInterval(() => void this.upkeep(), every);
@@ -95,7 +105,14 @@ export class Cluster implements WritePath, ReplicaSource {
    */
   async open(databaseId: string): Promise<Replica> {
     // A node just started, or Redis just came back: wait a moment for the connection.
-    await this.redis.ready(CONNECT_WAIT_MS);
+    try {
+      await this.redis.ready(CONNECT_WAIT_MS);
+    } catch (err) {
+      // Redis is down: a database this node has on disk is served from that
+      // copy (reads, snapshots); writes wait until the log is followed again.
+      if (isSyncError(err) && err.code === ErrorCode.StorageUnavailable && await this.base.hasLocalCopy?.(databaseId)) return this.openLocal(databaseId);
+      throw err;
+    }
     const siteId = await this.redis.siteIdOf(databaseId);
     let replica = await this.base.open(databaseId, { siteId });
     try {
@@ -121,20 +138,8 @@ export class Cluster implements WritePath, ReplicaSource {
         }
         this.metrics.catchUpsTotal.inc({ from: 'archive' });
       }
-      const after = positionOf(replica);
-      // A replica whose stamps the log does not reach (it was restored from
-      // an archive the stream was trimmed past): the log continues above it.
-      if (after !== '0-0' && (!info.lastId || compareEntryIds(info.lastId, after) < 0)) await this.redis.barrier(databaseId, after);
-      const entry: OpenDatabase = { replica, waiters: new Map(), early: new Map(), tail: undefined as unknown as Tail, archiver: false };
-      entry.tail = this.redis.tail(databaseId, after, siteId, {
-        onEntries: (entries) => this.apply(databaseId, entry, entries),
-        onBroken: (err) => {
-          entry.broken = err;
-          log('the log of %s cannot be followed from %s: %s', databaseId, entry.tail.position, err.message);
-          for (const waiter of entry.waiters.values()) waiter.reject(err);
-          entry.waiters.clear();
-        },
-      });
+      const entry: OpenDatabase = { replica, waiters: new Map(), early: new Map(), archiver: false };
+      await this.follow(databaseId, entry, info);
       this.open_.set(databaseId, entry);
       // The first open of a database in the cluster archives it at once; others learn who does at the next upkeep.
       await this.elect(databaseId, entry).catch((err: unknown) => log('archiver lease of %s: %s', databaseId, messageOf(err)));
@@ -145,12 +150,81 @@ export class Cluster implements WritePath, ReplicaSource {
     }
   }
 
+  /**
+   * Starts following the log of an open database from its replica's
+   * position. A replica whose stamps the log does not reach (restored from an
+   * archive the stream was trimmed past, or the log lost its end) gets a
+   * barrier first: the log continues above it.
+   */
+  private async follow(databaseId: string, entry: OpenDatabase, info: { lastId?: string }): Promise<void> {
+    const after = positionOf(entry.replica);
+    if (after !== '0-0' && (!info.lastId || compareEntryIds(info.lastId, after) < 0)) await this.redis.barrier(databaseId, after);
+    const tail: Tail = this.redis.tail(databaseId, after, entry.replica.siteId, {
+      onEntries: (entries) => this.apply(databaseId, entry, entries),
+      onBroken: (err) => {
+        entry.broken = err;
+        log('the log of %s cannot be followed from %s: %s', databaseId, tail.position, err.message);
+        for (const waiter of entry.waiters.values()) waiter.reject(err);
+        entry.waiters.clear();
+        // Trimmed past this node (it fell further behind than the retention): a reopen restores it.
+        // A log that went backwards (LogRewoundError) is left to an operator rather than re-anchored.
+        if (err instanceof LogGapError && this.open_.get(databaseId) === entry) this.stale(databaseId, `its log cannot be followed from ${tail.position} (${err.message})`);
+      },
+    });
+    entry.tail = tail;
+  }
+
+  /**
+   * Opens a database from this node's copy alone, while Redis is down:
+   * reads and snapshots serve what the copy holds, writes are refused
+   * (STORAGE_UNAVAILABLE) until an upkeep round, once Redis answers, checks
+   * the copy against the log and starts following it (catchUpLocal).
+   */
+  private async openLocal(databaseId: string): Promise<Replica> {
+    const replica = await this.base.open(databaseId);
+    const entry: OpenDatabase = { replica, waiters: new Map(), early: new Map(), archiver: false };
+    this.open_.set(databaseId, entry);
+    this.metrics.catchUpsTotal.inc({ from: 'local' });
+    log('%s: Redis is down; serving this node\'s copy (up to log entry %s) read-only until it is back', databaseId, positionOf(replica));
+    return replica;
+  }
+
+  /**
+   * A database opened from its local copy, once Redis answers: follows its
+   * log if the copy is what the cluster's log continues; else (another site
+   * id, or the log was trimmed past the copy) asks for a reopen (onStale),
+   * which restores it.
+   */
+  private async catchUpLocal(databaseId: string, entry: OpenDatabase): Promise<void> {
+    const siteId = await this.redis.siteIdOf(databaseId, entry.replica.siteId);
+    const info = await this.redis.info(databaseId);
+    if (this.open_.get(databaseId) !== entry || entry.tail) return;
+    if (!siteId.equals(entry.replica.siteId)) {
+      entry.broken = new SyncError(ErrorCode.Internal, `the copy of ${databaseId} here has another server site id than its cluster's log`);
+      this.stale(databaseId, entry.broken.message);
+      return;
+    }
+    if (trimmedPast(positionOf(entry.replica), info)) {
+      entry.broken = new SyncError(ErrorCode.StorageUnavailable, `the copy of ${databaseId} here ends at log entry ${positionOf(entry.replica)}, below the log's trim point ${info.trimmedBelow}`);
+      this.stale(databaseId, entry.broken.message);
+      return;
+    }
+    await this.follow(databaseId, entry, info);
+    log('%s: Redis is back; following its log from %s', databaseId, positionOf(entry.replica));
+  }
+
+  /** Asks for a reopen of a database whose copy here cannot go on (ClusterOptions.onStale). */
+  private stale(databaseId: string, reason: string): void {
+    log('%s must be reopened on this node: %s', databaseId, reason);
+    this.onStale?.(databaseId, reason);
+  }
+
   /** ReplicaSource: stops following the log, then closes the replica. */
   async close(databaseId: string, replica: Replica): Promise<void> {
     const entry = this.open_.get(databaseId);
     if (entry?.replica === replica) {
       this.open_.delete(databaseId);
-      entry.tail.stop();
+      entry.tail?.stop();
       const closing = new SyncError(ErrorCode.StoreClosed, `${databaseId} closed before its log entry was applied here; the write is in the log and every node applies it`);
       for (const waiter of entry.waiters.values()) waiter.reject(closing);
       this.lag.delete(databaseId);
@@ -210,7 +284,7 @@ export class Cluster implements WritePath, ReplicaSource {
     for (const [db, entry] of this.open_) {
       const lag = this.lag.get(db);
       if (lag !== undefined) lagSeconds = Math.max(lagSeconds, lag);
-      databases[db] = { position: entry.tail.position, lagSeconds: lag ?? null, following: !entry.broken };
+      databases[db] = { position: entry.tail?.position ?? positionOf(entry.replica), lagSeconds: lag ?? null, following: entry.tail !== undefined && !entry.broken };
     }
     return {
       ...this.base.statusSections?.(),
@@ -236,6 +310,10 @@ export class Cluster implements WritePath, ReplicaSource {
       for (const [db, entry] of [...this.open_]) {
         if (this.closed) return;
         try {
+          if (!entry.tail) {
+            if (!entry.broken && this.redis.connected) await this.catchUpLocal(db, entry);
+            continue;
+          }
           const info = await this.redis.info(db);
           const position = entry.tail.position;
           const lag = info.lastId ? Math.max(0, Number(parseEntryId(info.lastId).ms - parseEntryId(position).ms) / 1000) : 0;
@@ -285,6 +363,7 @@ export class Cluster implements WritePath, ReplicaSource {
     const entry = this.open_.get(databaseId);
     if (!entry) throw new SyncError(ErrorCode.StoreClosed, `${databaseId} is not open on this node`);
     if (entry.broken) throw new SyncError(ErrorCode.StorageUnavailable, `the log of ${databaseId} cannot be followed here (${entry.broken.message}); try again`);
+    if (!entry.tail) throw new SyncError(ErrorCode.StorageUnavailable, `${databaseId} is open from this node's copy while Redis is down; writes are taken again once it is back`);
     await this.redis.ready(CONNECT_WAIT_MS);
     const id = await this.redis.append(databaseId, { sets, site: origin });
     const early = entry.early.get(id);
@@ -298,7 +377,7 @@ export class Cluster implements WritePath, ReplicaSource {
   /** WritePath: whether an append to the log of `databaseId` could be taken now (Redis connected, log followed). */
   writable(databaseId: string): boolean {
     const entry = this.open_.get(databaseId);
-    return entry !== undefined && !entry.broken && this.redis.connected;
+    return entry !== undefined && entry.tail !== undefined && !entry.broken && this.redis.connected;
   }
 
   /** Applies a batch of log entries to this node's replica, pushes them, and answers this node's appends. */

@@ -176,6 +176,11 @@ export class Durability implements ReplicaSource {
     });
   }
 
+  /** ReplicaSource: whether the database has a copy on this disk (else its open restores it). */
+  hasLocalCopy(databaseId: string): Promise<boolean> {
+    return pathExists(databaseDirectory(this.options.dataDir, databaseId));
+  }
+
   /** ReplicaSource: the last stamp the archive holds of an open database. */
   archivedStamp(databaseId: string): Buffer | undefined {
     return this.opened.get(databaseId)?.shipper.archivedStamp;

@@ -13,6 +13,8 @@ export interface Subscriber {
    * it from the stored log, so nothing is lost.
    */
   offer(push: Push): boolean;
+  /** Closes the subscriber's connection with a WebSocket close code; it may reconnect. */
+  close?(code: number, reason: string): void;
 }
 
 /**
@@ -41,6 +43,11 @@ export class Hub {
     if (!set) return;
     set.delete(subscriber);
     if (set.size === 0) this.databases.delete(subscriber.databaseId);
+  }
+
+  /** Closes every subscriber of `databaseId` that can be closed (Subscriber.close). */
+  closeAll(databaseId: string, code: number, reason: string): void {
+    for (const subscriber of [...(this.databases.get(databaseId) ?? [])]) subscriber.close?.(code, reason);
   }
 
   /** Every subscriber, across databases. */

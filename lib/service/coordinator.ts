@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { SyncError, ErrorCode, isSyncError, messageOf } from '../errors.js';
+import { SyncError, ErrorCode, CloseCode, isSyncError, messageOf } from '../errors.js';
 import type { Config } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { Hub, type Subscriber } from '../hub/hub.js';
@@ -41,6 +41,12 @@ export interface ReplicaSource {
   open(databaseId: string, options?: { siteId?: Uint8Array }): Promise<Replica>;
   /** Closes a replica `open` gave (the pool calls it when it evicts or shuts down). */
   close(databaseId: string, replica: Replica): Promise<void>;
+  /**
+   * Whether this process has a copy of the database on its own disk (one
+   * `open` would use without a restore). A cluster node opens such a copy
+   * while Redis is down. Absent: never assumed.
+   */
+  hasLocalCopy?(databaseId: string): Promise<boolean>;
   /** The sections `/status` shows of it, by name (`archive`, `cluster`), if any. */
   statusSections?(): { archive?: object; cluster?: object };
   /**
@@ -433,6 +439,18 @@ export class Coordinator {
       this.limits?.refused('changes_per_message');
       throw new SyncError(ErrorCode.PayloadTooLarge, `changes: ${n} changes and migrations in one message, more than the limit of ${max} (maxChangesPerMessage); send them in several messages`);
     }
+  }
+
+  /**
+   * Closes a database's open replica as soon as nothing uses it, so that the
+   * next open starts over (a cluster node whose copy fell behind its log):
+   * its sockets are closed with 1013 (try again later) and reconnect to the
+   * fresh open; new requests wait for it.
+   */
+  retire(databaseId: string, reason: string): void {
+    log('retiring %s: %s', databaseId, reason);
+    this.pool.retire(databaseId);
+    this.hub.closeAll(databaseId, CloseCode.TryAgainLater, 'Database reopening; reconnect');
   }
 
   /** Whether a write to `databaseId` could be taken now (WritePath.writable; true on one node). */

@@ -45,6 +45,8 @@ interface Entry<T> {
   readonly resource: T;
   leases: number;
   timer: NodeJS.Timeout | undefined;
+  /** Set once retired: closes it when its last lease is released. */
+  retired?: () => void;
 }
 
 class Opening<T> {
@@ -68,6 +70,8 @@ export class ReplicaPool<T> {
   readonly #opening = new Map<string, Opening<T>>();
   /** Closes in flight; an id is only reopened once its close has finished (LevelDB's lock). */
   readonly #closing = new Map<string, Promise<unknown>>();
+  /** Retired resources still leased (retire). */
+  readonly #retired = new Set<Entry<T>>();
   #closed: Promise<void> | undefined;
 
   /** Throws TypeError when an option is missing or out of range. */
@@ -143,6 +147,31 @@ export class ReplicaPool<T> {
     }
   }
 
+  /**
+   * Retires the open resource for `id` (it no longer matches its source):
+   * it closes once its last lease is released, at once when it has none,
+   * and acquires of `id` meanwhile wait for that close and open a fresh one.
+   * Holders should be told to let go. Does nothing when `id` is not open.
+   */
+  retire(id: string): void {
+    const entry = this.#entries.get(id);
+    if (!entry) return;
+    if (entry.leases === 0) {
+      void this.#closeEntry(entry);
+      return;
+    }
+    this.#entries.delete(id);
+    if (entry.timer) clearTimeout(entry.timer);
+    const released = new Promise<void>((resolve) => { entry.retired = resolve; });
+    const closed = released.then(() => this.#closeEntry(entry));
+    this.#retired.add(entry);
+    this.#closing.set(id, closed);
+    void closed.then(() => {
+      this.#retired.delete(entry);
+      if (this.#closing.get(id) === closed) this.#closing.delete(id);
+    });
+  }
+
   /** Runs `fn` with the resource for `id` leased, releasing it afterwards. */
   async use<R>(id: string, fn: (resource: T) => Promise<R> | R): Promise<R> {
     const lease = await this.acquire(id);
@@ -166,6 +195,8 @@ export class ReplicaPool<T> {
 
   async #closeAll(): Promise<void> {
     await Promise.allSettled([...this.#opening.values()].map((o) => o.promise));
+    // Retired but still leased: closed now like the rest.
+    for (const entry of this.#retired) entry.retired?.();
     const results = await Promise.all([...this.#entries.values()].map((e) => this.#closeEntry(e)));
     await Promise.all(this.#closing.values());
     const errors = results.filter((r) => r !== undefined);
@@ -221,7 +252,12 @@ export class ReplicaPool<T> {
   }
 
   #release(entry: Entry<T>): void {
-    if (--entry.leases > 0 || this.#entries.get(entry.id) !== entry) return;
+    if (--entry.leases > 0) return;
+    if (entry.retired) {
+      entry.retired();
+      return;
+    }
+    if (this.#entries.get(entry.id) !== entry) return;
     if (this.#entries.size + this.#opening.size > this.#maxOpen) {
       this.#evictExcess();
       if (!this.#entries.has(entry.id)) return;

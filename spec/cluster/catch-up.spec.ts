@@ -172,6 +172,69 @@ describe('cluster: trimmed logs and nodes that were away', function () {
     expect(await state(c)).to.deep.equal(await state(a));
   });
 
+  /** This node's /status cluster entry of DB. */
+  async function following(n: TestServer): Promise<{ following: boolean } | undefined> {
+    const status = await (await fetch(`${n.baseUrl}/status`)).json() as { data: { cluster: { databases: Record<string, { following: boolean }> } } };
+    return status.data.cluster.databases[DB];
+  }
+
+  it('while Redis is down, serves a database it has on disk from that copy (reads, no writes), and follows its log once Redis is back', async () => {
+    const aDir = await dir();
+    const bDir = await dir();
+    const a = await node({ nodeId: 'a', dataDir: aDir, clusterLogRetentionMs: 600_000 });
+    let b = await node({ nodeId: 'b', dataDir: bDir, clusterLogRetentionMs: 600_000 });
+    const site = new TestSite();
+    await write(a, site, 0, 5);
+    expect(await eventually(async () => JSON.stringify(await state(b)) === JSON.stringify(await state(a)), 100, 50)).to.equal(true);
+    const copy = await state(b);
+    await stop(b);
+    await write(a, site, 5, 5);
+    await redis.stop();
+    b = await node({ nodeId: 'b', dataDir: bDir, clusterLogRetentionMs: 600_000 });
+    // Its own copy, as it was: readable over HTTP and WebSocket.
+    expect(await state(b)).to.deep.equal(copy);
+    const { socket, reply } = await RawSocket.handshake(b.wsUrl, DB, site.wire);
+    sockets.push(socket);
+    expect(reply.type, JSON.stringify(reply)).to.equal('handshake_ack');
+    expect(await following(b)).to.include({ following: false });
+    const refused = await socket.request({ type: 'apply_changes', requestId: 'x', changes: [site.txn([{ pk: ['during'], value: 1 }])] }, ['apply_result', 'error']);
+    expect(refused).to.include({ type: 'error', code: 'STORAGE_UNAVAILABLE', fatal: false });
+    expect(await b.sync.registry.metrics()).to.match(/sync_cluster_catch_ups_total\{from="local",node="b"\} 1/);
+    await redis.restart();
+    // It catches up with what a took meanwhile, and takes writes again.
+    expect(await eventually(async () => JSON.stringify(await state(b)) === JSON.stringify(await state(a)), 200, 50), 'b caught up').to.equal(true);
+    expect(await following(b)).to.include({ following: true });
+    await write(b, site, 10, 2);
+    expect(await eventually(async () => JSON.stringify(await state(b)) === JSON.stringify(await state(a)), 100, 50)).to.equal(true);
+  });
+
+  it('a copy served while Redis was down that the log was trimmed past is reopened once Redis is back: its sockets close with 1013, and it restores from the archive', async () => {
+    const archiveDir = await dir();
+    const aDir = await dir();
+    const bDir = await dir();
+    const a = await node({ nodeId: 'a', dataDir: aDir, archive: await openFsArchive(archiveDir) });
+    let b = await node({ nodeId: 'b', dataDir: bDir, archive: await openFsArchive(archiveDir) });
+    const site = new TestSite();
+    await write(a, site, 0, 10);
+    expect(await eventually(async () => JSON.stringify(await state(b)) === JSON.stringify(await state(a)), 100, 50)).to.equal(true);
+    const copy = await state(b);
+    await stop(b);
+    await write(a, site, 10, 30);
+    await trimmed();
+    await redis.stop();
+    b = await node({ nodeId: 'b', dataDir: bDir, archive: await openFsArchive(archiveDir) });
+    expect(await state(b), 'its old copy while Redis is down').to.deep.equal(copy);
+    const { socket, reply } = await RawSocket.handshake(b.wsUrl, DB, new TestSite().wire);
+    sockets.push(socket);
+    expect(reply.type, JSON.stringify(reply)).to.equal('handshake_ack');
+    await redis.restart();
+    expect(await socket.closed, 'closed with try again later').to.equal(1013);
+    expect(await eventually(async () => JSON.stringify(await state(b)) === JSON.stringify(await state(a)), 200, 50), 'b restored what a holds').to.equal(true);
+    expect(await b.sync.registry.metrics()).to.match(/sync_cluster_catch_ups_total\{from="archive",node="b"\} 1/);
+    await write(b, site, 40, 2);
+    expect(await eventually(async () => JSON.stringify(await state(b)) === JSON.stringify(await state(a)), 100, 50)).to.equal(true);
+  });
+
   it('without an archive, trims by age, and a node whose copy is older than the log refuses the database with 503 instead of serving a partial copy', async () => {
     const aDir = await dir();
     const bDir = await dir();

@@ -4,7 +4,7 @@ import { ErrorCode, isSyncError } from '../../lib/errors.js';
 import { databaseDirectory } from '../../lib/storage/database-id.js';
 import type { KvStore } from '../../lib/storage/kv.js';
 import { openLevelStore } from '../../lib/storage/leveldb.js';
-import { ReplicaPool, type ReplicaPoolOptions } from '../../lib/storage/replica-pool.js';
+import { ReplicaPool, type Lease, type ReplicaPoolOptions } from '../../lib/storage/replica-pool.js';
 import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
 
 const KEY = Buffer.from('greeting');
@@ -316,6 +316,49 @@ describe('replica-pool', () => {
       const err = await errorOf(p.close());
       expect((err as Error).message).to.equal('close failed');
       expect(stores.every((s) => !s.isOpen)).to.equal(true);
+    });
+  });
+  describe('retire', () => {
+    it('closes an unleased resource at once; the next acquire opens a fresh one', async () => {
+      const p = makePool();
+      await writeGreeting(p, 'a');
+      p.retire('a');
+      expect(p.isOpen('a')).to.equal(false);
+      expect(await readGreeting(p, 'a')).to.equal('hello a');
+      expect(opens.get('a')).to.equal(2);
+      expect(stores[0]!.isOpen).to.equal(false);
+    });
+
+    it('keeps a leased resource until its last lease goes, while new acquires wait for a fresh open', async () => {
+      const p = makePool();
+      const held = await p.acquire('a');
+      p.retire('a');
+      expect(p.isOpen('a')).to.equal(false);
+      let got: Lease<KvStore> | undefined;
+      const next = p.acquire('a').then((lease) => { got = lease; return lease; });
+      await sleep(30);
+      expect(got, 'waits for the retired store to close').to.equal(undefined);
+      expect(held.resource.isOpen, 'the holder can still use it').to.equal(true);
+      held.release();
+      const lease = await next;
+      expect(lease.resource).to.not.equal(held.resource);
+      expect(held.resource.isOpen).to.equal(false);
+      expect(opens.get('a')).to.equal(2);
+      lease.release();
+    });
+
+    it('closes a retired resource that is still leased when the pool closes', async () => {
+      const p = makePool();
+      const held = await p.acquire('a');
+      p.retire('a');
+      await p.close();
+      expect(held.resource.isOpen).to.equal(false);
+      held.release();
+    });
+
+    it('does nothing for an id that is not open', () => {
+      const p = makePool();
+      expect(() => p.retire('nope')).to.not.throw();
     });
   });
 });
