@@ -405,7 +405,8 @@ describe('cluster/redis-log', function () {
         await client.connect();
         await client.call('REPLICAOF', '127.0.0.1', String(server.port));
         await until(async () => /master_link_status:up/.test(await client.info('replication')));
-        const log = await open({ minReplicas: 1, replicaTimeoutMs: 500 });
+        // Generous: a busy machine can take a while to replicate even one entry.
+        const log = await open({ minReplicas: 1, replicaTimeoutMs: 3000 });
         const db = freshDb();
         const id = await log.append(db, message(1));
         expect((await client.xrange(`sync:{${db}}:log`, id, id)).map(([entryId]) => entryId)).to.deep.equal([id]);
