@@ -50,6 +50,18 @@ export class Hub {
     for (const subscriber of [...(this.databases.get(databaseId) ?? [])]) subscriber.close?.(code, reason);
   }
 
+  /**
+   * Like `publish`, but fans out once the current I/O callback and its
+   * microtasks are done (setImmediate), so the writer's acknowledgement goes
+   * out before the pushes to every other socket. Calls keep their order, so
+   * pushes stay in commit order; a subscriber that reads the log meanwhile
+   * is not sent twice (its stream skips stamps it already holds).
+   */
+  publishSoon(databaseId: string, fromSite: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[]): void {
+    if (accepted.length === 0 || !this.databases.has(databaseId)) return;
+    setImmediate(() => this.publish(databaseId, fromSite, accepted, stamps));
+  }
+
   /** Every subscriber, across databases. */
   get size(): number {
     let n = 0;
