@@ -52,7 +52,8 @@
  * Needs Redis 6.2 or later (XTRIM MINID).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { Redis, type RedisOptions } from 'ioredis';
+import { createRequire } from 'node:module';
+import type { Redis, RedisOptions } from 'ioredis';
 import { ErrorCode, isSyncError, messageOf, SyncError } from '../errors.js';
 import { logs } from '../log.js';
 import { SITE_ID_BYTES } from '../protocol/hlc.js';
@@ -62,6 +63,12 @@ import { validateDatabaseId } from '../storage/database-id.js';
 import { compareEntryIds, MAX_ENTRY_SEQ, parseEntryId, stampsOf } from './stamps.js';
 
 const log = logs.cluster;
+
+/**
+ * ioredis is loaded when the first RedisLog is built, not when this module
+ * is: ~9 MB of memory a coordinator outside a cluster should not pay.
+ */
+const requireRedis = createRequire(import.meta.url);
 
 /** Options of {@link RedisLog}. */
 export interface RedisLogOptions {
@@ -489,7 +496,8 @@ export class RedisLog {
     };
     const url = options.url ?? 'redis://127.0.0.1:6379';
     const connect = (role: string, timeoutMs: number): Redis => {
-      const client = new Redis(url, {
+      const RedisClient = (requireRedis('ioredis') as typeof import('ioredis')).Redis;
+      const client = new RedisClient(url, {
         ...options.redis,
         // Keys are spelled out here (hash tags, the wake stream); ioredis's own prefix would bypass that.
         keyPrefix: undefined,

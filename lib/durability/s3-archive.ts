@@ -14,21 +14,27 @@
  * accepts and then hangs about 60 s (3 x 20 s).
  */
 import { PassThrough, Readable } from 'node:stream';
-import {
-  DeleteObjectCommand,
-  DeleteObjectsCommand,
-  GetObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  type ListObjectsV2CommandOutput,
-  type S3ClientConfig,
-} from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
+import { createRequire } from 'node:module';
+import type * as S3Sdk from '@aws-sdk/client-s3';
+import type { ListObjectsV2CommandOutput, S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
+import type * as LibStorage from '@aws-sdk/lib-storage';
 import { describeValue, ErrorCode, isSyncError, messageOf, SyncError } from '../errors.js';
 import { logs } from '../log.js';
 import { archiveKeyProblem, checkArchiveKey, MAX_ARCHIVE_KEY_BYTES, type Archive, type ArchiveObject, type ArchivePutOptions } from './archive.js';
 import { ArchiveLifecycle } from './lifecycle.js';
+
+/**
+ * The AWS SDK is loaded when the first S3Archive is built, not when this
+ * module is: it costs ~8 MB of memory that a coordinator without S3 should
+ * not pay (the router imports this module either way).
+ */
+const requireSdk = createRequire(import.meta.url);
+
+interface Sdk { s3: typeof S3Sdk; storage: typeof LibStorage }
+
+function loadSdk(): Sdk {
+  return { s3: requireSdk('@aws-sdk/client-s3') as typeof S3Sdk, storage: requireSdk('@aws-sdk/lib-storage') as typeof LibStorage };
+}
 
 const log = logs.storage.extend('archive');
 
@@ -153,6 +159,7 @@ function optionalString(value: unknown, name: string): string | undefined {
 export class S3Archive implements Archive {
   readonly location: string;
   readonly #client: S3Client;
+  readonly #sdk: Sdk;
   readonly #bucket: string;
   readonly #prefix: string;
   readonly #partSize: number;
@@ -202,7 +209,8 @@ export class S3Archive implements Archive {
     };
     if (endpoint !== undefined) config.endpoint = endpoint;
     if (accessKeyId !== undefined) config.credentials = { accessKeyId, secretAccessKey: secretAccessKey!, ...(sessionToken === undefined ? {} : { sessionToken }) };
-    this.#client = new S3Client(config);
+    this.#sdk = loadSdk();
+    this.#client = new this.#sdk.s3.S3Client(config);
     this.location = `s3://${bucket}/${prefix}${endpoint === undefined ? '' : ` at ${endpoint}`}`;
     this.#life = new ArchiveLifecycle(this.location);
   }
@@ -214,7 +222,7 @@ export class S3Archive implements Archive {
       if (typeof contentType !== 'string') throw new TypeError(`archive put contentType: expected a string, got ${describeValue(contentType)}`);
       if (Buffer.isBuffer(body)) {
         try {
-          await this.#client.send(new PutObjectCommand({ Bucket: this.#bucket, Key, Body: body, ContentType: contentType }));
+          await this.#client.send(new this.#sdk.s3.PutObjectCommand({ Bucket: this.#bucket, Key, Body: body, ContentType: contentType }));
         } catch (err) {
           throw this.#error('put', key, err);
         }
@@ -245,7 +253,7 @@ export class S3Archive implements Archive {
     body.on('error', fail);
     body.on('close', onClose);
     body.pipe(feed);
-    const upload = new Upload({
+    const upload = new this.#sdk.storage.Upload({
       client: this.#client,
       params: { Bucket: this.#bucket, Key, Body: feed, ContentType: contentType },
       partSize: this.#partSize,
@@ -271,7 +279,7 @@ export class S3Archive implements Archive {
       const Key = this.#objectKey(key);
       let body: unknown;
       try {
-        body = (await this.#client.send(new GetObjectCommand({ Bucket: this.#bucket, Key }))).Body;
+        body = (await this.#client.send(new this.#sdk.s3.GetObjectCommand({ Bucket: this.#bucket, Key }))).Body;
       } catch (err) {
         // Only NoSuchKey means absent: another 404 (no such bucket, a wrong
         // endpoint path) must not pass for an empty archive.
@@ -297,7 +305,7 @@ export class S3Archive implements Archive {
     do {
       const page: ListObjectsV2CommandOutput = await this.#life.run(async () => {
         try {
-          return await this.#client.send(new ListObjectsV2Command({ Bucket: this.#bucket, Prefix, MaxKeys: this.#pageSize, ContinuationToken: token }));
+          return await this.#client.send(new this.#sdk.s3.ListObjectsV2Command({ Bucket: this.#bucket, Prefix, MaxKeys: this.#pageSize, ContinuationToken: token }));
         } catch (err) {
           throw this.#error('list', prefix, err, 'prefix');
         }
@@ -336,7 +344,7 @@ export class S3Archive implements Archive {
       const batched = unique.filter((Key) => !/^\s|\s$/.test(Key));
       for (const Key of alone) {
         try {
-          await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key }));
+          await this.#client.send(new this.#sdk.s3.DeleteObjectCommand({ Bucket: this.#bucket, Key }));
         } catch (err) {
           throw this.#error('delete', Key.slice(this.#prefix.length), err);
         }
@@ -345,7 +353,7 @@ export class S3Archive implements Archive {
         const batch = batched.slice(i, i + DELETE_BATCH);
         let failed: { Key?: string; Code?: string; Message?: string } | undefined;
         try {
-          const out = await this.#client.send(new DeleteObjectsCommand({
+          const out = await this.#client.send(new this.#sdk.s3.DeleteObjectsCommand({
             Bucket: this.#bucket,
             Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true },
           }));
