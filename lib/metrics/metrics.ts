@@ -85,6 +85,20 @@ export interface Metrics {
   laggingSessionsTotal: Counter;
   inboundBytes: Gauge;
   inboundPausedSockets: Gauge;
+  /** Bytes queued for sending, summed over WebSocket sessions (read at each scrape from `outbound`). */
+  sendBufferBytes: Gauge;
+  /** Sessions sent the stored log rather than live pushes (read at each scrape from `outbound`). */
+  catchingUpSessions: Gauge;
+  /** Where the outbound gauges read their figures; the WebSocket layer sets `figures`. */
+  outbound: { figures?: () => OutboundFigures };
+}
+
+/** Live figures of the WebSocket sessions' sending side, read at each scrape. */
+export interface OutboundFigures {
+  /** Bytes handed to sockets and not yet flushed to the kernel, over all sessions. */
+  bufferedBytes: number;
+  /** Sessions whose delivery stream sends the stored log (catch-up after get_changes, or a slow reader recovering). */
+  catchingUp: number;
 }
 
 /** Live figures of the inbound budget (lib/ws/inbound.ts), read at each scrape. */
@@ -105,7 +119,17 @@ export function createMetrics(registry: Registry, inbound?: InboundFigures): Met
   registerProcessMetrics(registry);
   const registers = [registry];
   const durations = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+  const outbound: Metrics['outbound'] = {};
   return {
+    outbound,
+    sendBufferBytes: new Gauge({
+      name: 'sync_websocket_send_buffer_bytes', help: 'Bytes queued for sending on WebSocket sessions and not yet flushed to the kernel (a slow reader keeps at most pushHighWaterBytes plus a page)', registers,
+      collect() { this.set(outbound.figures?.().bufferedBytes ?? 0); },
+    }),
+    catchingUpSessions: new Gauge({
+      name: 'sync_websocket_catching_up_sessions', help: 'WebSocket sessions being sent the stored log (catch-up, or a slow reader recovering) rather than live pushes', registers,
+      collect() { this.set(outbound.figures?.().catchingUp ?? 0); },
+    }),
     registry,
     wsConnectionsActive: new Gauge({ name: 'sync_websocket_connections_active', help: 'Open WebSocket connections', registers }),
     wsConnectionsTotal: new Counter({ name: 'sync_websocket_connections_total', help: 'WebSocket connections accepted', registers }),

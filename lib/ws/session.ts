@@ -360,6 +360,16 @@ export class Session implements Subscriber {
     }
   }
 
+  /** Bytes handed to the socket and not yet flushed (metrics). */
+  get bufferedBytes(): number {
+    return this.out.bufferedBytes;
+  }
+
+  /** Whether its delivery stream is sending the stored log rather than live pushes (metrics). */
+  get catchingUp(): boolean {
+    return this.delivery?.catchingUp ?? false;
+  }
+
   /** Offers a committed push from another site to this socket's delivery stream. */
   offer(push: Push): boolean {
     if (this.state !== 'open' || !this.delivery) return false;

@@ -33,6 +33,15 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
   const wsPath = `${config.path === '/' ? '' : config.path}/ws`;
   const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxMessageBytes, perMessageDeflate: false, clientTracking: false });
   const sessions = new Set<Session>();
+  metrics.outbound.figures = () => {
+    let bufferedBytes = 0;
+    let catchingUp = 0;
+    for (const session of sessions) {
+      bufferedBytes += session.bufferedBytes;
+      if (session.catchingUp) catchingUp++;
+    }
+    return { bufferedBytes, catchingUp };
+  };
   let closing = false;
   let heartbeat: NodeJS.Timeout | undefined;
   if (config.heartbeatIntervalMs > 0) {
