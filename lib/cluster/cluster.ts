@@ -114,9 +114,13 @@ export class Cluster implements WritePath, ReplicaSource {
       throw err;
     }
     const siteId = await this.redis.siteIdOf(databaseId);
+    // With an archive, an open without a copy on this disk restores (a node new to the database).
+    const restoring = this.base.discard !== undefined && (await this.base.hasLocalCopy?.(databaseId)) === false;
     let replica = await this.base.open(databaseId, { siteId });
     try {
       let info = await this.redis.info(databaseId);
+      // Its empty copy was older than the trimmed log: the archive alone brought it to where the log goes on.
+      if (restoring && trimmedPast('0-0', info) && !trimmedPast(positionOf(replica), info)) this.metrics.catchUpsTotal.inc({ from: 'archive' });
       if (trimmedPast(positionOf(replica), info)) {
         const position = positionOf(replica);
         if (!this.base.discard) {

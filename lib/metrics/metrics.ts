@@ -235,6 +235,6 @@ export function createClusterMetrics(registry: Registry, nodeId: string): Cluste
     entriesAppliedTotal: new Counter({ name: 'sync_cluster_entries_applied_total', help: 'Log entries this node applied to its replicas', registers }),
     redisErrorsTotal: new Counter({ name: 'sync_cluster_redis_errors_total', help: 'Redis errors: connection errors, failed commands, failed reads of the log', registers }),
     entriesTrimmedTotal: new Counter({ name: 'sync_cluster_entries_trimmed_total', help: 'Log entries this node trimmed (archived, and older than clusterLogRetentionMs)', registers }),
-    catchUpsTotal: new Counter({ name: 'sync_cluster_catch_ups_total', help: "Opens that found this node's copy older than the trimmed log: caught up from the archive, or refused", labelNames: ['from'] as const, registers }),
+    catchUpsTotal: new Counter({ name: 'sync_cluster_catch_ups_total', help: "Opens that found this node's copy older than the trimmed log (or no copy): caught up from the archive, or refused", labelNames: ['from'] as const, registers }),
   };
 }

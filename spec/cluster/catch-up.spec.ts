@@ -171,6 +171,7 @@ describe('cluster: trimmed logs and nodes that were away', function () {
     await trimmed();
     const c = await node({ nodeId: 'c', archive: await openFsArchive(archiveDir) });
     expect(await state(c)).to.deep.equal(await state(a));
+    expect(await c.sync.registry.metrics(), 'counted as a catch-up from the archive').to.match(/sync_cluster_catch_ups_total\{from="archive",node="c"\} 1/);
   });
 
   /** This node's /status cluster entry of DB. */

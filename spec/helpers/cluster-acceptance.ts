@@ -37,12 +37,15 @@ export interface ClusterNode {
 /**
  * N coordinator processes in one cluster on `redis`. `kill(i)` is
  * `kill -9`; `restart(i)` starts node i again on the same data dir (and
- * node id), on a new port. Every process ends at `close()`.
+ * node id), on a new port; `addNode()` starts one more on an empty data dir.
+ * Every process ends at `close()`.
  */
 export class TestCluster {
   readonly nodes: ClusterNode[] = [];
   private readonly redis: RedisTestServer;
   private readonly options: TestClusterOptions;
+  /** Node ids handed out so far (`node-1` ... `node-<named>`), including nodes still starting. */
+  private named = 0;
 
   private constructor(redis: RedisTestServer, options: TestClusterOptions) {
     this.redis = redis;
@@ -52,6 +55,7 @@ export class TestCluster {
   /** Starts `options.nodes` node processes on `redis`, all at once. */
   static async start(redis: RedisTestServer, options: TestClusterOptions): Promise<TestCluster> {
     const cluster = new TestCluster(redis, options);
+    cluster.named = options.nodes;
     try {
       const dirs = await Promise.all(Array.from({ length: options.nodes }, () => makeTempDir('cluster-node-')));
       const procs = await Promise.all(dirs.map((dir, i) => cluster.launch(dir, `node-${i + 1}`)));
@@ -70,6 +74,26 @@ export class TestCluster {
       args: ['--redis-url', this.redis.url, '--node-id', id, ...(this.options.args ?? [])],
       env: this.options.env,
     });
+  }
+
+  /**
+   * Starts one more node process, `node-<n+1>`, on a fresh, empty data dir
+   * and with the options of the others: a node that joins the running
+   * cluster. Resolves with its index (for `proc(i)`, `kill(i)`, ...) once it
+   * listens; its data dir goes at `close()`.
+   */
+  async addNode(): Promise<number> {
+    const id = `node-${++this.named}`;
+    const dataDir = await makeTempDir('cluster-node-');
+    let proc: CoordinatorProcess;
+    try {
+      proc = await this.launch(dataDir, id);
+    } catch (err) {
+      await removeTempDir(dataDir);
+      throw err;
+    }
+    this.nodes.push({ id, dataDir, proc, runs: 1 });
+    return this.nodes.length - 1;
   }
 
   /** The process of node `i` (0-based). */
