@@ -20,13 +20,21 @@ export interface Progress {
 }
 
 /**
- * A bar on `stream` when it is a terminal (and `mode` is not `lines`), plain lines otherwise. Lines
- * start with `label` (they may end up in a log among other programs'); a
- * bar starts with `barLabel`, shorter, since a bar wider than the terminal
- * is cut off.
+ * How progress shows: `auto`, a bar on a terminal and plain lines
+ * otherwise; `lines`, always lines; `bar`, a bar on a terminal and nothing
+ * otherwise (for a command whose result is all a script wants to read);
+ * `transient-bar`, the same bar, erased when stopped.
  */
-export function createProgress(label: string, barLabel: string, mode: 'auto' | 'lines' = 'auto', stream: NodeJS.WriteStream = process.stderr): Progress {
-  return mode === 'auto' && stream.isTTY ? new BarProgress(barLabel, stream) : new LineProgress(label, stream);
+export type ProgressMode = 'auto' | 'lines' | 'bar' | 'transient-bar';
+
+/**
+ * Progress on `stream` as `mode` says. Lines start with `label` (they may
+ * end up in a log among other programs'); a bar starts with `barLabel`,
+ * shorter, since a bar wider than the terminal is cut off.
+ */
+export function createProgress(label: string, barLabel: string, mode: ProgressMode = 'auto', stream: NodeJS.WriteStream = process.stderr): Progress {
+  if (mode !== 'lines' && stream.isTTY) return new BarProgress(barLabel, stream, mode === 'transient-bar');
+  return mode === 'auto' || mode === 'lines' ? new LineProgress(label, stream) : new NoProgress(stream);
 }
 
 interface Phase {
@@ -85,8 +93,8 @@ class BarProgress implements Progress {
   readonly #bars: cliProgress.MultiBar;
   #bar?: cliProgress.SingleBar;
 
-  constructor(private readonly label: string, stream: NodeJS.WritableStream) {
-    this.#bars = new cliProgress.MultiBar({ stream, hideCursor: true, clearOnComplete: false, barsize: 20 }, cliProgress.Presets.shades_classic);
+  constructor(private readonly label: string, stream: NodeJS.WritableStream, transient = false) {
+    this.#bars = new cliProgress.MultiBar({ stream, hideCursor: true, clearOnComplete: transient, barsize: 20 }, cliProgress.Presets.shades_classic);
   }
 
   phase(name: string, unit: string, total?: number): void {
@@ -95,6 +103,8 @@ class BarProgress implements Progress {
       ? `${this.label}: ${name}: {value} ${unit}`
       : `${this.label}: ${name} {bar} {percentage}% {value}/{total} ${unit}`;
     this.#bar = this.#bars.create(total ?? 0, 0, {}, { format });
+    // Drawn at once rather than at the first tick, so even a phase shorter than a tick shows what is happening.
+    this.#bars.update();
   }
 
   update(value: number, total?: number): void {
@@ -109,4 +119,16 @@ class BarProgress implements Progress {
   stop(): void {
     this.#bars.stop();
   }
+}
+
+/** Shows nothing: `bar` mode off a terminal. */
+class NoProgress implements Progress {
+  constructor(private readonly stream: NodeJS.WritableStream) {}
+
+  phase(): void {}
+  update(): void {}
+  note(line: string): void {
+    this.stream.write(`${line}\n`);
+  }
+  stop(): void {}
 }
