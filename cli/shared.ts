@@ -37,13 +37,14 @@ export function formatBytes(bytes: number): string {
   return `${(bytes / 1024 / 1024 / 1024).toFixed(1)} GiB`;
 }
 
-/** `45 s`, `12 min 5 s`, `3 h 4 min`, `2 d 5 h`, from seconds. */
+/** `45 s`, `12 min 5 s`, `3 h 4 min`, `2 d 5 h`, `1 d`, from seconds: the two largest units, a zero second one left out. */
 export function formatDuration(seconds: number): string {
   const s = Math.floor(seconds);
+  const two = (big: number, bigUnit: string, small: number, smallUnit: string): string => `${big} ${bigUnit}${small === 0 ? '' : ` ${small} ${smallUnit}`}`;
   if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  if (s < 86_400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-  return `${Math.floor(s / 86_400)} d ${Math.floor((s % 86_400) / 3600)} h`;
+  if (s < 3600) return two(Math.floor(s / 60), 'min', s % 60, 's');
+  if (s < 86_400) return two(Math.floor(s / 3600), 'h', Math.floor((s % 3600) / 60), 'min');
+  return two(Math.floor(s / 86_400), 'd', Math.floor((s % 86_400) / 3600), 'h');
 }
 
 /** A count with thousands separators, the same on every machine: `1,234,567`. */

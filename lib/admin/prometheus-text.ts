@@ -10,7 +10,7 @@
 export interface PrometheusSample {
   name: string;
   labels: Record<string, string>;
-  /** The value; NaN, Infinity and -Infinity as written (`NaN`, `+Inf`, `-Inf`). */
+  /** The value; `NaN`, `+Inf` and `-Inf` (in any case) are NaN, Infinity and -Infinity. */
   value: number;
 }
 
@@ -88,10 +88,11 @@ function quoted(line: string, at: number): [string, number] {
   throw new Error('unterminated label value');
 }
 
+/** A value as Go's ParseFloat reads it (what Prometheus does): NaN and infinities in any case (prom-client writes `Nan`). */
 function parseValue(text: string): number {
-  if (text === 'NaN') return NaN;
-  if (text === '+Inf' || text === 'Inf') return Infinity;
-  if (text === '-Inf') return -Infinity;
+  if (/^nan$/i.test(text)) return NaN;
+  const infinite = /^([+-]?)inf(inity)?$/i.exec(text);
+  if (infinite) return infinite[1] === '-' ? -Infinity : Infinity;
   const value = Number(text);
   if (Number.isNaN(value)) throw new Error(`expected a number, got ${JSON.stringify(text)}`);
   return value;

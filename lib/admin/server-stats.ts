@@ -192,7 +192,7 @@ export async function fetchServerStats(options: FetchStatsOptions): Promise<Serv
   const answer = await get(statusUrl, headers, timeoutMs);
   const fetchedAt = new Date((options.now ?? Date.now)()).toISOString();
   if (answer.status !== 200) {
-    const hint = answer.status === 401 ? (options.token === undefined ? '; pass a token (statusTokens)' : '; the token was not accepted')
+    const hint = answer.status === 401 ? (options.token === undefined ? "; pass one of the server's statusTokens with --token" : '; the token given was not accepted')
       : answer.status === 404 ? "; is the mount path right? The URL is the router's base, e.g. http://127.0.0.1:3000/sync"
         : answer.status >= 300 && answer.status < 400 && typeof answer.location === 'string' ? `; use the URL it points to (${answer.location})` : '';
     throw new StatsError('HTTP_ERROR', statusUrl, `${statusUrl} answered ${httpProblem(answer)}${hint}`, { status: answer.status });
