@@ -37,6 +37,13 @@ export async function runInspectCommand(argv: InspectArgs): Promise<void> {
   }
   // The bar goes away once the scan is done: the report is what stays on the screen.
   const progress = createProgress(`${label} ${databaseId}`, `inspect ${databaseId}`, 'transient-bar');
+  // Ctrl-C mid-read: give the terminal its cursor back; the operating system drops the locks with the process.
+  const onSignal = (signal: string): void => {
+    progress.stop();
+    die(EXIT_FAILURE, `${label}: interrupted (${signal}) before it finished reading ${databaseId}`);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   let part: string | undefined;
   let result: DatabaseInspection;
   try {

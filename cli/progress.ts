@@ -21,11 +21,11 @@ export interface Progress {
 
 /**
  * How progress shows: `auto`, a bar on a terminal and plain lines
- * otherwise; `lines`, always lines; `bar`, a bar on a terminal and nothing
- * otherwise (for a command whose result is all a script wants to read);
- * `transient-bar`, the same bar, erased when stopped.
+ * otherwise; `lines`, always lines; `transient-bar`, a bar on a terminal
+ * that is erased when stopped, and nothing otherwise (for a command whose
+ * result, printed at the end, is all a person or a script wants to read).
  */
-export type ProgressMode = 'auto' | 'lines' | 'bar' | 'transient-bar';
+export type ProgressMode = 'auto' | 'lines' | 'transient-bar';
 
 /**
  * Progress on `stream` as `mode` says. Lines start with `label` (they may
@@ -92,8 +92,10 @@ class LineProgress implements Progress {
 class BarProgress implements Progress {
   readonly #bars: cliProgress.MultiBar;
   #bar?: cliProgress.SingleBar;
+  readonly #transient: boolean;
 
   constructor(private readonly label: string, stream: NodeJS.WritableStream, transient = false) {
+    this.#transient = transient;
     this.#bars = new cliProgress.MultiBar({ stream, hideCursor: true, clearOnComplete: transient, barsize: 20 }, cliProgress.Presets.shades_classic);
   }
 
@@ -103,8 +105,8 @@ class BarProgress implements Progress {
       ? `${this.label}: ${name}: {value} ${unit}`
       : `${this.label}: ${name} {bar} {percentage}% {value}/{total} ${unit}`;
     this.#bar = this.#bars.create(total ?? 0, 0, {}, { format });
-    // Drawn at once rather than at the first tick, so even a phase shorter than a tick shows what is happening.
-    this.#bars.update();
+    // A bar that erases itself is drawn at once rather than at the first tick, so even a read shorter than a tick shows on the terminal.
+    if (this.#transient) this.#bars.update();
   }
 
   update(value: number, total?: number): void {
@@ -121,7 +123,7 @@ class BarProgress implements Progress {
   }
 }
 
-/** Shows nothing: `bar` mode off a terminal. */
+/** Shows nothing but notes: `transient-bar` off a terminal. */
 class NoProgress implements Progress {
   constructor(private readonly stream: NodeJS.WritableStream) {}
 
