@@ -20,13 +20,21 @@ export interface Progress {
 }
 
 /**
- * A bar on `stream` when it is a terminal (and `mode` is not `lines`), plain lines otherwise. Lines
- * start with `label` (they may end up in a log among other programs'); a
- * bar starts with `barLabel`, shorter, since a bar wider than the terminal
- * is cut off.
+ * How progress shows: `auto`, a bar on a terminal and plain lines
+ * otherwise; `lines`, always lines; `transient-bar`, a bar on a terminal
+ * that is erased when stopped, and nothing otherwise (for a command whose
+ * result, printed at the end, is all a person or a script wants to read).
  */
-export function createProgress(label: string, barLabel: string, mode: 'auto' | 'lines' = 'auto', stream: NodeJS.WriteStream = process.stderr): Progress {
-  return mode === 'auto' && stream.isTTY ? new BarProgress(barLabel, stream) : new LineProgress(label, stream);
+export type ProgressMode = 'auto' | 'lines' | 'transient-bar';
+
+/**
+ * Progress on `stream` as `mode` says. Lines start with `label` (they may
+ * end up in a log among other programs'); a bar starts with `barLabel`,
+ * shorter, since a bar wider than the terminal is cut off.
+ */
+export function createProgress(label: string, barLabel: string, mode: ProgressMode = 'auto', stream: NodeJS.WriteStream = process.stderr): Progress {
+  if (mode !== 'lines' && stream.isTTY) return new BarProgress(barLabel, stream, mode === 'transient-bar');
+  return mode === 'auto' || mode === 'lines' ? new LineProgress(label, stream) : new NoProgress(stream);
 }
 
 interface Phase {
@@ -84,9 +92,11 @@ class LineProgress implements Progress {
 class BarProgress implements Progress {
   readonly #bars: cliProgress.MultiBar;
   #bar?: cliProgress.SingleBar;
+  readonly #transient: boolean;
 
-  constructor(private readonly label: string, stream: NodeJS.WritableStream) {
-    this.#bars = new cliProgress.MultiBar({ stream, hideCursor: true, clearOnComplete: false, barsize: 20 }, cliProgress.Presets.shades_classic);
+  constructor(private readonly label: string, stream: NodeJS.WritableStream, transient = false) {
+    this.#transient = transient;
+    this.#bars = new cliProgress.MultiBar({ stream, hideCursor: true, clearOnComplete: transient, barsize: 20 }, cliProgress.Presets.shades_classic);
   }
 
   phase(name: string, unit: string, total?: number): void {
@@ -95,6 +105,8 @@ class BarProgress implements Progress {
       ? `${this.label}: ${name}: {value} ${unit}`
       : `${this.label}: ${name} {bar} {percentage}% {value}/{total} ${unit}`;
     this.#bar = this.#bars.create(total ?? 0, 0, {}, { format });
+    // A bar that erases itself is drawn at once rather than at the first tick, so even a read shorter than a tick shows on the terminal.
+    if (this.#transient) this.#bars.update();
   }
 
   update(value: number, total?: number): void {
@@ -109,4 +121,16 @@ class BarProgress implements Progress {
   stop(): void {
     this.#bars.stop();
   }
+}
+
+/** Shows nothing but notes: `transient-bar` off a terminal. */
+class NoProgress implements Progress {
+  constructor(private readonly stream: NodeJS.WritableStream) {}
+
+  phase(): void {}
+  update(): void {}
+  note(line: string): void {
+    this.stream.write(`${line}\n`);
+  }
+  stop(): void {}
 }

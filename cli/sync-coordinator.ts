@@ -21,17 +21,14 @@ import { LOG_LAYERS, LOG_PREFIX } from '../lib/log.js';
 import { hlcWallTime } from '../lib/protocol/hlc.js';
 import type { ReplicaOptions } from '../lib/replica/replica.js';
 import { databaseDirectory, validateDatabaseId } from '../lib/storage/database-id.js';
+import { runInspectCommand, type InspectArgs } from './inspect.js';
 import { createProgress, type Progress } from './progress.js';
+import { die, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, firstLine, formatBytes, NAME, warn } from './shared.js';
+import { runStatsCommand, type StatsArgs } from './stats.js';
 
-const NAME = 'sync-coordinator';
 const DEFAULT_DEBUG = `${LOG_PREFIX}:*`;
 /** How often to look whether npm, our parent's parent, is gone (see watchNpmParent). */
 const PARENT_POLL_MS = 1000;
-
-/** Exit codes, also listed in --help. */
-const EXIT_OK = 0;
-const EXIT_FAILURE = 1;
-const EXIT_USAGE = 2;
 
 /**
  * The package version. Built, this file is dist/cli/ (package.json two levels
@@ -52,20 +49,6 @@ function packageVersion(): string {
 /** Help line of a setting: what it does, its env var and its default, since yargs itself holds no defaults. */
 function describe(key: ConfigSettingKey, text: string, shownDefault: string = JSON.stringify(SERVER_DEFAULTS[key])): string {
   return `${text} [env ${CONFIG_SETTINGS[key].env}] [default: ${shownDefault}]`;
-}
-
-/** Prints one line to stderr and exits; every failure of the CLI ends here. */
-function die(code: number, message: string): never {
-  process.stderr.write(`${message.replace(/\s*[\r\n]+\s*/g, ' ')}\n`);
-  process.exit(code);
-}
-
-function firstLine(err: unknown): string {
-  return (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
-}
-
-function warn(message: string): void {
-  process.stderr.write(`${NAME}: warning: ${message.replace(/\s*[\r\n]+\s*/g, ' ')}\n`);
 }
 
 /**
@@ -196,8 +179,9 @@ async function parseArgs(): Promise<Args> {
   const args = yargs(hideBin(process.argv))
     .scriptName(NAME)
     .usage(
-      `$0 [options]\n$0 restore <db> [--force]\n$0 export <db> [--out FILE]\n\n` +
-        'Runs a Quereus sync coordinator over HTTP and WebSocket, or restores or exports one database.\n' +
+      `$0 [options]\n$0 restore <db> [--force]\n$0 export <db> [--out FILE]\n$0 stats [--url URL] [--token T] [--json]\n$0 inspect <db> [--data-dir DIR] [--json]\n\n` +
+        'Runs a Quereus sync coordinator over HTTP and WebSocket, restores or exports one database,\n' +
+        "prints a running server's figures, or shows what one database of a stopped server holds.\n" +
         'Precedence: flags > env vars > config file > defaults.',
     )
     // Each command's own flags first, so its help lists them first.
@@ -211,7 +195,22 @@ async function parseArgs(): Promise<Args> {
       commonOptions(command
         .positional('db', { type: 'string', description: 'Database id' })
         .option('out', { alias: 'o', type: 'string', description: 'File to write (replaced once complete; - for stdout) [default: stdout]' })
-        .group(['out'], 'Export:')));
+        .group(['out'], 'Export:')))
+    .command('stats', "Print a running server's figures (its /status and /metrics): uptime, version, node, databases, clients, traffic, archive, cluster", (command) => command
+      .option('url', { type: 'string', description: "The server's base URL, mount path included [default: http://127.0.0.1:<port><base-path> from the settings the server would read: env and config file]" })
+      .option('token', { type: 'string', description: 'Bearer token for a server with statusTokens (visible in ps) [default: without --url, the first of router.statusTokens in the config file]' })
+      .option('json', { type: 'boolean', description: 'Print {url, fetchedAt, status (the /status data as fetched), metrics} as JSON' })
+      .option('timeout-ms', { type: 'string', description: 'Give up on the server after this long, in ms [default: 10000]' })
+      .option('config', { type: 'string', description: 'JSON config file, for the default URL and token [default: ./sync-coordinator.json if it exists]' })
+      .group(['url', 'token', 'json', 'timeout-ms', 'config'], 'Stats:')
+      .group(['help', 'version'], 'Options:'))
+    .command('inspect <db>', "Show what database <db> holds in a stopped server's data directory: tables, rows, column versions, tombstones, last stamp, size on disk", (command) => command
+      .positional('db', { type: 'string', description: 'Database id' })
+      .option('data-dir', { type: 'string', description: describe('dataDir', 'Data directory of the stopped server') })
+      .option('json', { type: 'boolean', description: 'Print the figures as JSON' })
+      .option('config', { type: 'string', description: 'JSON config file, for the data directory [default: ./sync-coordinator.json if it exists]' })
+      .group(['data-dir', 'json', 'config'], 'Inspect:')
+      .group(['help', 'version'], 'Options:'));
   // No yargs defaults anywhere: a flag the user did not type must not hide env or file values.
   return await args
     // Last one wins, as with most CLIs, instead of an array no setting accepts; "--no-port" is an unknown flag, not port=false.
@@ -222,7 +221,7 @@ async function parseArgs(): Promise<Args> {
     .help()
     .alias('help', 'h')
     .epilog(
-      'Exit codes: 0 stopped by SIGINT/SIGTERM (server) or done (restore, export), 1 failed, 2 invalid configuration or arguments.',
+      'Exit codes: 0 stopped by SIGINT/SIGTERM (server) or done (other commands), 1 failed (stats: the server cannot be asked; inspect: the database is not there or a server holds the directory), 2 invalid configuration or arguments.',
     )
     .wrap(null)
     .fail((message, err) => die(EXIT_USAGE, `${message ?? firstLine(err)} (see ${NAME} --help)`))
@@ -277,6 +276,14 @@ async function main(): Promise<void> {
   const command = argv._[0];
   if (command === 'restore' || command === 'export') {
     await runArchiveCommand(command, argv);
+    return;
+  }
+  if (command === 'stats') {
+    await runStatsCommand(argv as StatsArgs);
+    return;
+  }
+  if (command === 'inspect') {
+    await runInspectCommand(argv as InspectArgs);
     return;
   }
 
@@ -461,12 +468,6 @@ async function exportTo<T>(path: string | undefined, write: (out: Writable) => P
 /** Where an export to `path` is written until it is complete. */
 function partialOf(path: string): string {
   return `${path}.partial-${process.pid}`;
-}
-
-function formatBytes(bytes: number): string {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
-  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 }
 
 main().catch((err: unknown) => die(EXIT_FAILURE, `${NAME}: ${firstLine(err)}`));

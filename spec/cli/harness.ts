@@ -13,7 +13,7 @@ export const CLI = join(ROOT, 'dist/cli/sync-coordinator.js');
 export const LISTENING = /^sync-coordinator listening on (http:\/\/\S+)$/m;
 
 /** Files whose type errors fail the build here; others may be mid-change in other branches. */
-const OWN_FILES = /^(cli\/|lib\/config\/load-config\.ts|lib\/create-coordinator-server\.ts|lib\/durability\/offline\.ts|lib\/metrics\/metrics\.ts|lib\/log\.ts)/;
+const OWN_FILES = /^(cli\/|lib\/admin\/|lib\/replica\/summary\.ts|lib\/config\/load-config\.ts|lib\/create-coordinator-server\.ts|lib\/durability\/offline\.ts|lib\/metrics\/metrics\.ts|lib\/log\.ts)/;
 
 let built: Promise<void> | undefined;
 
