@@ -260,6 +260,7 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
       message = 'internal error';
       log('%s %s failed: %s', req.method, req.originalUrl, (err as Error)?.stack ?? String(err));
     }
+    metrics.errorsTotal.inc({ code });
     if (res.headersSent) {
       res.end();
       return;

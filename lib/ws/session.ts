@@ -367,6 +367,7 @@ export class Session implements Subscriber {
   }
 
   private sendError(code: string, message: string, fatal: boolean): void {
+    this.deps.metrics.errorsTotal.inc({ code });
     this.out.send(JSON.stringify({ type: 'error', code, message, fatal }));
   }
 
