@@ -360,6 +360,11 @@ export class Session implements Subscriber {
     }
   }
 
+  /** Subscriber: whether its delivery stream is sending the stored log rather than live pushes. */
+  get catchingUp(): boolean {
+    return this.delivery?.catchingUp ?? false;
+  }
+
   /** Offers a committed push from another site to this socket's delivery stream. */
   offer(push: Push): boolean {
     if (this.state !== 'open' || !this.delivery) return false;
