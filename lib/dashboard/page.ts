@@ -21,6 +21,7 @@ export const PAGE_HTML = String.raw`<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <title>sync-coordinator status</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="dashboard/uplot.css">
 <link rel="stylesheet" href="dashboard/app.css">
 <script src="dashboard/uplot.js" defer></script>
