@@ -8,6 +8,10 @@ import type { Page } from 'playwright-core';
 import { cleanupCoordinatorProcesses, eventually, startCoordinatorProcess, type CoordinatorProcess } from '../helpers/coordinator-process.js';
 import { launchChromium, startLoad, type Browser, type Load } from '../helpers/dashboard.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
+import { startRedisServer, type RedisTestServer } from '../helpers/redis-server.js';
+import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
+import { TestSite } from '../helpers/changes.js';
+import { openFsArchive } from '../../lib/durability/fs-archive.js';
 
 /** Git-ignored; the screenshot of each run lands here. */
 const ARTIFACTS = fileURLToPath(new URL('../artifacts/', import.meta.url));
@@ -198,11 +202,37 @@ describe('dashboard in headless Chromium', function () {
     });
   });
 
-  describe('auth and the switch', () => {
+  describe('panels, auth and the switch', () => {
     let server: TestServer | undefined;
     afterEach(async () => {
       await server?.close();
       server = undefined;
+    });
+
+    it('shows the archive and cluster sections of /status on a cluster node with an archive', async () => {
+      const redis: RedisTestServer = await startRedisServer();
+      const archiveDir = await makeTempDir('dashboard-archive-');
+      try {
+        server = await startTestServer({ archive: await openFsArchive(archiveDir), redis: redis.url, nodeId: 'node-a' });
+        const client = await server.connect('acme:notes');
+        await client.apply([new TestSite().txn([{ pk: [1], value: 'a' }])]);
+        const { page, errors } = await openPage(browser, `${server.baseUrl}/dashboard`);
+        expect(await text(page, '#node')).to.equal('node node-a');
+        expect(await page.locator('#archive-panel').isVisible()).to.equal(true);
+        expect(await page.locator('#cluster-panel').isVisible()).to.equal(true);
+        const status = JSON.parse((await (await fetch(`${server.baseUrl}/status`)).text())).data as { archive: { mode: string }; cluster: { node: string } };
+        expect(await text(page, '#archive-mode')).to.equal(status.archive.mode).and.to.equal('async');
+        expect(await text(page, '#cluster-node')).to.equal(status.cluster.node).and.to.equal('node-a');
+        expect(await eventually(async () => await text(page, '#cluster-databases tbody td:first-child') === 'acme:notes')).to.equal(true);
+        expect(await eventually(async () => await text(page, '#cluster-broken') === '0')).to.equal(true);
+        expect(errors).to.deep.equal([]);
+        await page.close();
+        await server.close();
+        server = undefined;
+      } finally {
+        await redis.close();
+        await removeTempDir(archiveDir);
+      }
     });
 
     it('answers 401 without a token when auth is on, and shows the page with ?token=', async () => {
