@@ -186,7 +186,7 @@ export interface SyncRouterOptions<I = unknown> {
    * Bearer` (401 AUTH_FAILED without one); or a function of the request
    * that returns true to let it through. Its script and style sheet hold no
    * figures and are served to anyone.
-   * @default 'off'; 'token' when authMode is 'token-whitelist', statusTokens is set or hooks.onAuthenticate is given
+   * @default 'off' unless authMode is 'token-whitelist', statusTokens is set or hooks.onAuthenticate is given: then 'token'
    */
   dashboardAuth?: DashboardAuth;
   /** Prometheus registry for the metrics. @default a new Registry */
