@@ -181,7 +181,7 @@ export const PAGE_SCRIPT = String.raw`(function () {
     if (n === null || n === undefined) return '-';
     var units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
     var i = 0;
-    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    while (n >= 1000 && i < units.length - 1) { n /= 1024; i++; }
     return number(n, i === 0 ? 0 : 1) + ' ' + units[i];
   }
   function ago(at, now) {
