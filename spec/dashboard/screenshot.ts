@@ -20,14 +20,15 @@ const server = await startCoordinatorProcess();
 const browser = await launchChromium();
 try {
   const load = await startLoad({ wsUrl: server.wsUrl, databases: ['acme:notes', 'acme:tasks', 'globex:crm', 'initech:tps-reports'] });
-  // A few refusals, so that the errors panel has something to show.
-  const odd = await SyncClient.connect({ url: server.wsUrl, databaseId: 'acme:notes', siteId: siteIdToWire(randomSiteId()) });
-  for (let i = 0; i < 3; i++) await odd.request('error', { type: 'apply_changes', changes: [{ hlc: 'not-an-hlc' }] }).catch(() => undefined);
-  await odd.request('error', { type: 'no_such_message' }).catch(() => undefined);
-  await odd.close();
   const page = await browser.context.newPage();
   await page.goto(`${server.baseUrl}/dashboard`);
-  await new Promise((done) => setTimeout(done, seconds * 1000));
+  await new Promise((done) => setTimeout(done, seconds * 500));
+  // A few refused messages while the page watches, so that the errors panel has something to show.
+  const odd = await SyncClient.connect({ url: server.wsUrl, databaseId: 'acme:notes', siteId: siteIdToWire(randomSiteId()) });
+  for (let i = 0; i < 3; i++) await odd.request('error', { type: 'get_changes', sinceHLC: 'not-an-hlc' });
+  await odd.request('error', { type: 'no_such_message' });
+  await odd.close();
+  await new Promise((done) => setTimeout(done, seconds * 500));
   await page.screenshot({ path: out, fullPage: true });
   console.log(`wrote ${out}`);
   await load.stop();
