@@ -51,13 +51,15 @@ export interface DashboardRoutes {
 }
 
 /**
- * Adds the status page (README "Dashboard") to `router`, relative to its
- * mount: `GET /dashboard` (the page), `/dashboard/app.js`, `app.css`,
+ * Adds the status page (README "Dashboard", routes in docs/protocol.md §7)
+ * to `router`, relative to its mount: `GET /dashboard` (the page), `/dashboard/app.js`, `app.css`,
  * `uplot.js`, `uplot.css` (its assets, public: they hold no figures) and
  * `/dashboard/events` (Server-Sent Events: a `hello` event with the fixed
  * facts, the chart history and the last sample, then one sample every
  * second; see DashboardSample). The page and the stream are guarded by
- * `dashboardAuth`: 401 AUTH_FAILED without an accepted token. uPlot's files
+ * `dashboardAuth`: 401 AUTH_FAILED without an accepted token; the stream
+ * answers 429 RATE_LIMITED past 64 open pages and 503 SHUTTING_DOWN once
+ * the router closes. Other methods get 405. uPlot's files
  * are located in its npm package here, when the router is built; throws an
  * Error when the package cannot be found.
  */
@@ -91,6 +93,7 @@ export function mountDashboard(router: Router, deps: DashboardDeps): DashboardRo
   });
 
   router.get('/dashboard/events', guard, function dashboardEvents(req: Request, res: Response) {
+    if (deps.coordinator.isClosing) throw new SyncError(ErrorCode.ShuttingDown, 'dashboard: the server is shutting down');
     if (streams.size >= MAX_STREAMS) {
       res.set('Retry-After', String(RECONNECT_MS / 1000));
       throw new SyncError(ErrorCode.RateLimited, `dashboard: ${MAX_STREAMS} pages are open already; close one or try again later`);
@@ -106,7 +109,12 @@ export function mountDashboard(router: Router, deps: DashboardDeps): DashboardRo
       return;
     }
     res.flushHeaders();
-    res.write(`retry: ${RECONNECT_MS}\nevent: hello\ndata: ${JSON.stringify({ info: sampler.info, ...sampler.history() })}\n\n`);
+    // A compression middleware of the host app holds writes back until told to flush.
+    const send = (text: string): void => {
+      res.write(text);
+      (res as Response & { flush?: () => void }).flush?.();
+    };
+    send(`retry: ${RECONNECT_MS}\nevent: hello\ndata: ${JSON.stringify({ info: sampler.info, ...sampler.history() })}\n\n`);
     streams.add(res);
     const unsubscribe = sampler.subscribe(function sendSample(text: string) {
       if (res.writableLength > MAX_UNREAD_BYTES) {
@@ -114,7 +122,7 @@ export function mountDashboard(router: Router, deps: DashboardDeps): DashboardRo
         res.destroy();
         return;
       }
-      res.write(`data: ${text}\n\n`);
+      send(`data: ${text}\n\n`);
     });
     res.on('close', () => {
       streams.delete(res);

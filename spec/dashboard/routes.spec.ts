@@ -9,6 +9,7 @@ import type { DashboardAuthContext } from '../../lib/config/hooks.js';
 import type { DashboardSample } from '../../lib/dashboard/sampler.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { openEventStream, type EventStream } from '../helpers/dashboard.js';
+import { eventually } from '../helpers/coordinator-process.js';
 
 const VERSION = (JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string }).version;
 const ASSETS = ['/dashboard/app.js', '/dashboard/app.css', '/dashboard/uplot.js', '/dashboard/uplot.css'];
@@ -95,6 +96,25 @@ describe('dashboard/routes', () => {
       expect(hello.series.at.length).to.be.greaterThan(0);
       await server!.sync.close();
       await Promise.all([b.ended, c.ended]);
+      const late = await request(server!.app).get('/sync/dashboard/events').expect(503);
+      expect(late.body.error.code).to.equal('SHUTTING_DOWN');
+    });
+
+    it('refuses a 65th open page with 429 and Retry-After, and takes one again once a page closes', async () => {
+      const open = await Promise.all(Array.from({ length: 64 }, () => events('/dashboard/events')));
+      expect(open.every((stream) => stream.status === 200)).to.equal(true);
+      const refused = await request(server!.app).get('/sync/dashboard/events').expect(429);
+      expect(refused.body.error.code).to.equal('RATE_LIMITED');
+      expect(refused.headers['retry-after']).to.equal('3');
+      open[0]!.close();
+      // The server learns of the closed page a moment after this side does.
+      let again: EventStream | undefined;
+      expect(await eventually(async () => {
+        const stream = await events('/dashboard/events');
+        if (stream.status === 200) again = stream;
+        return again !== undefined;
+      })).to.equal(true);
+      expect((await again!.next()).event).to.equal('hello');
     });
   });
 
