@@ -89,6 +89,8 @@ async function cpuRate(server: CoordinatorProcess, ms: number): Promise<number> 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('dashboard in headless Chromium', function () {
+  // A guard against a hang, not a pass mark: the CPU measurement alone waits about 25 s.
+  this.timeout(120_000);
   let browser: Browser;
   before(async () => { browser = await launchChromium(); });
   after(async () => { await browser?.close(); });
