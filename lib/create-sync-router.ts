@@ -18,6 +18,7 @@ import { mountRoutes } from './http/routes.js';
 import { createLimits } from './service/limits.js';
 import { createUpgradeHandler } from './ws/upgrade.js';
 import { createInboundBudget } from './ws/inbound.js';
+import { mountDashboard, type DashboardRoutes } from './dashboard/routes.js';
 import { logs } from './log.js';
 
 /** An Express router that also serves the WebSocket side of the protocol. */
@@ -94,7 +95,11 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
   const upgrades = createUpgradeHandler(config, coordinator, metrics, limits, inbound);
   const router = express.Router();
   router.use(checkMount);
-  const routes = mountRoutes(router, { config, coordinator, metrics, limits, inbound });
+  let dashboard: DashboardRoutes | undefined;
+  const routes = mountRoutes(router, {
+    config, coordinator, metrics, limits, inbound,
+    extraRoutes: config.dashboard ? (r, helpers) => { dashboard = mountDashboard(r, { config, coordinator, metrics, ...helpers }); } : undefined,
+  });
   const attached = new Set<Server>();
 
   let warnedMount = false;
@@ -138,6 +143,8 @@ export function createSyncRouter<I = unknown>(options: SyncRouterOptions<I> = {}
     for (const server of attached) server.off('upgrade', handleSyncUpgrade);
     attached.clear();
     logs.server('closing sync router');
+    // Its streams would keep the server's connections open; it has nothing in flight to finish.
+    dashboard?.close();
     return coordinator.close(async function closeTransports() {
       routes.close();
       await upgrades.close();

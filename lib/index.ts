@@ -2,7 +2,7 @@ export { createSyncRouter, type SyncRouter } from './create-sync-router.js';
 export { createCoordinatorServer, type CoordinatorServer, type CoordinatorServerOptions } from './create-coordinator-server.js';
 export { DEFAULTS, SERVER_DEFAULTS, type SyncRouterOptions, type CoordinatorConfig, type AuthMode, type CorsOrigin } from './config/options.js';
 export { loadConfig, ConfigError, type LoadConfigOptions } from './config/load-config.js';
-export type { CoordinatorHooks, AuthenticateContext, Operation, ApplyDecision, ApplyContext, ClientInfo, Identity } from './config/hooks.js';
+export type { CoordinatorHooks, AuthenticateContext, Operation, ApplyDecision, ApplyContext, ClientInfo, Identity, DashboardAuth, DashboardAuthContext, DashboardAuthHook } from './config/hooks.js';
 export { SyncError, ErrorCode, CloseCode, isSyncError } from './errors.js';
 export { Coordinator } from './service/coordinator.js';
 export { Replica, type ReplicaOptions, type ApplyOutcome } from './replica/replica.js';

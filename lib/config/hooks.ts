@@ -72,3 +72,26 @@ export interface CoordinatorHooks<I = Identity> {
   /** Runs when a WebSocket client goes away; errors are logged and ignored. */
   onClientDisconnect?(identity: I, client: ClientInfo): Promise<void> | void;
 }
+
+/** What a `dashboardAuth` function is asked about one request for the dashboard page or its event stream. */
+export interface DashboardAuthContext {
+  /** The `token` query parameter, else the `Authorization: Bearer` token; undefined when neither is sent. */
+  token: string | undefined;
+  /** The client's address (the last `X-Forwarded-For` entry with `trustProxy`). */
+  remoteAddress: string;
+  headers: IncomingHttpHeaders;
+}
+
+/**
+ * Decides who may see the status page (README "Dashboard"): returning `true`
+ * lets the request through; anything else, or throwing, answers 401
+ * AUTH_FAILED (with the thrown message).
+ */
+export type DashboardAuthHook = (ctx: DashboardAuthContext) => Promise<boolean> | boolean;
+
+/**
+ * Who may see the status page: `'off'` anyone, `'token'` a token of
+ * `authTokens` or `statusTokens` (as `?token=` or `Authorization: Bearer`),
+ * or a function.
+ */
+export type DashboardAuth = 'off' | 'token' | DashboardAuthHook;

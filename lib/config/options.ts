@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Registry } from 'prom-client';
-import type { CoordinatorHooks } from './hooks.js';
+import type { CoordinatorHooks, DashboardAuth } from './hooks.js';
 import { archiveKeyProblem, type Archive } from '../durability/archive.js';
 
 /** How clients prove who they are. */
@@ -175,6 +175,20 @@ export interface SyncRouterOptions<I = unknown> {
    * out"). 0 keeps every limit per node. @default 1000
    */
   clusterLimitsSyncMs?: number;
+  /**
+   * Serve the live status page at `<path>/dashboard` (README "Dashboard");
+   * false removes its routes (404). @default true
+   */
+  dashboard?: boolean;
+  /**
+   * Who may see the status page: `'off'` anyone; `'token'` a token of
+   * `authTokens` or `statusTokens`, sent as `?token=` or `Authorization:
+   * Bearer` (401 AUTH_FAILED without one); or a function of the request
+   * that returns true to let it through. Its script and style sheet hold no
+   * figures and are served to anyone.
+   * @default 'off' unless authMode is 'token-whitelist', statusTokens is set or hooks.onAuthenticate is given: then 'token'
+   */
+  dashboardAuth?: DashboardAuth;
   /** Prometheus registry for the metrics. @default a new Registry */
   registry?: Registry;
   /** Wall clock in ms, for tests. @default Date.now */
@@ -323,6 +337,12 @@ export const OPTION_SPECS: { readonly [K in PlainOptionKey]-?: OptionSpec<NonNul
     default: 1000, min: 0, expected: '0 (limits per node) or an integer from 10 to 60000 (ms)',
     check: (v: unknown) => (typeof v === 'number' && Number.isSafeInteger(v) && (v === 0 || (v >= 10 && v <= 60_000)) ? v : undefined),
   },
+  dashboard: bool(true),
+  // Derived from the other auth settings when not given (see parseOptions); this is the value with the defaults.
+  dashboardAuth: {
+    default: 'off', expected: '"off", "token" or a function (ctx) => boolean',
+    check: (v: unknown) => (v === 'off' || v === 'token' || typeof v === 'function' ? v as DashboardAuth : undefined),
+  },
 });
 
 type Defaults = { readonly [K in PlainOptionKey]-?: NonNullable<SyncRouterOptions[K]> };
@@ -374,6 +394,14 @@ export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
   for (const [name, fn] of Object.entries(hooks)) {
     if (!HOOK_NAMES.includes(name)) throw new TypeError(`Unknown hook "${name}"; hooks are ${HOOK_NAMES.join(', ')}`);
     if (fn !== undefined && typeof fn !== 'function') throw new TypeError(`Hook "${name}" must be a function`);
+  }
+  const statusTokens = plain.statusTokens as string[];
+  // The page shows what /status shows and more: closed by default when anything else is.
+  if (o.dashboardAuth === undefined) {
+    const guarded = plain.authMode === 'token-whitelist' || statusTokens.length > 0 || typeof hooks.onAuthenticate === 'function';
+    plain.dashboardAuth = guarded ? 'token' : 'off';
+  } else if (plain.dashboardAuth === 'token' && (plain.authTokens as string[]).length === 0 && statusTokens.length === 0) {
+    throw new TypeError('Option "dashboardAuth" is "token", but authTokens and statusTokens are empty, so no token could open the dashboard: list tokens in statusTokens, or pass a function or "off"');
   }
   const registry = o.registry ?? new Registry();
   if (!(registry instanceof Registry)) throw new TypeError('Option "registry" must be a prom-client Registry');

@@ -27,6 +27,8 @@ interface RouteDeps {
   limits: Limits;
   /** The router's inbound budget, shared with its WebSockets (§9). */
   inbound: InboundBudget;
+  /** Routes of other modules (the dashboard), added after the rate limit and before the 404. */
+  extraRoutes?: (router: Router, helpers: { addressOf(req: Request): string; bearerToken(req: Request): string | undefined }) => void;
 }
 
 /** What the router needs to stop the HTTP side. */
@@ -36,7 +38,7 @@ export interface HttpRoutes {
 }
 
 /** Adds the HTTP routes of §7 to `router`, relative to wherever it is mounted. */
-export function mountRoutes(router: Router, { config, coordinator, metrics, limits, inbound }: RouteDeps): HttpRoutes {
+export function mountRoutes(router: Router, { config, coordinator, metrics, limits, inbound, extraRoutes }: RouteDeps): HttpRoutes {
   const streams = new Set<Response>();
   router.use(function countRequests(req: Request, res: Response, next: NextFunction) {
     res.on('finish', () => {
@@ -76,6 +78,7 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
     res.set('Retry-After', String(Math.max(1, Math.ceil(refusal.waitMs / 1000))));
     next(new SyncError(ErrorCode.RateLimited, refusal.message));
   });
+  extraRoutes?.(router, { addressOf, bearerToken });
 
   async function callerOf(req: Request, action: Operation['action']): Promise<Caller> {
     const databaseId = validateDatabaseId(req.params.databaseId);
@@ -260,6 +263,7 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
       message = 'internal error';
       log('%s %s failed: %s', req.method, req.originalUrl, (err as Error)?.stack ?? String(err));
     }
+    metrics.errorsTotal.inc({ code });
     if (res.headersSent) {
       res.end();
       return;

@@ -15,7 +15,16 @@ export interface Subscriber {
   offer(push: Push): boolean;
   /** Closes the subscriber's connection with a WebSocket close code; it may reconnect. */
   close?(code: number, reason: string): void;
+  /** True while its delivery stream sends the stored log instead of live pushes (catching up, or recovering from a lag). */
+  readonly catchingUp?: boolean;
 }
+
+/**
+ * Told of every commit `publish` sees, right after it was offered:
+ * `accepted` the change sets, `stamps` their stamps, `delivered` the
+ * subscribers that were sent it live.
+ */
+export type PublishObserver = (databaseId: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[], delivered: number) => void;
 
 /**
  * Sessions per database and fan-out of committed change sets. A push is
@@ -24,6 +33,7 @@ export interface Subscriber {
 export class Hub {
   private readonly databases = new Map<string, Set<Subscriber>>();
   private readonly metrics: Metrics;
+  private readonly observers = new Set<PublishObserver>();
 
   constructor(metrics: Metrics) {
     this.metrics = metrics;
@@ -69,23 +79,46 @@ export class Hub {
     return n;
   }
 
+  /** Subscribers per database, for databases that have any. */
+  clientCounts(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const [id, set] of this.databases) counts.set(id, set.size);
+    return counts;
+  }
+
+  /** Subscribers whose stream is sending them the stored log rather than live pushes. */
+  catchingUp(): number {
+    let n = 0;
+    for (const set of this.databases.values()) for (const subscriber of set) if (subscriber.catchingUp) n++;
+    return n;
+  }
+
+  /** Calls `observer` after every publish until the returned function is called (the dashboard, while it is watched). */
+  observe(observer: PublishObserver): () => void {
+    this.observers.add(observer);
+    return () => { this.observers.delete(observer); };
+  }
+
   /**
    * Offers the change sets one message committed (`accepted[i]` stamped
    * `stamps[i]`) to every subscriber of the database except those of
    * `fromSite`. Must be called in commit order, right after the commit.
    */
   publish(databaseId: string, fromSite: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[]): number {
+    if (accepted.length === 0) return 0;
     const set = this.databases.get(databaseId);
-    if (!set || accepted.length === 0) return 0;
-    let push: Push | undefined;
     let delivered = 0;
-    for (const subscriber of set) {
-      if (subscriber.siteId === fromSite) continue;
-      push ??= new Push(accepted, stamps);
-      if (subscriber.offer(push)) delivered++;
-      else this.metrics.broadcastErrorsTotal.inc();
+    if (set) {
+      let push: Push | undefined;
+      for (const subscriber of set) {
+        if (subscriber.siteId === fromSite) continue;
+        push ??= new Push(accepted, stamps);
+        if (subscriber.offer(push)) delivered++;
+        else this.metrics.broadcastErrorsTotal.inc();
+      }
+      if (delivered > 0) this.metrics.changesBroadcastTotal.inc(delivered * accepted.length);
     }
-    if (delivered > 0) this.metrics.changesBroadcastTotal.inc(delivered * accepted.length);
+    for (const observer of this.observers) observer(databaseId, accepted, stamps, delivered);
     return delivered;
   }
 }

@@ -83,6 +83,8 @@ export interface Metrics {
   changeBatchSize: Histogram;
   limitRefusalsTotal: Counter<'limit'>;
   laggingSessionsTotal: Counter;
+  /** Errors sent to clients, by code: HTTP error replies of the sync routes and WebSocket `error` messages. */
+  errorsTotal: Counter<'code'>;
   inboundBytes: Gauge;
   inboundPausedSockets: Gauge;
   /** Bytes queued for sending, summed over WebSocket sessions (read at each scrape from `outbound`). */
@@ -148,6 +150,7 @@ export function createMetrics(registry: Registry, inbound?: InboundFigures): Met
     changeBatchSize: new Histogram({ name: 'sync_change_batch_size', help: 'Changes per applied message', buckets: [1, 5, 10, 50, 100, 500, 1000, 5000], registers }),
     limitRefusalsTotal: new Counter({ name: 'sync_limit_refusals_total', help: 'Messages, requests and connections refused by a limit', labelNames: ['limit'] as const, registers }),
     laggingSessionsTotal: new Counter({ name: 'sync_lagging_sessions_total', help: 'Times a session stopped getting pushes because it read too slowly', registers }),
+    errorsTotal: new Counter({ name: 'sync_errors_total', help: 'Errors sent to clients (HTTP error replies and WebSocket error messages), by code', labelNames: ['code'] as const, registers }),
     inboundBytes: new Gauge({
       name: 'sync_inbound_bytes', help: 'Bytes of WebSocket frames and HTTP bodies being received or parsed (bounded by maxInboundBytes)', registers,
       collect() { this.set(inbound?.used ?? 0); },

@@ -103,6 +103,15 @@ export class ReplicaPool<T> {
     return [...this.#entries.keys()];
   }
 
+  /**
+   * The open resource for `id`, or undefined, without leasing or touching
+   * it: for a look at its figures (the dashboard), which must neither keep
+   * it open nor change which closes first.
+   */
+  peek(id: string): T | undefined {
+    return this.#entries.get(id)?.resource;
+  }
+
   /** Whether the resource for `id` is open (not merely being opened or closed). */
   isOpen(id: string): boolean {
     return this.#entries.has(id);

@@ -365,7 +365,7 @@ export class Session implements Subscriber {
     return this.out.bufferedBytes;
   }
 
-  /** Whether its delivery stream is sending the stored log rather than live pushes (metrics). */
+  /** Subscriber: whether its delivery stream is sending the stored log rather than live pushes. */
   get catchingUp(): boolean {
     return this.delivery?.catchingUp ?? false;
   }
@@ -377,6 +377,7 @@ export class Session implements Subscriber {
   }
 
   private sendError(code: string, message: string, fatal: boolean): void {
+    this.deps.metrics.errorsTotal.inc({ code });
     this.out.send(JSON.stringify({ type: 'error', code, message, fatal }));
   }
 
