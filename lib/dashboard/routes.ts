@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { Request, Response, NextFunction, Router } from 'express';
 import type { Config } from '../config/options.js';
@@ -8,6 +7,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { ErrorCode, SyncError, messageOf } from '../errors.js';
 import { TokenList } from '../service/tokens.js';
 import { logs } from '../log.js';
+import { packageVersion } from '../version.js';
 import { DashboardSampler } from './sampler.js';
 import { PAGE_CSS, PAGE_HTML, PAGE_SCRIPT } from './page.js';
 
@@ -201,18 +201,3 @@ function locateUplot(): { script: string; style: string } {
   }
 }
 
-/**
- * The package version. Built, this file is dist/lib/dashboard/ (package.json
- * three levels up); run from source it is lib/dashboard/ (two levels up).
- */
-function packageVersion(): string {
-  for (const relative of ['../../package.json', '../../../package.json']) {
-    try {
-      const pkg = JSON.parse(readFileSync(new URL(relative, import.meta.url), 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === '@quereus/sync-coordinator' && pkg.version) return pkg.version;
-    } catch {
-      // Try the next candidate.
-    }
-  }
-  return 'unknown';
-}

@@ -11,6 +11,7 @@ import type { Caller, Coordinator } from '../service/coordinator.js';
 import type { Operation } from '../config/hooks.js';
 import { clientAddress, exceedsJsonDepth, type Limits } from '../service/limits.js';
 import { TokenList } from '../service/tokens.js';
+import { packageVersion } from '../version.js';
 import type { InboundBudget } from '../ws/inbound.js';
 
 const log = logs.http;
@@ -56,12 +57,13 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
     const token = bearerToken(req) ?? '';
     if (statusTokens.accepts(token)) return next();
     metrics.authFailuresTotal.inc();
-    next(new SyncError(ErrorCode.AuthFailed, `Authorization: ${token ? 'token not accepted' : 'Bearer token required'} for ${req.path} (statusTokens)`));
+    next(new SyncError(ErrorCode.AuthFailed, `Authorization: ${token ? 'token not accepted' : 'Bearer token required'} for ${req.baseUrl} (statusTokens)`));
   }
   router.use(['/status', '/metrics'], statusAuth);
 
+  const version = packageVersion();
   router.get('/status', function getStatus(_req: Request, res: Response) {
-    res.json({ ok: true, data: coordinator.status() });
+    res.json({ ok: true, data: { version, ...coordinator.status() } });
   });
 
   router.get('/metrics', async function getMetrics(_req: Request, res: Response) {

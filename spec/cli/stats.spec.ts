@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 /**
  * `sync-coordinator stats`: the built CLI as a child process, asking real
  * coordinator processes (one alone; one in a cluster on a real
@@ -102,7 +103,7 @@ describe('cli stats', function () {
       expect(uptime, out[1]).to.not.equal(null);
       expect(Number(uptime![1])).to.be.within(Math.floor(before.uptime), Math.floor(after.uptime));
       expect(out.slice(2, 6)).to.deep.equal([
-        `  version         not reported by this server, on Node.js ${process.version}`,
+        `  version         ${(JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version}, on Node.js ${process.version}`,
         '  node            single node (no cluster)',
         `  open databases  ${after.openStores}`,
         `  clients         ${after.connectedClients}`,
