@@ -12,8 +12,8 @@ const RECORDED_AT = 1795619935600;
 // Where docs/protocol.md asks for better than the reference did, the code differs
 // by design (its validation errors were opaque APPLY_CHANGES_ERROR texts).
 const SAME_CODE = new Set(['NOT_AUTHENTICATED', 'ALREADY_AUTHENTICATED', 'PROTOCOL_VERSION_MISMATCH', 'MISSING_DATABASE_ID', 'AUTH_FAILED', 'UNKNOWN_MESSAGE', 'MESSAGE_ERROR', 'INVALID_DATABASE_ID', 'INVALID_BODY']);
-// Fields we add on purpose.
-const EXTRA_KEYS = new Set(['hasMore']);
+// Fields we add on purpose: hasMore on every page, the package version in /status.
+const EXTRA_KEYS = new Set(['hasMore', 'version']);
 
 /** Compares the shape (keys and JSON types, recursively) of our value with the reference's. */
 function sameShape(ours: unknown, theirs: unknown, path: string): void {
