@@ -43,6 +43,14 @@ export interface SyncRouterOptions<I = unknown> {
   /** Close a store nobody has used for this long, in ms; 0 disables. @default 300000 */
   storeIdleMs?: number;
   /**
+   * LevelDB memtable size per open database, in bytes: writes are held in
+   * memory up to this much before being flushed to a table file. Larger
+   * costs less CPU per write (fewer flushes and compactions), smaller less
+   * memory: up to this much per open database that is being written.
+   * @default 4194304 (4 MiB, LevelDB's own default)
+   */
+  storeWriteBufferBytes?: number;
+  /**
    * Largest accepted WebSocket frame or HTTP body, in bytes; a larger frame
    * closes the socket with 1009, a larger body gets 413. A real client's
    * batch is 1,000 changes whatever their size (docs/protocol.md §8) and it cannot
@@ -303,6 +311,7 @@ export const OPTION_SPECS: { readonly [K in PlainOptionKey]-?: OptionSpec<NonNul
   syncWrites: bool(false),
   maxOpenStores: int(100, 1),
   storeIdleMs: timer(5 * 60 * 1000),
+  storeWriteBufferBytes: int(4 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024, ' (bytes)'),
   maxMessageBytes: int(64 * 1024 * 1024, 1024),
   // Derived from maxMessageBytes when not given (see parseOptions); this is the value with the default.
   maxInboundBytes: int(2 * 64 * 1024 * 1024, 1024),

@@ -6,7 +6,8 @@ import { SyncError, ErrorCode, isSyncError, messageOf } from '../errors.js';
 import { logs } from '../log.js';
 import type { ArchiveMetrics } from '../metrics/metrics.js';
 import { openLevelReplica } from '../replica/open-level.js';
-import type { CommitInfo, Replica, ReplicaOptions, StampedCommit } from '../replica/replica.js';
+import type { CommitInfo, Replica, StampedCommit } from '../replica/replica.js';
+import type { LevelReplicaOptions } from '../replica/open-level.js';
 import { databaseDirectory, databaseIdFromDirectory } from '../storage/database-id.js';
 import { openLevelStore, pathExists } from '../storage/leveldb.js';
 import { compareHlc } from '../protocol/hlc.js';
@@ -36,7 +37,7 @@ export interface DurabilityOptions {
   archive: Archive;
   dataDir: string;
   /** Options of every replica (merge rules must match those it is served with). */
-  replicaOptions: ReplicaOptions;
+  replicaOptions: LevelReplicaOptions;
   /**
    * `async`: a write is acknowledged once stored locally, and archived right
    * behind (the store is the outbox). `ack`: acknowledged only once its

@@ -16,6 +16,7 @@ import { messageOf } from '../errors.js';
 import { logs } from '../log.js';
 import { openLevelReplica } from '../replica/open-level.js';
 import type { Replica, ReplicaOptions } from '../replica/replica.js';
+import type { LevelReplicaOptions } from '../replica/open-level.js';
 import type { SnapshotChunk } from '../protocol/messages.js';
 import { databaseDirectory, validateDatabaseId } from '../storage/database-id.js';
 import type { Archive } from './archive.js';
@@ -55,8 +56,9 @@ export function openS3Archive(s3: Readonly<S3Options>): Archive {
 }
 
 /** The replica options a router with `config` serves databases with (create-sync-router.ts does the same), so a restore merges under the same rules. */
-export function replicaOptionsOf(config: Config): ReplicaOptions {
+export function replicaOptionsOf(config: Config): LevelReplicaOptions {
   return {
+    writeBufferSize: config.storeWriteBufferBytes,
     allowResurrection: config.allowResurrection,
     retentionHorizonMs: config.retentionHorizonMs,
     snapshotChunkSize: config.snapshotChunkSize,

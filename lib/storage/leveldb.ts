@@ -67,9 +67,11 @@ export interface LevelStoreOptions {
    */
   createIfMissing?: boolean;
   /**
-   * Memtable size in bytes. Smaller than LevelDB's 4 MiB because a server
-   * keeps up to `maxOpenStores` databases open: memory per store adds up.
-   * @default 1 MiB
+   * Memtable size in bytes: what a store holds of its recent writes before
+   * it flushes them to a table file. Larger means fewer flushes and
+   * compactions (a 1 MiB memtable cost about half again as much CPU per
+   * write as 4 MiB), smaller less memory per open store.
+   * @default 1 MiB (the router passes SyncRouterOptions.storeWriteBufferBytes, 4 MiB)
    */
   writeBufferSize?: number;
   /** Block cache size in bytes (LevelDB's default is 8 MiB). @default 2 MiB */
