@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { once } from 'node:events';
-import { createWriteStream, readFileSync, rmSync } from 'node:fs';
+import { createWriteStream, rmSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { resolve as resolvePath } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -18,6 +18,7 @@ import { exportSnapshot, openS3Archive, replicaOptionsOf, restoreIntoDataDir } f
 import type { RestoreProgress, RestoreResult } from '../lib/durability/restore.js';
 import { isSyncError } from '../lib/errors.js';
 import { LOG_LAYERS, LOG_PREFIX } from '../lib/log.js';
+import { packageVersion } from '../lib/version.js';
 import { hlcWallTime } from '../lib/protocol/hlc.js';
 import type { ReplicaOptions } from '../lib/replica/replica.js';
 import { databaseDirectory, validateDatabaseId } from '../lib/storage/database-id.js';
@@ -29,22 +30,6 @@ import { runStatsCommand, type StatsArgs } from './stats.js';
 const DEFAULT_DEBUG = `${LOG_PREFIX}:*`;
 /** How often to look whether npm, our parent's parent, is gone (see watchNpmParent). */
 const PARENT_POLL_MS = 1000;
-
-/**
- * The package version. Built, this file is dist/cli/ (package.json two levels
- * up); run from source with tsx it is cli/ (one level up), so both are tried.
- */
-function packageVersion(): string {
-  for (const relative of ['../../package.json', '../package.json']) {
-    try {
-      const pkg = JSON.parse(readFileSync(new URL(relative, import.meta.url), 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === '@quereus/sync-coordinator' && pkg.version) return pkg.version;
-    } catch {
-      // Try the next candidate.
-    }
-  }
-  return 'unknown';
-}
 
 /** Help line of a setting: what it does, its env var and its default, since yargs itself holds no defaults. */
 function describe(key: ConfigSettingKey, text: string, shownDefault: string = JSON.stringify(SERVER_DEFAULTS[key])): string {

@@ -6,6 +6,7 @@
  */
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import type { ArchiveStatus } from '../durability/durability.js';
 import { parsePrometheusText, sumOf, type PrometheusSample } from './prometheus-text.js';
 
 /** Why the figures could not be had; stable, for callers that branch on it. */
@@ -34,21 +35,8 @@ export class StatsError extends Error {
   }
 }
 
-/** The `archive` section of `/status` (with an S3 archive; lib/durability/durability.ts ArchiveStatus). */
-export interface ArchiveSection {
-  mode: string;
-  openDatabases: number;
-  pendingTransactions: number;
-  outboxBytes: number;
-  lagSeconds: number;
-  lastError?: string;
-  /** ms since the epoch. */
-  lastUploadAt?: number;
-  /** ms since the epoch. */
-  lastSnapshotAt?: number;
-  restores: number;
-  evictions: number;
-}
+/** The `archive` section of `/status` (with an S3 archive), as the server sends it. */
+export type ArchiveSection = Omit<ArchiveStatus, 'mode'> & { mode: string };
 
 /** The `cluster` section of `/status` (in a cluster; lib/cluster/cluster.ts). */
 export interface ClusterSection {
