@@ -403,9 +403,10 @@ export class Cluster implements WritePath, ReplicaSource {
     for (const e of fresh) this.metrics.applyLagSeconds.observe(Math.max(0, now - Number(parseEntryId(e.id).ms)) / 1000);
     this.metrics.entriesAppliedTotal.inc(fresh.length);
     for (const [key, early] of entry.early) if (now - early.at > UNCLAIMED_OUTCOME_MS) entry.early.delete(key);
+    const isFresh = new Set(fresh);
     // An append of this node the replica already held (a batch delivered again after a failure): nothing new.
     for (const e of entries) {
-      const waiter = e.node === this.nodeId && !fresh.includes(e) ? entry.waiters.get(e.id) : undefined;
+      const waiter = e.node === this.nodeId && !isFresh.has(e) ? entry.waiters.get(e.id) : undefined;
       if (!waiter) continue;
       entry.waiters.delete(e.id);
       let changes = 0;
