@@ -19,18 +19,16 @@
  * DISK_EVICTION_* variables: the bench's settings are its flags and config
  * file only, so a shell set up for S3 cannot turn the no-S3 figures into S3 ones.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import WebSocket from 'ws';
 import { TestSite } from '../spec/helpers/changes.js';
 import { startS3Server, type S3TestServer } from '../spec/helpers/s3-server.js';
 import { randomSiteId, siteIdToWire } from '../lib/protocol/site-id.js';
 import { openLevelStore } from '../lib/storage/leveldb.js';
+import { childEnv, connect, fmt, nextMessage, percentile, phase, ROOT, scrapeMetrics, sleep, startCoordinator, startProcess, stopProcess } from './common.js';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
 const option = (name: string, fallback: string): string => {
@@ -57,44 +55,6 @@ const S3_LOADS = (name: string): boolean => !QUICK || name.endsWith(' serial');
 const S3_MODES = ['async', 'ack'] as const;
 type S3Mode = (typeof S3_MODES)[number];
 
-interface Proc { child: ChildProcess; url: string; pid: number }
-
-/** This process's environment without the coordinator's own settings (see the header). */
-function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [name, value] of Object.entries(process.env)) {
-    if (!/^(SYNC_|S3_|DISK_EVICTION_)/.test(name)) env[name] = value;
-  }
-  // The AWS SDK warns about Node versions it will drop one day; nothing to act on here.
-  return { ...env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...extra };
-}
-
-function startProcess(command: string, argv: string[], pattern: RegExp, env: NodeJS.ProcessEnv = childEnv()): Promise<Proc> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'inherit'], cwd: ROOT, env });
-    let out = '';
-    const onData = (d: Buffer): void => {
-      out += d.toString();
-      const m = pattern.exec(out);
-      if (m) {
-        child.stdout!.off('data', onData);
-        // Keep draining, or a chatty child would block on a full pipe.
-        child.stdout!.resume();
-        resolve({ child, url: m[1]!, pid: child.pid! });
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`${command} exited with ${code} before listening`)));
-  });
-}
-
-async function stopProcess(proc: Proc): Promise<void> {
-  if (proc.child.exitCode !== null) return;
-  const exited = new Promise((resolve) => proc.child.once('exit', resolve));
-  proc.child.kill('SIGTERM');
-  await exited;
-}
-
 async function rssKb(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
@@ -113,42 +73,6 @@ function rssSampler(pid: number): { stop(): Promise<number> } {
   return { async stop() { running = false; await loop; return peak / 1024; } };
 }
 
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
-function open(url: string): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false });
-    ws.once('open', () => resolve(ws));
-    ws.once('error', reject);
-  });
-}
-
-function nextMessage(ws: WebSocket, type: string): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const done = (): void => { ws.off('message', onMessage); ws.off('close', onClose); };
-    const onMessage = (data: Buffer): void => {
-      const msg = JSON.parse(data.toString());
-      if (msg.type === type) { done(); resolve(msg); }
-      else if (msg.type === 'error') { done(); reject(new Error(`${msg.code}: ${msg.message}`)); }
-    };
-    // A socket the server closes (a handshake timeout, say) must stop the bench, not hang it.
-    const onClose = (code: number, reason: Buffer): void => { done(); reject(new Error(`the server closed the socket (${code} ${reason.toString()}) before ${type}`)); };
-    ws.on('message', onMessage);
-    ws.on('close', onClose);
-  });
-}
-
-async function connect(url: string, databaseId: string, siteId = siteIdToWire(randomSiteId()), extra: Record<string, unknown> = {}): Promise<WebSocket> {
-  const ws = await open(url);
-  const ack = nextMessage(ws, 'handshake_ack');
-  ws.send(JSON.stringify({ type: 'handshake', databaseId, siteId, protocolVersion: 1, ...extra }));
-  await ack;
-  return ws;
-}
-
 interface ApplyFigures {
   changesPerSec: number;
   messagesPerSec: number;
@@ -157,18 +81,6 @@ interface ApplyFigures {
   pushesReceived: number;
   peakRssMb?: number;
   serverApplyMeanMs?: number;
-}
-
-/** One scrape of /metrics: the value of a sample by its name with labels as printed (`name{label="v"}`), 0 when absent. */
-async function scrapeMetrics(baseUrl: string): Promise<(sample: string) => number> {
-  const text = await (await fetch(`${baseUrl}/metrics`)).text();
-  const values = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const space = line.lastIndexOf(' ');
-    values.set(line.slice(0, space), Number(line.slice(space + 1)));
-  }
-  return (sample) => values.get(sample) ?? 0;
 }
 
 /** Sum and count of sync_apply_changes_duration_seconds, from /metrics. */
@@ -380,15 +292,6 @@ async function rawScanEntriesPerSec(dir: string, n: number): Promise<number> {
   }
 }
 
-interface Coordinator extends Proc { baseUrl: string; wsUrl: string }
-
-/** The built CLI as users run it, on 127.0.0.1, port 0, over `dataDir` with `configFile`. */
-async function startCoordinator(nodeArgs: string[], dataDir: string, configFile: string, extraArgs: string[] = [], env?: NodeJS.ProcessEnv): Promise<Coordinator> {
-  const cli = join(ROOT, 'dist', 'cli', 'sync-coordinator.js');
-  const proc = await startProcess(process.execPath, [...nodeArgs, cli, '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir, '--config', configFile, ...extraArgs], /listening on (http:\/\/\S+)/, env);
-  return { ...proc, baseUrl: proc.url, wsUrl: `${proc.url.replace(/^http/, 'ws')}/ws` };
-}
-
 /**
  * CLI flags and environment that archive to `s3` under `prefix`: the keys go
  * in the environment, as the README advises (flags show in ps). The server
@@ -400,12 +303,6 @@ function s3Settings(s3: S3TestServer, prefix: string): { args: string[]; env: No
     env: childEnv({ S3_ACCESS_KEY_ID: s3.accessKeyId, S3_SECRET_ACCESS_KEY: s3.secretAccessKey }),
   };
 }
-
-const benchStarted = performance.now();
-/** A line on stderr for the long S3 phases (the figures all come at the end, on stdout). */
-const phase = (text: string): void => { process.stderr.write(`bench: ${((performance.now() - benchStarted) / 1000).toFixed(1)} s: ${text}\n`); };
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => { setTimeout(resolve, ms); });
 
 /** Polls /metrics every 10 ms until `done` holds (throws after `timeoutMs`); resolves with the last scrape. */
 async function waitForMetrics(baseUrl: string, done: (read: (sample: string) => number) => boolean, what: string, timeoutMs: number): Promise<(sample: string) => number> {
@@ -573,8 +470,6 @@ async function restoreRun(s3: S3TestServer, nodeArgs: string[], dataDir: string,
   };
 }
 
-const fmt = (n: number | undefined, digits = 0): string => (n === undefined || Number.isNaN(n) ? '-' : n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }));
-
 async function main(): Promise<void> {
   const dataDir = await mkdtemp(join(tmpdir(), 'sync-bench-'));
   // All load comes from one address and one writer: the per-address and
@@ -639,6 +534,7 @@ async function main(): Promise<void> {
     const scanCeiling = ONLY ? undefined : await rawScanEntriesPerSec(join(dataDir, 'raw-scan'), Math.max(...CATCHUP));
     results.storageScanEntriesPerSec = scanCeiling;
     results.memory = { idleRssMb, peakRssMbDuring50Serial: apply['50/msg serial']?.coordinator.peakRssMb, finalRssMb: (await rssKb(coordinator.pid)) / 1024 };
+
 
     // The S3 runs come last, so they cannot change the figures above (s3rver shares the cores).
     let s3Apply: Record<string, Partial<Record<S3Mode, S3ApplyFigures>>> | undefined;
