@@ -93,6 +93,10 @@ export interface Metrics {
   catchingUpSessions: Gauge;
   /** Where the outbound gauges read their figures; the WebSocket layer sets `figures`. */
   outbound: { figures?: () => OutboundFigures };
+  /** Databases opened by the pool of open stores (maxOpenStores, storeIdleMs). */
+  storeOpensTotal: Counter;
+  /** Databases closed by that pool: least recently used, idle, retired or at shutdown. */
+  storeClosesTotal: Counter;
 }
 
 /** Live figures of the WebSocket sessions' sending side, read at each scrape. */
@@ -159,6 +163,8 @@ export function createMetrics(registry: Registry, inbound?: InboundFigures): Met
       name: 'sync_inbound_paused_sockets', help: 'Sockets not read, and HTTP bodies waiting, because inbound bytes are over maxInboundBytes', registers,
       collect() { this.set(inbound?.paused ?? 0); },
     }),
+    storeOpensTotal: new Counter({ name: 'sync_store_opens_total', help: 'Databases opened (their store and replica), on first use or again after a close', registers }),
+    storeClosesTotal: new Counter({ name: 'sync_store_closes_total', help: 'Databases closed: least recently used over maxOpenStores, idle for storeIdleMs, retired, or at shutdown', registers }),
   };
 }
 

@@ -194,8 +194,18 @@ export class Coordinator {
     this.pool = new ReplicaPool<Replica>({
       maxOpen: config.maxOpenStores,
       idleMs: config.storeIdleMs,
-      open: (id) => replicas.open(id),
-      close: (replica, id) => replicas.close(id, replica),
+      open: async (id) => {
+        const replica = await replicas.open(id);
+        metrics.storeOpensTotal.inc();
+        return replica;
+      },
+      close: async (replica, id) => {
+        try {
+          await replicas.close(id, replica);
+        } finally {
+          metrics.storeClosesTotal.inc();
+        }
+      },
     });
     this.replicas = replicas;
     if (config.sweepIntervalMs > 0) {

@@ -268,6 +268,31 @@ describe('http routes', () => {
       expect(after).to.match(/^sync_websocket_connections_active 0$/m);
     });
 
+    it('counts databases opened and closed by the pool of open stores (sync_store_opens_total, sync_store_closes_total)', async () => {
+      await server.close();
+      server = await startTestServer({ maxOpenStores: 2 });
+      const read = async (): Promise<{ opens: number; closes: number; open: number }> => {
+        const text = (await request(server.app).get('/sync/metrics').expect(200)).text;
+        const status = (await request(server.app).get('/sync/status').expect(200)).body.data;
+        const value = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+        return { opens: value('sync_store_opens_total'), closes: value('sync_store_closes_total'), open: status.openStores };
+      };
+      expect(await read()).to.deep.equal({ opens: 0, closes: 0, open: 0 });
+      // Five databases through a pool of two: each is opened once, and all
+      // but the last two are closed to make room.
+      for (const db of ['a', 'b', 'c', 'd', 'e']) {
+        const body = { changes: [site.txn([{ pk: [1], value: db }])] };
+        await request(server.app).post(`/sync/${db}/changes`).set('X-Site-Id', site.wire).send(body).expect(200);
+      }
+      expect(await read()).to.deep.equal({ opens: 5, closes: 3, open: 2 });
+      // The least recently used one comes back: opened again, one more closed.
+      await request(server.app).get('/sync/a/changes').set('X-Site-Id', reader.wire).expect(200);
+      expect(await read()).to.deep.equal({ opens: 6, closes: 4, open: 2 });
+      // Still open: no churn.
+      await request(server.app).get('/sync/a/changes').set('X-Site-Id', reader.wire).expect(200);
+      expect(await read()).to.deep.equal({ opens: 6, closes: 4, open: 2 });
+    });
+
     it('keeps two routers in one process apart (own registries)', async () => {
       const second = await startTestServer();
       try {
