@@ -18,6 +18,12 @@
  * Coordinators get this process's environment without SYNC_*, S3_* and
  * DISK_EVICTION_* variables: the bench's settings are its flags and config
  * file only, so a shell set up for S3 cannot turn the no-S3 figures into S3 ones.
+ *
+ * Scale figures (bench/scale.ts): --scale all, or a list of connections,
+ * fanout, databases, size (in --quick by default, at tiny sizes; opt-in in a
+ * full run, which they lengthen by minutes); --size-entries N,
+ * --scale-connections N, --scale-clients N. `--only scale --no-s3 --scale all`
+ * runs them alone.
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -26,6 +32,7 @@ import { dirname, join } from 'node:path';
 import { TestSite } from '../spec/helpers/changes.js';
 import { startS3Server, type S3TestServer } from '../spec/helpers/s3-server.js';
 import { randomSiteId, siteIdToWire } from '../lib/protocol/site-id.js';
+import { parseScaleOptions, runScaleBench, scaleTable, type ScaleResults } from './scale.js';
 import { openLevelStore } from '../lib/storage/leveldb.js';
 import { childEnv, connect, fmt, nextMessage, percentile, phase, ROOT, scrapeMetrics, sleep, startCoordinator, startProcess, stopProcess } from './common.js';
 
@@ -42,6 +49,7 @@ const MESSAGES_50 = Number(option('messages', QUICK ? '40' : '600'));
 const MESSAGES_1 = QUICK ? 200 : 4000;
 const CATCHUP = option('catchup', QUICK ? '2000' : '10000,100000').split(',').map(Number);
 const OUT = option('out', join(ROOT, 'bench', 'results', 'latest.json'));
+const SCALE = parseScaleOptions(args, QUICK);
 // --profile DIR: run the coordinator under --cpu-prof, profiles written to DIR.
 const PROFILE = option('profile', '');
 const ONLY = option('only', '');
@@ -548,6 +556,11 @@ async function main(): Promise<void> {
     } else {
       results.s3 = { skipped: '--no-s3' };
     }
+    let scale: ScaleResults | undefined;
+    if (SCALE.figures.length > 0) {
+      scale = await runScaleBench(SCALE, dataDir, profileArgs);
+      results.scale = scale;
+    }
 
     const lines: string[] = [];
     lines.push(`sync-coordinator bench (${QUICK ? 'quick' : 'full'}), ${SUBSCRIBERS} subscribers, node ${process.version}, ${cpus().length} cores`);
@@ -596,6 +609,7 @@ async function main(): Promise<void> {
         lines.push(`| wiped data dir | ${fmt(restore.entries)} (${restore.storeEntries !== undefined ? `${fmt(restore.storeEntries)} store entries` : '-'}, ${fmt(restore.batches)} batches after the snapshot) | ${fmt(restore.fillMs / 1000, 1)} | ${fmt(restore.archivedMs / 1000, 1)} | ${fmt(restore.firstHandshakeMs / 1000, 2)} | ${perMillion(restore.firstHandshakeMs)} | ${fmt(restore.cliMs / 1000, 2)} (${fmt((restore.cliReportedMs ?? NaN) / 1000, 1)}) | ${perMillion(restore.cliMs)} |`);
       }
     }
+    if (scale) lines.push('', ...scaleTable(scale));
     process.stdout.write(`${lines.join('\n')}\n`);
     results.table = lines;
     await mkdir(dirname(OUT), { recursive: true });
