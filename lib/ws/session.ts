@@ -79,7 +79,8 @@ export class Session implements Subscriber {
   private closeTimer?: NodeJS.Timeout;
   private readonly bucket?: TokenBucket;
   private readonly deps: SessionDeps;
-  private readonly headers: IncomingMessage['headers'];
+  /** The upgrade request's headers, for the handshake's hooks only: dropped when the handshake starts, so an idle socket keeps nothing of its request. */
+  private headers?: IncomingMessage['headers'];
 
   constructor(socket: WebSocket, req: IncomingMessage, deps: SessionDeps) {
     this.socket = socket;
@@ -223,6 +224,10 @@ export class Session implements Subscriber {
     // A well-formed handshake arrived: opening the database may take a while
     // (a restore from the archive), which is not the client's delay.
     clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = undefined;
+    // Every way out of this handshake either opens the session or closes the socket: nothing needs them after it.
+    const headers = this.headers;
+    this.headers = undefined;
     const clientPaging = message.clientPaging;
     if (clientPaging !== undefined && typeof clientPaging !== 'boolean') {
       this.fail(new SyncError(ErrorCode.InvalidMessage, `clientPaging: expected true or false, got ${JSON.stringify(clientPaging)?.slice(0, 40)}`, { fatal: true }), CloseCode.PolicyViolation);
@@ -232,7 +237,7 @@ export class Session implements Subscriber {
     try {
       connection = await coordinator.connect({
         databaseId: message.databaseId, siteId: message.siteId, token: message.token,
-        connectionId: this.connectionId, remoteAddress: this.remoteAddress, headers: this.headers,
+        connectionId: this.connectionId, remoteAddress: this.remoteAddress, headers: headers ?? {},
       });
     } catch (err) {
       log('session %s: handshake refused: %s', this.connectionId, messageOf(err));

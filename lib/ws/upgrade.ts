@@ -1,6 +1,6 @@
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer } from 'ws';
+import { WebSocketServer, type WebSocket } from 'ws';
 import { CloseCode, ErrorCode } from '../errors.js';
 import type { Config, CorsOrigin } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -92,18 +92,27 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
     // ws completes a valid upgrade synchronously, so no other upgrade can
     // pass the checks above before this one is counted.
     wss.handleUpgrade(req, socket, head, function onSyncSocket(ws) {
-      limits.connections.opened(address);
-      const session = new Session(ws, req, {
-        config, coordinator, metrics, limits, address,
-        inbound: inbound.track(ws, socket),
-        onEnd: (s) => {
-          sessions.delete(s);
-          limits.connections.closed(address);
-        },
-      });
-      sessions.add(session);
+      openSession(ws, req, socket, address);
     });
     return true;
+  }
+
+  /**
+   * Starts the session of an accepted socket. A function of its own so
+   * that the callbacks the session keeps for its whole life close over
+   * `address` alone, not over the upgrade's request and head.
+   */
+  function openSession(ws: WebSocket, req: IncomingMessage, socket: Duplex, address: string): void {
+    limits.connections.opened(address);
+    const session = new Session(ws, req, {
+      config, coordinator, metrics, limits, address,
+      inbound: inbound.track(ws, socket),
+      onEnd: (s) => {
+        sessions.delete(s);
+        limits.connections.closed(address);
+      },
+    });
+    sessions.add(session);
   }
 
   async function close(): Promise<void> {

@@ -1,4 +1,7 @@
 import { expect } from 'chai';
+import type { IncomingMessage } from 'node:http';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
 import { SyncClient, SyncClientError } from '../../lib/client/sync-client.js';
@@ -6,6 +9,10 @@ import { randomSiteId, siteIdToWire } from '../../lib/protocol/site-id.js';
 import type { ChangeSet, ErrorMessage, SnapshotChunk } from '../../lib/protocol/messages.js';
 
 const DB = 'acme:notes-42';
+
+// One test checks what an idle socket keeps alive; mocha runs without --expose-gc.
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
 
 function siteOf(client: SyncClient): TestSite {
   return new TestSite(Buffer.from(client.options.siteId, 'base64url'));
@@ -81,6 +88,21 @@ describe('ws session', () => {
       await client.handshake();
       expect((await client.getChanges()).changeSets).to.deep.equal([]);
       await client.close();
+    });
+
+    it('keeps nothing of the upgrade request (headers included) once the socket is open: an idle socket costs only its session', async () => {
+      // Weak references only: the test itself must not keep the request alive.
+      const refs: WeakRef<object>[] = [];
+      server.server.on('upgrade', (req: IncomingMessage) => { refs.push(new WeakRef(req), new WeakRef(req.headers)); });
+      const client = await server.connect(DB);
+      expect(refs).to.have.length(2);
+      for (let i = 0; i < 3; i++) {
+        await new Promise((resolve) => setImmediate(resolve));
+        gc();
+      }
+      expect(refs.map((ref) => ref.deref() === undefined)).to.deep.equal([true, true]);
+      // The session itself is alive and well.
+      await client.ping();
     });
 
     it('refuses a second handshake as ALREADY_AUTHENTICATED (fatal)', async () => {
