@@ -80,7 +80,10 @@ export function parseScaleOptions(args: string[], quick: boolean): ScaleOptions 
     const text = value(name);
     if (text === undefined) return fallback;
     const n = Number(text);
-    if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${fmt(min)} to ${fmt(max)}, got ${JSON.stringify(text)}`);
+    if (!Number.isSafeInteger(n) || n < min || n > max) {
+      const range = max === Number.MAX_SAFE_INTEGER ? `of at least ${fmt(min)}` : `from ${fmt(min)} to ${fmt(max)}`;
+      throw new Error(`--${name} must be an integer ${range}, got ${JSON.stringify(text)}`);
+    }
     return n;
   };
   const list = value('scale') ?? (quick ? 'all' : 'none');
@@ -184,7 +187,10 @@ export interface DatabasesFigures {
   };
 }
 
-export interface ApplyLoadFigures { changes: number; changesPerSec: number; ack: Spread; peakRssMb: number }
+/** Peak RSS while something ran, and of it the peak of anonymous memory (RssAnon: heap and native allocations, without LevelDB's memory-mapped table files), MB. */
+export interface PeakMemory { peakRssMb: number; peakAnonMb: number }
+
+export interface ApplyLoadFigures extends PeakMemory { changes: number; changesPerSec: number; ack: Spread }
 
 export interface SizeFigures {
   entries: number;
@@ -196,7 +202,7 @@ export interface SizeFigures {
   rssIdleMb: number;
   rssAfterOpenMb: number;
   end: ApplyLoadFigures & { entriesBefore: number };
-  snapshot: { entries: number; seconds: number; entriesPerSec: number; peakRssMb: number };
+  snapshot: PeakMemory & { entries: number; seconds: number; entriesPerSec: number };
 }
 
 export interface ScaleResults {
@@ -254,10 +260,10 @@ export function scaleTable(results: ScaleResults): string[] {
     lines.push(`| then ${fmt(d.hot.databases)} hot databases (${fmt(d.hot.changes)} changes, ${results.options.hotChangesPerMessage}/message, serial per database) | ${fmt(d.hot.changesPerSec)} changes/s; ack p50/p99 ${fmt(d.hot.ack.p50, 1)} / ${fmt(d.hot.ack.p99, 1)} ms; ${fmt(d.hot.churn.opens)} opens, ${fmt(d.hot.churn.closes)} closes; RSS ${fmt(d.hot.rssMb, 1)} MB |`);
   }
   if (s) {
-    const load = (x: ApplyLoadFigures): string => `${fmt(x.changesPerSec)} changes/s, ack p50/p99 ${fmt(x.ack.p50, 2)} / ${fmt(x.ack.p99, 2)} ms, peak RSS ${fmt(x.peakRssMb, 1)} MB`;
+    const load = (x: ApplyLoadFigures): string => `${fmt(x.changesPerSec)} changes/s, ack p50/p99 ${fmt(x.ack.p50, 2)} / ${fmt(x.ack.p99, 2)} ms, peak RSS ${fmt(x.peakRssMb, 1)} MB (anonymous ${fmt(x.peakAnonMb, 1)} MB)`;
     lines.push(`| apply, 50 changes/message serial, at the start (${fmt(s.start.entriesBefore)} entries) | ${load(s.start)} |`);
     lines.push(`| the same at the end (${fmt(s.end.entriesBefore)} entries; built through the library at ${fmt(s.build.entriesPerSec)} entries/s, ${fmt(s.diskBytes / 2 ** 20)} MiB on disk) | ${load(s.end)}: ${fmt(s.end.changesPerSec / s.start.changesPerSec, 2)} of the start; open (first handshake) ${fmt(s.openMs)} ms, RSS idle ${fmt(s.rssIdleMb, 1)} MB, after the open ${fmt(s.rssAfterOpenMb, 1)} MB |`);
-    lines.push(`| snapshot of ${fmt(s.snapshot.entries)} entries over WebSocket | ${fmt(s.snapshot.entriesPerSec)} entries/s (${fmt(s.snapshot.seconds, 1)} s), peak RSS ${fmt(s.snapshot.peakRssMb, 1)} MB |`);
+    lines.push(`| snapshot of ${fmt(s.snapshot.entries)} entries over WebSocket | ${fmt(s.snapshot.entriesPerSec)} entries/s (${fmt(s.snapshot.seconds, 1)} s), peak RSS ${fmt(s.snapshot.peakRssMb, 1)} MB (anonymous ${fmt(s.snapshot.peakAnonMb, 1)} MB) |`);
   }
   return lines;
 }
@@ -331,19 +337,30 @@ async function collectGarbage(port: number): Promise<void> {
   }
 }
 
-async function rssMb(pid: number): Promise<number> {
+/** RSS of process `pid` and its anonymous part (RssAnon), MB. */
+async function residentMb(pid: number): Promise<{ rss: number; anon: number }> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN) / 1024;
+  const kb = (field: string): number => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN);
+  return { rss: kb('VmRSS') / 1024, anon: kb('RssAnon') / 1024 };
 }
 
-/** Runs `work` while sampling the RSS of `pid` every 20 ms; returns its result and the peak, in MB. */
-async function withPeakRss<T>(pid: number, work: () => Promise<T>): Promise<[T, number]> {
-  let peak = await rssMb(pid);
+async function rssMb(pid: number): Promise<number> {
+  return (await residentMb(pid)).rss;
+}
+
+/** Runs `work` while sampling the memory of `pid` every 20 ms; returns its result and the peaks. */
+async function withPeakRss<T>(pid: number, work: () => Promise<T>): Promise<[T, PeakMemory]> {
+  const first = await residentMb(pid);
+  const peak: PeakMemory = { peakRssMb: first.rss, peakAnonMb: first.anon };
   let running = true;
   const sampling = (async () => {
     while (running) {
       await sleep(20);
-      try { peak = Math.max(peak, await rssMb(pid)); } catch { /* the process ended */ }
+      try {
+        const now = await residentMb(pid);
+        peak.peakRssMb = Math.max(peak.peakRssMb, now.rss);
+        peak.peakAnonMb = Math.max(peak.peakAnonMb, now.anon);
+      } catch { /* the process ended */ }
     }
   })();
   try {
@@ -706,10 +723,10 @@ async function sizeLoad(coordinator: Coordinator, db: string, firstPk: number, m
   const site = new TestSite(randomSiteId());
   const ws = await connect(coordinator.wsUrl, db, site.wire);
   const started = performance.now();
-  const [acks, peakRssMb] = await withPeakRss(coordinator.pid, () => serialWrites(ws, site, firstPk, messages, 50));
+  const [acks, peak] = await withPeakRss(coordinator.pid, () => serialWrites(ws, site, firstPk, messages, 50));
   const seconds = (performance.now() - started) / 1000;
   ws.close();
-  return { entriesBefore, changes: messages * 50, changesPerSec: (messages * 50) / seconds, ack: spread(acks), peakRssMb };
+  return { entriesBefore, changes: messages * 50, changesPerSec: (messages * 50) / seconds, ack: spread(acks), ...peak };
 }
 
 /**
@@ -755,10 +772,10 @@ async function directoryBytes(dir: string): Promise<number> {
   return total;
 }
 
-async function snapshotWs(coordinator: Coordinator, db: string): Promise<{ entries: number; seconds: number; entriesPerSec: number; peakRssMb: number }> {
+async function snapshotWs(coordinator: Coordinator, db: string): Promise<SizeFigures['snapshot']> {
   const ws = await connect(coordinator.wsUrl, db);
   const started = performance.now();
-  const [entries, peakRssMb] = await withPeakRss(coordinator.pid, () => new Promise<number>((resolve, reject) => {
+  const [entries, peak] = await withPeakRss(coordinator.pid, () => new Promise<number>((resolve, reject) => {
     let total = NaN;
     ws.on('message', (data: Buffer) => {
       const head = data.toString('latin1', 0, 64);
@@ -771,7 +788,7 @@ async function snapshotWs(coordinator: Coordinator, db: string): Promise<{ entri
   }));
   const seconds = (performance.now() - started) / 1000;
   ws.close();
-  return { entries, seconds, entriesPerSec: entries / seconds, peakRssMb };
+  return { entries, seconds, entriesPerSec: entries / seconds, ...peak };
 }
 
 async function sizeFigure(ctx: ScaleContext): Promise<SizeFigures> {

@@ -42,6 +42,17 @@ describe('bench', function () {
       }
       expect(report.s3.restore.entries).to.equal(5000);
       expect(report.s3.restore.storeEntries).to.be.greaterThan(0);
+      // And every scale figure at tiny sizes: every push delivered, the store churn of 120 databases through 100 open stores.
+      expect(stdout).to.contain('Scale: each figure against a coordinator of its own');
+      const { scale } = report;
+      expect(scale.connections.connections).to.equal(200);
+      expect(scale.connections.pushesReceived).to.equal(scale.connections.pushesExpected).and.equal(200 * 2);
+      expect(scale.connections.memory.collected.rssAfterMb).to.be.greaterThan(0);
+      expect(scale.fanout.pushesReceived).to.equal(scale.fanout.pushesExpected).and.equal(50 * 20);
+      expect(scale.databases.touch.churn).to.deep.equal({ opens: 120, closes: 20 });
+      expect(scale.databases.hot.churn).to.deep.equal({ opens: 10, closes: 10 });
+      expect(scale.size.snapshot.entries).to.equal(20_000 + 500);
+      expect(scale.size.end.changesPerSec).to.be.greaterThan(0);
     } finally {
       await removeTempDir(dir);
     }
