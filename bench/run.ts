@@ -12,8 +12,13 @@
  * snapshotted to the archive, its data dir wiped, and the first handshake
  * (which restores it) and `sync-coordinator restore <db>` are timed.
  *
+ * With --nodes N (N ≥ 2): the cluster loads of bench/cluster.ts, one
+ * database and many (--databases, 100), against one node, one node on Redis
+ * and N nodes on Redis, beside the relay.
+ *
  * Options: --quick (smoke run), --messages N, --subscribers N, --catchup N,N,
- * --window N, --out FILE, --no-s3, --restore-entries N.
+ * --window N, --out FILE, --no-s3, --restore-entries N, --nodes N,
+ * --databases N.
  *
  * Coordinators get this process's environment without SYNC_*, S3_* and
  * DISK_EVICTION_* variables: the bench's settings are its flags and config
@@ -34,6 +39,7 @@ import { startS3Server, type S3TestServer } from '../spec/helpers/s3-server.js';
 import { randomSiteId, siteIdToWire } from '../lib/protocol/site-id.js';
 import { parseScaleOptions, runScaleBench, scaleTable, type ScaleResults } from './scale.js';
 import { openLevelStore } from '../lib/storage/leveldb.js';
+import { clusterTable, runClusterBench, type ClusterBenchResults } from './cluster.js';
 import { childEnv, connect, fmt, nextMessage, percentile, phase, ROOT, scrapeMetrics, sleep, startCoordinator, startProcess, stopProcess } from './common.js';
 
 const args = process.argv.slice(2);
@@ -55,6 +61,16 @@ const PROFILE = option('profile', '');
 const ONLY = option('only', '');
 const S3 = !flag('no-s3');
 const RESTORE_ENTRIES = Number(option('restore-entries', QUICK ? '5000' : '1000000'));
+/** A positive integer option, or a clear stop naming the flag and what it got. */
+const count = (name: string, fallback: string, min: number): number => {
+  const text = option(name, fallback);
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer ≥ ${min}, got ${JSON.stringify(text)}`);
+  return n;
+};
+/** Cluster nodes of the cluster loads (0: no cluster loads). */
+const NODES = args.includes('--nodes') ? count('nodes', '', 2) : 0;
+const DATABASES = count('databases', QUICK ? '10' : '100', 1);
 /**
  * The loads run again with S3: all of them (pipelined ones show what group
  * commit saves in `ack`); only the serial ones in --quick, to keep it short.
@@ -492,7 +508,7 @@ async function main(): Promise<void> {
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
     machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGb: Math.round(totalmem() / 2 ** 30), node: process.version },
-    options: { quick: QUICK, subscribers: SUBSCRIBERS, window: WINDOW, messages50: MESSAGES_50, messages1: MESSAGES_1, s3: S3, restoreEntries: RESTORE_ENTRIES },
+    options: { quick: QUICK, subscribers: SUBSCRIBERS, window: WINDOW, messages50: MESSAGES_50, messages1: MESSAGES_1, s3: S3, restoreEntries: RESTORE_ENTRIES, nodes: NODES, databases: DATABASES },
   };
   try {
     await new Promise((r) => setTimeout(r, 500));
@@ -543,6 +559,15 @@ async function main(): Promise<void> {
     results.storageScanEntriesPerSec = scanCeiling;
     results.memory = { idleRssMb, peakRssMbDuring50Serial: apply['50/msg serial']?.coordinator.peakRssMb, finalRssMb: (await rssKb(coordinator.pid)) / 1024 };
 
+    // Before S3, like the figures above: its processes are all stopped when it returns.
+    let cluster: ClusterBenchResults | undefined;
+    if (NODES > 0) {
+      cluster = await runClusterBench({
+        nodes: NODES, relayUrl: relay.url, dataDir, nodeArgs: profileArgs, subscribers: SUBSCRIBERS, window: WINDOW,
+        hotMessages: QUICK ? 10 : 1000, databases: DATABASES, manyMessages: QUICK ? 4 : 30, warmupMessages: QUICK ? 3 : 20,
+      });
+      results.cluster = cluster;
+    }
 
     // The S3 runs come last, so they cannot change the figures above (s3rver shares the cores).
     let s3Apply: Record<string, Partial<Record<S3Mode, S3ApplyFigures>>> | undefined;
@@ -583,6 +608,7 @@ async function main(): Promise<void> {
     const mem = results.memory as { idleRssMb: number; peakRssMbDuring50Serial?: number; finalRssMb: number };
     lines.push(`memory: idle RSS ${fmt(mem.idleRssMb, 1)} MB, peak during 50/msg serial ${fmt(mem.peakRssMbDuring50Serial, 1)} MB, at the end ${fmt(mem.finalRssMb, 1)} MB`);
     lines.push('');
+    if (cluster) lines.push(...clusterTable(cluster), '');
     if (!s3Apply) {
       lines.push('S3: skipped (--no-s3)');
     } else {
