@@ -16,12 +16,7 @@ describe('bench', function () {
     const dir = await makeTempDir('bench-');
     try {
       const out = join(dir, 'report.json');
-      const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'run.ts'), '--quick', '--subscribers', '3', '--out', out], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-      child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-      const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+      const { code, stdout, stderr } = await runBench(['--quick', '--subscribers', '3', '--out', out]);
       expect(code, stderr).to.equal(0);
       expect(stdout).to.contain('ratio to relay');
       const report = JSON.parse(await readFile(out, 'utf8'));
@@ -57,4 +52,47 @@ describe('bench', function () {
       await removeTempDir(dir);
     }
   });
+
+  it('runs the cluster loads with --nodes 2 --quick: every setup beside the relay, every push delivered', async () => {
+    const dir = await makeTempDir('bench-');
+    try {
+      const out = join(dir, 'report.json');
+      const { code, stdout, stderr } = await runBench(['--quick', '--subscribers', '3', '--no-s3', '--only', '50/msg serial', '--nodes', '2', '--out', out]);
+      expect(code, stderr).to.equal(0);
+      expect(stdout).to.contain('Cluster (--nodes 2)');
+      const { cluster } = JSON.parse(await readFile(out, 'utf8'));
+      expect(Object.keys(cluster.loads)).to.deep.equal(['1 database', '10 databases', '10 databases, by database']);
+      for (const { setups } of Object.values(cluster.loads) as { setups: Record<string, { changesPerSec: number; pushesExpected: number; pushesReceived: number }> }[]) {
+        expect(Object.keys(setups)).to.deep.equal(['relay', '1 node', '1 node + Redis', '2 nodes + Redis']);
+        for (const figures of Object.values(setups)) {
+          expect(figures.changesPerSec).to.be.greaterThan(0);
+          expect(figures.pushesReceived).to.equal(figures.pushesExpected);
+        }
+      }
+      // Spread, subscribers on the other node got pushes; by database, each node held only its own half.
+      expect(cluster.loads['10 databases'].setups['2 nodes + Redis'].pushOtherNode.count).to.be.greaterThan(0);
+      expect(cluster.loads['10 databases'].setups['2 nodes + Redis'].openDatabases).to.deep.equal([10, 10]);
+      expect(cluster.loads['10 databases, by database'].setups['2 nodes + Redis'].openDatabases).to.deep.equal([5, 5]);
+    } finally {
+      await removeTempDir(dir);
+    }
+  });
+
+  it('refuses --nodes 1, naming the flag and the value', async () => {
+    const { code, stderr } = await runBench(['--nodes', '1']);
+    expect(code).to.not.equal(0);
+    expect(stderr).to.contain('--nodes must be an integer ≥ 2, got "1"');
+  });
 });
+
+/** bench/run.ts with `args`, to its exit. */
+async function runBench(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'run.ts'), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  // 'close', not 'exit': the output is complete only once its pipes closed.
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  return { code, stdout, stderr };
+}
