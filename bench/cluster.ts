@@ -107,8 +107,10 @@ export interface ClusterLoadFigures {
   openDatabases?: number[];
   /**
    * 1,000,000 ÷ the largest CPU ms per 1,000 changes of one node or Redis:
-   * the changes/s that process could take with a core to itself, were
-   * nothing else the bound. An estimate: these processes share the cores here.
+   * the changes that process handles per second of CPU time, so about what
+   * it could take with a core to itself were nothing else the bound (an
+   * estimate: a node also runs LevelDB on its thread pool, and here all
+   * processes share the cores).
    */
   busiestCeiling?: { process: string; changesPerSec: number };
 }
@@ -124,6 +126,10 @@ interface Setup { name: string; nodes: number; redis: boolean }
 /** The node of client k of database d (LoadShape.placement). */
 const nodeOf = (placement: LoadShape['placement'], database: number, client: number, nodes: number): number =>
   (placement === 'spread' ? database + client : database) % nodes;
+
+/** Whether `a` and `b` differ at most by name and placement. */
+const sameLoad = (a: LoadShape, b: LoadShape): boolean =>
+  JSON.stringify({ ...a, name: '', placement: '' }) === JSON.stringify({ ...b, name: '', placement: '' });
 
 /** Runs every load against every setup and the relay. Throws when a setup fails to start or a write is refused. */
 export async function runClusterBench(options: ClusterBenchOptions): Promise<ClusterBenchResults> {
@@ -172,8 +178,8 @@ export async function runClusterBench(options: ClusterBenchOptions): Promise<Clu
       const urls = nodes.map((node) => node.wsUrl);
       for (const warmup of warmups) await runLoad(urls, warmup, 'warm');
       for (const [i, shape] of shapes.entries()) {
-        // On one node both placements are the same load: it runs once.
-        const same = setup.nodes === 1 ? shapes.slice(0, i).find((s) => s.databases === shape.databases && s.writersPerDatabase === shape.writersPerDatabase) : undefined;
+        // On one node the placements make the same load: it runs once.
+        const same = setup.nodes === 1 ? shapes.slice(0, i).find((s) => sameLoad(s, shape)) : undefined;
         loads[shape.name]!.setups[setup.name] = same ? loads[same.name]!.setups[setup.name]! : await runLoad(urls, shape, `bench-${i}`, { nodes, redis });
       }
     } finally {
@@ -204,7 +210,7 @@ export function clusterTable(results: ClusterBenchResults): string[] {
     lines.push(`| ${label} | ${setupNames.map((s) => `${fmt(setups[s]!.changesPerSec)} (${fmt(setups[s]!.changesPerSec / relay.changesPerSec, 2)})`).join(' | ')} | ${fmt(relay.changesPerSec)} | ${fmt(setups[clusterName]!.changesPerSec / setups['1 node']!.changesPerSec, 2)} |`);
   }
   lines.push('');
-  lines.push('CPU: ms of CPU time per 1,000 changes of each node, Redis and the load generator; busy: all of them, then every process of the machine, over its cores (the machine far above ours: other work shared the cores). Ceiling: 1,000,000 ÷ the busiest node\'s or Redis\'s CPU ms per 1,000 changes, what it could take with a core to itself (an estimate).');
+  lines.push('CPU: ms of CPU time per 1,000 changes of each node, Redis and the load generator; busy: all of them, then every process of the machine, over its cores (the machine far above ours: other work shared the cores). Ceiling: 1,000,000 ÷ the busiest node\'s or Redis\'s CPU ms per 1,000 changes, the changes it handles per CPU-second (about what it could take with a core to itself: an estimate).');
   lines.push('');
   lines.push('| load | setup | changes/s | ack p50/p99 ms | push p50/p99 ms, subscriber on another node | on the writer\'s node | append → applied, mean ms | CPU: nodes · Redis · load generator | busy %: ours · machine | ceiling changes/s (busiest) | of its databases open per node |');
   lines.push('|---|---|---|---|---|---|---|---|---|---|---|');
