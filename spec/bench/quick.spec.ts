@@ -57,7 +57,7 @@ describe('bench', function () {
     const dir = await makeTempDir('bench-');
     try {
       const out = join(dir, 'report.json');
-      const { code, stdout, stderr } = await runBench(['--quick', '--subscribers', '3', '--no-s3', '--only', '50/msg serial', '--nodes', '2', '--out', out]);
+      const { code, stdout, stderr } = await runBench(['--quick', '--subscribers', '3', '--no-s3', '--scale', 'none', '--only', '50/msg serial', '--nodes', '2', '--out', out]);
       expect(code, stderr).to.equal(0);
       expect(stdout).to.contain('Cluster (--nodes 2)');
       const { cluster } = JSON.parse(await readFile(out, 'utf8'));
