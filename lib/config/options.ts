@@ -150,7 +150,7 @@ export interface SyncRouterOptions<I = unknown> {
   snapshotIntervalMs?: number;
   /**
    * ...or once this many changes were committed since its last one, and at
-   * least a tenth of the database's size (a snapshot streams the whole
+   * least half the database's size (a snapshot streams the whole
    * database; its batches carry the changes meanwhile). @default 1000
    */
   snapshotChanges?: number;

@@ -260,11 +260,11 @@ describe('durability (with a directory archive)', () => {
     expect((await readdir(dataDir)).filter((name) => name.includes('restoring'))).to.deep.equal([]);
   });
 
-  it('snapshots a large database only once a tenth of its size has changed, not every snapshotChanges', async () => {
+  it('snapshots a large database only once half its size has changed, not every snapshotChanges', async () => {
     const server = await start({ snapshotChanges: 100, snapshotIntervalMs: 3_600_000 });
     const snapshots = async (): Promise<number> => Number(/^sync_archive_snapshots_total (\S+)$/m.exec(await (await fetch(`${server.baseUrl}/metrics`)).text())![1]);
     const site = new TestSite();
-    // 2,000 cells in one go: past snapshotChanges and a tenth of the (empty) database.
+    // 2,000 cells in one go: past snapshotChanges and half the (empty) database.
     const post = async (from: number, n: number): Promise<void> => {
       const res = await fetch(`${server.baseUrl}/${DB}/changes`, {
         method: 'POST', headers: { 'content-type': 'application/json', 'x-site-id': site.wire },
@@ -274,12 +274,16 @@ describe('durability (with a directory archive)', () => {
     };
     await post(0, 2000);
     expect(await eventually(async () => (await snapshots()) === 1, 200, 25)).to.equal(true);
-    // 150 more: past snapshotChanges (100) but not a tenth of 2,150 cells.
+    // 150 more: past snapshotChanges (100) but not half of 2,150 cells.
     await post(10_000, 150);
     await durabilityOf(server).flush(DB);
     expect(await snapshots()).to.equal(1);
-    // 100 more makes 250 changes since the last snapshot: a tenth of the database.
-    await post(20_000, 100);
+    // 1,000 more: 1,150 changes, a third of 3,150 cells: still none.
+    await post(20_000, 1000);
+    await durabilityOf(server).flush(DB);
+    expect(await snapshots()).to.equal(1);
+    // 900 more makes 2,050 changes since the last snapshot: half the database (4,050 cells).
+    await post(30_000, 900);
     expect(await eventually(async () => (await snapshots()) === 2, 200, 25)).to.equal(true);
   });
 

@@ -61,7 +61,7 @@ describe('hardening: a 1,000,000-entry database snapshots to S3 in bounded memor
     expect(await filler.stop()).to.deep.equal({ code: 0, signal: null });
 
     // The same data dir, now snapshotting a database within a second of a change (by time: a
-    // change count would have to reach a tenth of the database's size).
+    // change count would have to reach half the database's size).
     const proc = await startS3CoordinatorProcess({ dataDir, router: { s3: s3Options(s3, prefix), snapshotChanges: 1, snapshotIntervalMs: 1000 } });
     // Warm up: the AWS SDK loads, and a small database takes a snapshot; the server is then in its steady state.
     await write(proc, 'big:warm-up', site);
