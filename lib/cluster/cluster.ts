@@ -15,6 +15,8 @@ const log = logs.cluster;
 const CONNECT_WAIT_MS = 2000;
 /** How long an outcome of this node's append waits for its append to return (its tail may apply it first). */
 const UNCLAIMED_OUTCOME_MS = 60_000;
+/** How long closing a database this node archives waits for its last uploads before handing over. */
+const CLOSE_FLUSH_MS = 10_000;
 /** Longest time between two rounds of trimming and lag figures (shorter when the retention is short). */
 const UPKEEP_MS = 5000;
 
@@ -233,6 +235,16 @@ export class Cluster implements WritePath, ReplicaSource {
       for (const waiter of entry.waiters.values()) waiter.reject(closing);
       this.lag.delete(databaseId);
       this.metrics.streamLagSeconds.remove({ database: databaseId });
+      if (entry.archiver && this.base.flush) {
+        // Archive what is left and say so before letting go, so the next holder continues the chain of batches.
+        try {
+          await this.base.flush(databaseId, CLOSE_FLUSH_MS);
+          const archived = this.base.archivedStamp?.(databaseId);
+          if (archived) await this.redis.raiseArchived(databaseId, archived);
+        } catch (err) {
+          log('handing over the archive of %s: %s', databaseId, messageOf(err));
+        }
+      }
       await this.base.close(databaseId, replica);
       // After the close, which archives what it can: another node that has it open takes over at once.
       if (entry.archiver) await this.redis.releaseArchiver(databaseId).catch((err: unknown) => log('releasing the archiver lease of %s: %s', databaseId, messageOf(err)));
@@ -258,6 +270,10 @@ export class Cluster implements WritePath, ReplicaSource {
     if (this.open_.get(databaseId) !== entry) return;
     if (held) {
       if (!entry.archiver) {
+        // Take over from where the last holder got: its final uploads may be newer than what this node heard.
+        const before = await this.redis.archivedOf(databaseId);
+        if (this.open_.get(databaseId) !== entry) return;
+        if (before) await this.base.archivedElsewhere?.(databaseId, before);
         entry.archiver = true;
         log('%s: this node archives it now', databaseId);
         this.base.wakeArchive?.(databaseId);

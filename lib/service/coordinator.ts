@@ -61,6 +61,8 @@ export interface ReplicaSource {
    * than the shared log). Rejects when the database is open.
    */
   discard?(databaseId: string): Promise<void>;
+  /** With an archive: waits until an open database's commits are all archived; false after `timeoutMs`. */
+  flush?(databaseId: string, timeoutMs?: number): Promise<boolean>;
   /** With an archive: this process now archives an open database (a cluster's lease): it should catch up. */
   wakeArchive?(databaseId: string): void;
   /** With an archive: another node archived an open database up to `stamp`. */
