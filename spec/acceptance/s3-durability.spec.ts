@@ -57,7 +57,11 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
   const procs: CoordinatorProcess[] = [];
   afterEach(async function () {
     // A failure shows what the coordinators wrote to stderr (with S3_ACCEPTANCE_DEBUG, their debug log).
-    if (this.currentTest?.state === 'failed') for (const p of procs) if (p.stderr()) process.stderr.write(`--- coordinator ${p.pid} stderr ---\n${p.stderr().slice(-6000)}\n`);
+    if (this.currentTest?.state === 'failed') {
+      for (const p of procs) if (p.stderr()) process.stderr.write(`--- coordinator ${p.pid} stderr ---\n${p.stderr().slice(-6000)}\n`);
+      const crash = s3.crash();
+      process.stderr.write(`--- s3rver: ${crash ?? (s3.running() ? 'running' : 'stopped by the test')} ---\n`);
+    }
     procs.length = 0;
     await cleanupCoordinatorProcesses();
     await Promise.all(archives.splice(0).map((a) => a.close()));

@@ -20,6 +20,12 @@ export interface S3TestServer {
   archiveOptions(extra?: Partial<S3ArchiveOptions>): S3ArchiveOptions;
   /** True while the server process runs. */
   running(): boolean;
+  /**
+   * How the server process ended when it was not stopped by us (exit code or
+   * signal, and the end of its stderr), or undefined while it runs or after a
+   * stop: a test that meets ECONNREFUSED prints it to tell a crash from an outage.
+   */
+  crash(): string | undefined;
   /** Kills the server process (an outage: connections are refused, open ones reset). Its data stays. */
   stop(): Promise<void>;
   /** Starts the server again on the same port over the same data (stops it first if it runs). */
@@ -28,7 +34,7 @@ export interface S3TestServer {
   close(): Promise<void>;
 }
 
-interface Running { child: ChildProcess; exited: Promise<void> }
+interface Running { child: ChildProcess; exited: Promise<void>; stderr(): string }
 
 async function launch(dir: string, port: number, bucket: string): Promise<{ port: number; proc: Running }> {
   const child = spawn(process.execPath, ['--openssl-legacy-provider', '--import', 'tsx', SCRIPT, dir, String(port), bucket], {
@@ -48,7 +54,7 @@ async function launch(dir: string, port: number, bucket: string): Promise<{ port
     });
     void exited.then(() => reject(new Error(`s3rver exited before listening on port ${port}:\n${err}`)));
   });
-  return { port: listening, proc: { child, exited } };
+  return { port: listening, proc: { child, exited, stderr: () => err } };
 }
 
 async function halt(proc: Running | undefined): Promise<void> {
@@ -87,6 +93,10 @@ export async function startS3Server(bucket = 'archive-test'): Promise<S3TestServ
       };
     },
     running: () => proc !== undefined && proc.child.exitCode === null && proc.child.signalCode === null,
+    crash() {
+      if (proc === undefined || server.running()) return undefined;
+      return `s3rver exited (code ${String(proc.child.exitCode)}, signal ${String(proc.child.signalCode)}); its stderr:\n${proc.stderr().slice(-3000)}`;
+    },
     async stop() {
       const current = proc;
       proc = undefined;
