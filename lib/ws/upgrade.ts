@@ -35,12 +35,8 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
   const sessions = new Set<Session>();
   metrics.outbound.figures = () => {
     let bufferedBytes = 0;
-    let catchingUp = 0;
-    for (const session of sessions) {
-      bufferedBytes += session.bufferedBytes;
-      if (session.catchingUp) catchingUp++;
-    }
-    return { bufferedBytes, catchingUp };
+    for (const session of sessions) bufferedBytes += session.bufferedBytes;
+    return { bufferedBytes, catchingUp: coordinator.hub.catchingUp() };
   };
   let closing = false;
   let heartbeat: NodeJS.Timeout | undefined;
