@@ -1,7 +1,8 @@
 import { expect } from 'chai';
-import { ConfigError, loadConfig, parseCliOverrides, type LoadConfigOptions } from '../../lib/config/load-config.js';
+import { loadConfig, parseCliOverrides, type LoadConfigOptions } from '../../lib/config/load-config.js';
 import { parseOptions, type CoordinatorConfig } from '../../lib/config/options.js';
 import { routerOptionsOf } from '../../lib/create-coordinator-server.js';
+import { configError } from '../helpers/config-error.js';
 import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
 
 describe('cluster configuration', () => {
@@ -18,15 +19,6 @@ describe('cluster configuration', () => {
     return loadConfig({ cwd, env: {}, ...options });
   }
 
-  function configError(fn: () => unknown): ConfigError {
-    try {
-      fn();
-    } catch (err) {
-      expect(err).to.be.instanceOf(ConfigError);
-      return err as ConfigError;
-    }
-    expect.fail('expected a ConfigError');
-  }
 
   it('stays a single node without a Redis URL', () => {
     const config = load();

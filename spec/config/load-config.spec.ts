@@ -1,20 +1,11 @@
 import { expect } from 'chai';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConfigError, loadConfig, parseCliOverrides, type LoadConfigOptions } from '../../lib/config/load-config.js';
+import { loadConfig, parseCliOverrides, type LoadConfigOptions } from '../../lib/config/load-config.js';
 import { SERVER_DEFAULTS, type CoordinatorConfig } from '../../lib/config/options.js';
+import { configError } from '../helpers/config-error.js';
 import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
 
-/** Runs `fn`, which must throw a ConfigError, and returns that error. */
-function configError(fn: () => unknown): ConfigError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).to.be.instanceOf(ConfigError);
-    return err as ConfigError;
-  }
-  expect.fail('expected a ConfigError');
-}
 
 describe('load-config', () => {
   let cwd: string;

@@ -2,23 +2,14 @@ import { expect } from 'chai';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { format } from 'node:util';
-import { ConfigError, loadConfig, parseCliOverrides, resolveConfig, type LoadConfigOptions } from '../../lib/config/load-config.js';
+import { loadConfig, parseCliOverrides, resolveConfig, type LoadConfigOptions } from '../../lib/config/load-config.js';
 import { parseOptions, type CoordinatorConfig } from '../../lib/config/options.js';
 import { createCoordinatorServer } from '../../lib/create-coordinator-server.js';
 import { S3Archive } from '../../lib/durability/s3-archive.js';
 import { logs } from '../../lib/log.js';
+import { configError } from '../helpers/config-error.js';
 import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
 
-/** Runs `fn`, which must throw a ConfigError, and returns that error. */
-function configError(fn: () => unknown): ConfigError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).to.be.instanceOf(ConfigError);
-    return err as ConfigError;
-  }
-  expect.fail('expected a ConfigError');
-}
 
 /** True when `fn` runs without throwing. */
 function accepts(fn: () => unknown): boolean {
