@@ -267,11 +267,6 @@ export class Session implements Subscriber {
         log('session %s lags (%d bytes queued); it gets what it misses from the log once it drains', this.connectionId, this.out.bufferedBytes);
       },
     }, start);
-    this.refusedWrites = new RefusedWrites({
-      send: (frame) => this.out.send(frame),
-      serverSiteId: connection.serverSiteId,
-      writable: () => coordinator.writable(caller.databaseId),
-    });
     this.out.send(JSON.stringify({
       type: 'handshake_ack', databaseId: caller.databaseId, serverSiteId: connection.serverSiteId, connectionId: this.connectionId, protocolVersion: PROTOCOL_VERSION,
     }));
@@ -325,7 +320,7 @@ export class Session implements Subscriber {
         if (!submitted) throw failure;
         const result = await submitted.done.catch((err: unknown) => {
           // Nothing of it was stored and a real client will not resend it: pull it later (§9).
-          if (isSyncError(err) && isRetryableRefusal(err.code) && submitted!.firstHlc) this.refusedWrites?.refused(submitted!.firstHlc);
+          if (this.state === 'open' && isSyncError(err) && isRetryableRefusal(err.code) && submitted!.firstHlc) this.pullsOfRefused().refused(submitted!.firstHlc);
           throw err;
         });
         this.refusedWrites?.accepted(submitted.firstHlc);
@@ -339,6 +334,18 @@ export class Session implements Subscriber {
         this.appliesInFlight--;
       }
     });
+  }
+
+  /** The socket's RefusedWrites, made at its first transient refusal (most sockets never meet one). */
+  private pullsOfRefused(): RefusedWrites {
+    const { coordinator } = this.deps;
+    const { databaseId } = this.caller;
+    this.refusedWrites ??= new RefusedWrites({
+      send: (frame) => this.out.send(frame),
+      serverSiteId: this.connection!.serverSiteId,
+      writable: () => coordinator.writable(databaseId),
+    });
+    return this.refusedWrites;
   }
 
   /** Resolves when every frame received so far has been handled and answered. */
