@@ -364,8 +364,9 @@ export class Coordinator {
         throw err;
       }
       const received = factsIn(sets);
-      const lastHlc = largestHlc(sets.map((set) => set.hlc));
-      const firstHlc = smallestHlc(sets.map((set) => set.hlc));
+      const hlcs = sets.map((set) => set.hlc);
+      const lastHlc = largestHlc(hlcs);
+      const firstHlc = smallestHlc(hlcs);
       this.metrics.changesReceivedTotal.inc(received);
       let rejected: ApplyResult['rejected'];
       const hook = this.config.hooks.onBeforeApplyChanges;
