@@ -13,6 +13,7 @@ import { validateSqlValue } from '../../lib/protocol/values.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { RawSocket } from '../helpers/raw-socket.js';
 import { TestSite } from '../helpers/changes.js';
+import { documentedRoutes, servedRoutes } from '../helpers/doc-routes.js';
 
 /**
  * Keeps docs/protocol.md and docs/client.md true: the HLC test vectors
@@ -196,6 +197,12 @@ describe('docs/protocol.md', () => {
       for (const code of Object.values(CloseCode)) expect(rows, `close code ${code}`).to.include(code);
       const known: Set<number> = new Set([...Object.values(CloseCode), 1006, 1007]);
       expect(rows.filter((code) => !known.has(code))).to.deep.equal([]);
+    });
+  });
+
+  describe('§7 HTTP routes', () => {
+    it('lists every route the router serves, with its method, and no other', async () => {
+      expect(documentedRoutes(PROTOCOL, 'method and route')).to.deep.equal([...await servedRoutes(), 'GET /ws'].sort());
     });
   });
 
