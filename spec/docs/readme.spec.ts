@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { CloseCode, ERROR_DISPOSITIONS, ErrorCode } from '../../lib/errors.js';
 import { documentedRoutes, servedRoutes } from '../helpers/doc-routes.js';
@@ -47,6 +47,14 @@ describe('README', () => {
       const mentioned = [...README.matchAll(/\bclose[sd]?(?: \w+)?(?: with)? (\d{4})\b/g)].map((m) => Number(m[1]));
       expect(mentioned.length).to.be.at.least(10);
       expect(mentioned.filter((code) => !used.includes(code)), 'close codes the list does not explain').to.deep.equal([]);
+    });
+  });
+
+  describe('links', () => {
+    it('points client authors at docs/protocol.md and docs/client.md, and every relative link names a file of the repo', () => {
+      const links = [...README.matchAll(/\]\(((?!https?:|#)[^)#\s]+)(?:#[^)]*)?\)/g)].map((m) => m[1]!);
+      expect(links).to.include.members(['docs/protocol.md', 'docs/client.md']);
+      expect(links.filter((link) => !existsSync(fileURLToPath(new URL(`../../${link}`, import.meta.url)))), 'links to nothing').to.deep.equal([]);
     });
   });
 
