@@ -2,6 +2,7 @@
  * What every command of the CLI shares: its name, exit codes, how it fails
  * (one line on stderr), and how it writes sizes and durations.
  */
+import { messageOf } from '../lib/errors.js';
 
 export const NAME = 'sync-coordinator';
 
@@ -16,8 +17,9 @@ export function die(code: number, message: string): never {
   process.exit(code);
 }
 
+/** The first line of an error's message (lib/errors.ts `messageOf`), for one-line failures. */
 export function firstLine(err: unknown): string {
-  return (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+  return messageOf(err).split('\n')[0]!;
 }
 
 export function warn(message: string): void {

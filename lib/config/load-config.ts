@@ -564,11 +564,18 @@ function envLayer(env: Record<string, string | undefined>, warnings: string[]): 
     if (text === undefined || text.trim() === '') continue;
     setLayer(layer, key, named(spec.env, text, () => spec.fromText(text), spec.secret), spec.env);
   }
+  const s3Names = S3_KEYS.map((key) => S3_FIELDS[key].env);
   // Warnings, not errors: the environment is shared with other programs, which may own SYNC_* names too.
   for (const name of Object.keys(env).sort()) {
     // Case-blind: `sync_port=` is an easy slip, and POSIX names are case-sensitive.
-    if (name.toUpperCase().startsWith('SYNC_') && !known.includes(name)) {
+    const upper = name.toUpperCase();
+    if ((upper.startsWith('SYNC_') || upper.startsWith('DISK_EVICTION_')) && !known.includes(name)) {
       warnings.push(`ignoring unknown environment variable ${name}${envHint(name, known)}`);
+    } else if (upper.startsWith('S3_') && !s3Names.includes(name)) {
+      // Other programs name their own settings S3_* too: only a near miss of ours
+      // (S3_BUCKT, which would leave S3 off without a word) is worth a line.
+      const hint = envHint(name, s3Names);
+      if (hint) warnings.push(`ignoring unknown environment variable ${name}${hint}`);
     }
   }
   return { layer, s3 };

@@ -4,7 +4,7 @@ import type { Config } from '../config/options.js';
 import type { DashboardAuthHook } from '../config/hooks.js';
 import type { Coordinator } from '../service/coordinator.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { ErrorCode, SyncError, messageOf } from '../errors.js';
+import { ErrorCode, SyncError, httpStatusOf, messageOf } from '../errors.js';
 import { TokenList } from '../service/tokens.js';
 import { logs } from '../log.js';
 import { packageVersion } from '../version.js';
@@ -133,7 +133,7 @@ export function mountDashboard(router: Router, deps: DashboardDeps): DashboardRo
   const paths = ['/dashboard', '/dashboard/app.js', '/dashboard/app.css', '/dashboard/uplot.js', '/dashboard/uplot.css', '/dashboard/events'];
   router.all(paths, function dashboardMethodNotAllowed(req: Request, res: Response) {
     res.set('Allow', 'GET, HEAD');
-    res.status(405).json({ ok: false, error: { code: ErrorCode.MethodNotAllowed, message: `${req.method} is not allowed on ${req.originalUrl.split('?')[0]}; use GET, HEAD` } });
+    res.status(httpStatusOf(ErrorCode.MethodNotAllowed)).json({ ok: false, error: { code: ErrorCode.MethodNotAllowed, message: `${req.method} is not allowed on ${req.originalUrl.split('?')[0]}; use GET, HEAD` } });
   });
 
   return {

@@ -18,7 +18,7 @@ const log = logs.http;
 
 /** The 404 JSON of §7 for a route nobody serves (also the standalone app's last handler). */
 export function notFound(req: Request, res: Response): void {
-  res.status(404).json({ ok: false, error: { code: ErrorCode.NotFound, message: `No route for ${req.method} ${req.originalUrl}` } });
+  res.status(httpStatusOf(ErrorCode.NotFound)).json({ ok: false, error: { code: ErrorCode.NotFound, message: `No route for ${req.method} ${req.originalUrl}` } });
 }
 
 interface RouteDeps {
@@ -239,7 +239,7 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
   for (const [route, methods] of [['/status', 'GET, HEAD'], ['/metrics', 'GET, HEAD'], ['/:databaseId/changes', 'GET, HEAD, POST'], ['/:databaseId/snapshot', 'GET, HEAD']] as const) {
     router.all(route, function methodNotAllowed(req: Request, res: Response) {
       res.set('Allow', methods);
-      res.status(405).json({ ok: false, error: { code: ErrorCode.MethodNotAllowed, message: `${req.method} is not allowed on ${req.originalUrl.split('?')[0]}; use ${methods}` } });
+      res.status(httpStatusOf(ErrorCode.MethodNotAllowed)).json({ ok: false, error: { code: ErrorCode.MethodNotAllowed, message: `${req.method} is not allowed on ${req.originalUrl.split('?')[0]}; use ${methods}` } });
     });
   }
   router.use(notFound);

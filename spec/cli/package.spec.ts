@@ -70,6 +70,21 @@ describe('package', function () {
     expect(text).to.include('THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND');
   });
 
+  it('cites in its declarations and code only documents it ships, and sections of docs/protocol.md that exist', () => {
+    const shipped = files.filter((file) => /\.(d\.ts|js)$/.test(file));
+    const cited = new Map<string, string>();
+    const sections = new Set<string>();
+    for (const file of shipped) {
+      const text = readFileSync(join(ROOT, file), 'utf8');
+      for (const [, doc] of text.matchAll(/([\w./-]+\.md)\b/g)) if (!cited.has(doc!)) cited.set(doc!, file);
+      for (const [, section] of text.matchAll(/docs\/protocol\.md §(\d+)/g)) sections.add(section!);
+    }
+    expect([...cited.keys()], 'documents cited').to.include('docs/protocol.md');
+    expect([...cited].filter(([doc]) => !files.includes(doc)).map(([doc, file]) => `${file} cites ${doc}`), 'cited but not shipped').to.deep.equal([]);
+    const protocol = readFileSync(join(ROOT, 'docs/protocol.md'), 'utf8');
+    expect([...sections].filter((n) => !new RegExp(`^## ${n}\\. `, 'm').test(protocol)), 'sections cited but missing').to.deep.equal([]);
+  });
+
   it('ships source maps whose sources are in the package, inline or as files', () => {
     const maps = files.filter((file) => file.endsWith('.map'));
     expect(maps, 'shipped source maps').not.to.be.empty;

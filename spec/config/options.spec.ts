@@ -47,6 +47,15 @@ describe('config/options', () => {
       expect(loadConfig({ env: ENV, overrides: { router: { statusTokens: ['s3cret'] } } }).router?.statusTokens).to.deep.equal(['s3cret']);
     });
 
+    it('must describe every plain option: a table without one does not compile (npm run typecheck)', () => {
+      const { batchSize: _forgotten, ...rest } = OPTION_SPECS;
+      // @ts-expect-error batchSize is missing: a forgotten option is a type error, not a silent default.
+      const incomplete: typeof OPTION_SPECS = rest;
+      expect(Object.keys(incomplete)).not.to.include('batchSize');
+      // And every entry checks its option: a value of no option's type is refused, naming it.
+      for (const key of Object.keys(OPTION_SPECS)) expect(() => parseOptions({ [key]: Symbol('bad') }), key).to.throw(TypeError, `Option "${key}" must be`);
+    });
+
     it('accepts the same mount paths as the CLI: plain segments only', () => {
       expect(() => createSyncRouter({ path: '/sync/:db' })).to.throw(TypeError, 'Option "path" must be a path like "/sync"');
       expect(() => loadConfig({ env: { SYNC_BASE_PATH: '/sync/:db' } })).to.throw(ConfigError, 'SYNC_BASE_PATH');

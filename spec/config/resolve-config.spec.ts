@@ -91,6 +91,18 @@ describe('load-config', () => {
         ]);
       });
 
+      it('warns about a near miss of an S3_* or DISK_EVICTION_* variable, and leaves other programs\' S3_* variables alone', () => {
+        const { warnings, config } = resolve({ env: { S3_BUCKT: 'my-bucket', s3_region: 'eu-west-1', DISK_EVICTION_ENABLE: 'true', S3_URL: 'x', S3_CACHE_DIR: '/tmp' } });
+        expect(warnings).to.deep.equal([
+          'ignoring unknown environment variable DISK_EVICTION_ENABLE (did you mean DISK_EVICTION_ENABLED?)',
+          'ignoring unknown environment variable S3_BUCKT (did you mean S3_BUCKET?)',
+          'ignoring unknown environment variable s3_region (did you mean S3_REGION?)',
+        ]);
+        expect(config.s3).to.equal(undefined);
+        // With the bucket spelled right, S3 is on and a stray S3_* of another program says nothing.
+        expect(resolve({ env: { S3_BUCKET: 'my-bucket', S3_URL: 'x' } }).warnings).to.deep.equal([]);
+      });
+
       it('treats an empty S3_* variable as unset', () => {
         expect(resolve({ env: { S3_BUCKET: '', S3_REGION: ' ' } }).warnings).to.deep.equal([]);
       });

@@ -13,6 +13,8 @@ import { validateSqlValue } from '../../lib/protocol/values.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { RawSocket } from '../helpers/raw-socket.js';
 import { TestSite } from '../helpers/changes.js';
+import { documentedRoutes, servedRoutes } from '../helpers/doc-routes.js';
+import { SyncClient } from '../../lib/client/sync-client.js';
 
 /**
  * Keeps docs/protocol.md and docs/client.md true: the HLC test vectors
@@ -196,6 +198,12 @@ describe('docs/protocol.md', () => {
       for (const code of Object.values(CloseCode)) expect(rows, `close code ${code}`).to.include(code);
       const known: Set<number> = new Set([...Object.values(CloseCode), 1006, 1007]);
       expect(rows.filter((code) => !known.has(code))).to.deep.equal([]);
+    });
+  });
+
+  describe('§7 HTTP routes', () => {
+    it('lists every route the router serves, with its method, and no other', async () => {
+      expect(documentedRoutes(PROTOCOL, 'method and route')).to.deep.equal([...await servedRoutes(), 'GET /ws'].sort());
     });
   });
 
@@ -442,6 +450,19 @@ describe('docs/protocol.md', () => {
 describe('docs/client.md', () => {
   const EXAMPLE = 'examples/sync-client.ts';
   const source = readFileSync(`${ROOT}${EXAMPLE}`, 'utf8');
+
+  it('documents every public method, option and event of SyncClient', () => {
+    const code = readFileSync(`${ROOT}lib/client/sync-client.ts`, 'utf8');
+    const hidden = new Set([...code.matchAll(/^\s+private (?:async )?(\w+)\(/gm)].map((m) => m[1]!));
+    const methods = [...Object.getOwnPropertyNames(SyncClient.prototype), ...['connect', 'open']].filter((name) => name !== 'constructor' && !hidden.has(name));
+    expect(methods.filter((name) => !CLIENT.includes(`\`${name}(`) && !CLIENT.includes(`.${name}(`)), 'methods not in docs/client.md').to.deep.equal([]);
+    const body = code.slice(code.indexOf('export interface SyncClientOptions'), code.indexOf('\n}\n', code.indexOf('export interface SyncClientOptions')));
+    const options = [...body.matchAll(/^  (\w+)\??: /gm)].map((m) => m[1]!);
+    expect(options).to.include('url');
+    expect(options.filter((name) => !new RegExp(`^\\| \`${name}\` \\|`, 'm').test(CLIENT)), 'options not in the table').to.deep.equal([]);
+    const events = [...new Set([...code.matchAll(/this\.emit\('(\w+)'/g)].map((m) => m[1]!))];
+    expect(events.filter((name) => !new RegExp(`^\\| \`'${name}'\` \\|`, 'm').test(CLIENT)), 'events not in the table').to.deep.equal([]);
+  });
 
   it(`shows ${EXAMPLE} in full (importing the package instead of ../lib)`, () => {
     const shown = fencedBlocks(CLIENT).filter((b) => b.lang === 'ts').map((b) => `${b.text}\n`);

@@ -1,7 +1,8 @@
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { ERROR_DISPOSITIONS, ErrorCode } from '../../lib/errors.js';
+import { CloseCode, ERROR_DISPOSITIONS, ErrorCode } from '../../lib/errors.js';
+import { documentedRoutes, servedRoutes } from '../helpers/doc-routes.js';
 
 const README = readFileSync(fileURLToPath(new URL('../../README.md', import.meta.url)), 'utf8');
 
@@ -35,9 +36,32 @@ describe('README', () => {
       }
     });
 
-    it('explains every close code the server uses', () => {
-      const line = README.slice(README.indexOf('Close codes: 1001'), README.indexOf('\n\n', README.indexOf('Close codes: 1001')));
-      for (const code of [1001, 1007, 1008, 1009, 1011, 1013, 4001, 4002, 4003]) expect(line, `close ${code}`).to.contain(String(code));
+    it('explains every close code the server uses in one list, which every other mention agrees with', () => {
+      // Every code the server closes with (1000 is a plain goodbye), and 1007, which the ws library sends for bad UTF-8.
+      const used = [...Object.values(CloseCode).filter((code) => code !== CloseCode.Normal), 1007].sort();
+      const lists = [...README.matchAll(/^(?:- )?Close codes: (\d[\s\S]*?)\n\n/gm)].map((m) => m[1]!);
+      expect(lists, 'lists of close codes').to.have.length(1);
+      const listed = [...lists[0]!.matchAll(/\b([14]\d{3})\b/g)].map((m) => Number(m[1]));
+      expect([...new Set(listed)].sort()).to.deep.equal(used);
+      // Elsewhere ("close 1009", "closes sockets with 1001", "closed with 1013"): only codes of that list.
+      const mentioned = [...README.matchAll(/\bclose[sd]?(?: \w+)?(?: with)? (\d{4})\b/g)].map((m) => Number(m[1]));
+      expect(mentioned.length).to.be.at.least(10);
+      expect(mentioned.filter((code) => !used.includes(code)), 'close codes the list does not explain').to.deep.equal([]);
+    });
+  });
+
+  describe('links', () => {
+    it('points client authors at docs/protocol.md and docs/client.md, and every relative link names a file of the repo', () => {
+      const links = [...README.matchAll(/\]\(((?!https?:|#)[^)#\s]+)(?:#[^)]*)?\)/g)].map((m) => m[1]!);
+      expect(links).to.include.members(['docs/protocol.md', 'docs/client.md']);
+      expect(links.filter((link) => !existsSync(fileURLToPath(new URL(`../../${link}`, import.meta.url)))), 'links to nothing').to.deep.equal([]);
+    });
+  });
+
+  describe('HTTP routes', () => {
+    it('lists every route the router serves (its page assets aside), and no other', async () => {
+      const served = (await servedRoutes()).filter((route) => !/\.\w+$/.test(route));
+      expect(documentedRoutes(README, 'route')).to.deep.equal([...served, 'GET /ws'].sort());
     });
   });
 });

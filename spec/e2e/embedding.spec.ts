@@ -82,6 +82,36 @@ describe('embedding the sync router in an Express app', () => {
     app.use(sync.path, sync);
   };
 
+  it('a tiny app with express.json() first, mounted at /api/sync: syncs over HTTP and WebSocket both ways', async () => {
+    embedded = await embed({ path: '/api/sync' }, (app, sync) => {
+      app.use(express.json());
+      app.post('/api/echo', (req, res) => { res.json(req.body); });
+      app.use(sync.path, sync);
+    });
+    const server = embedded.server;
+    const device = await SyncClient.connect({ url: `ws://127.0.0.1:${embedded.port}/api/sync/ws`, databaseId: 'notes', siteId: reader.wire, timeoutMs: 10_000 });
+    try {
+      expect((await device.catchUp()).changeSets).to.deep.equal([]);
+      // HTTP → WebSocket: a push over HTTP reaches the connected device.
+      const pushed = new Promise<{ transactionId: string }[]>((resolve) => device.once('push', resolve));
+      const fromHttp = site.txn([{ pk: [1], value: 'written over HTTP' }]);
+      const post = await request(server).post('/api/sync/notes/changes').set('X-Site-Id', site.wire).send({ changes: [fromHttp] }).expect(200);
+      expect(post.body.data).to.include({ applied: 1, transactions: 1 });
+      expect((await pushed).map((set) => set.transactionId)).to.deep.equal([fromHttp.transactionId]);
+      // WebSocket → HTTP: the device's write is read back over HTTP by the other site.
+      const fromDevice = reader.txn([{ pk: [2], value: 'written over WebSocket' }]);
+      expect(await device.apply([fromDevice])).to.include({ applied: 1, transactions: 1 });
+      const read = await request(server).get('/api/sync/notes/changes').set('X-Site-Id', site.wire).expect(200);
+      expect(read.body.data.changes.map((set: { transactionId: string }) => set.transactionId)).to.deep.equal([fromDevice.transactionId]);
+      expect(read.body.data.changes[0].changes[0].value).to.equal('written over WebSocket');
+    } finally {
+      await device.close();
+    }
+    // The app's own JSON route still gets its parsed body.
+    expect((await request(server).post('/api/echo').send({ hello: 'world' }).expect(200)).body).to.deep.equal({ hello: 'world' });
+    expect(codesOf(warnings.list)).to.deep.equal(['SYNC_BODY_PREPARSED']);
+  });
+
   describe('after app.use(express.json())', () => {
     it('applies pushes the app has parsed already and serves them back', async () => {
       embedded = await embed({ path: '/api/sync' }, mountAfter(express.json()));

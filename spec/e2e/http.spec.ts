@@ -212,6 +212,11 @@ describe('http routes', () => {
       await request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', reader.wire).set('Authorization', 'Bearer other').expect(200);
     });
 
+    it('leaves /status and /metrics open without statusTokens, as the README says', async () => {
+      await request(server.app).get('/sync/status').expect(200);
+      await request(server.app).get('/sync/metrics').expect(200);
+    });
+
     it('closes WebSocket handshakes with a wrong token with 4001', async () => {
       await server.connect(DB, { token: 's3cret' });
       await server.connect(DB, { token: 'nope' }).then(() => expect.fail('should refuse'), (err: Error) => expect(err.message).to.equal('token: not accepted'));

@@ -31,11 +31,11 @@ describe('create-coordinator-server', () => {
 
   it('refuses WebSocket upgrades for other paths at once with 404', async () => {
     const ws = new WebSocket(`${url.replace(/^http/, 'ws').replace(/\/sync$/, '')}/chat`);
-    const status = await new Promise<number>((resolve) => {
-      ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+    const status = await new Promise<string>((resolve) => {
+      ws.on('unexpected-response', (_req, res) => resolve(`${res.statusCode} ${res.statusMessage}`));
       ws.on('error', () => undefined);
     });
-    expect(status).to.equal(404);
+    expect(status).to.equal('404 Not Found');
     ws.terminate();
   });
 });
