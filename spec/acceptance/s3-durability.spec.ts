@@ -4,6 +4,8 @@ import { tmpdir } from 'node:os';
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Random } from '../helpers/random.js';
+import { TestSite } from '../helpers/changes.js';
+import { RawSocket } from '../helpers/raw-socket.js';
 import { cleanupCoordinatorProcesses, eventually, type CoordinatorProcess } from '../helpers/coordinator-process.js';
 import { startS3Server, type S3TestServer } from '../helpers/s3-server.js';
 import { startS3CoordinatorProcess, s3Options, type S3ProcessRouterOptions } from '../helpers/s3-coordinator-process.js';
@@ -157,12 +159,17 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
     expect(await proc.metric('sync_disk_evictions_total')).to.equal(1);
     expect(await snapshotState(proc, idle), 'restored identical on the next read').to.deep.equal(idleState);
     expect(await proc.metric('sync_archive_restores_total{result="restored"}')).to.equal(1);
+    // A client stays connected until the outage writes are in: without it the database could go idle,
+    // be evicted and need S3 to reopen between the two writers (on a slow machine 500 ms pass easily).
+    const holder = await RawSocket.handshake(proc.wsUrl, lagging, new TestSite().wire);
+    expect(holder.reply.type).to.equal('handshake_ack');
     await wsWriter(proc, lagging, 'lag1', tally, { until: writes(20) });
     await archiveCaughtUp(proc);
     await s3.stop();
     await wsWriter(proc, lagging, 'lag2', tally, { until: writes(20) });
     expect(tally.refused.size, 'async mode acknowledges through the outage').to.equal(0);
     const laggingState = await snapshotState(proc, lagging);
+    await holder.socket.close();
     // Closing (it starts once the database is idle) waits up to 5 s (CLOSE_FLUSH_MS) for the archive;
     // then the database is closed with its archive behind, and its shipper has stopped.
     expect(await eventually(async () => (await archiveStatus(proc)).openDatabases === 0, 100, 100), 'both databases closing').to.equal(true);

@@ -226,11 +226,15 @@ describe('durability (with a directory archive)', () => {
 
   it('never evicts a database whose archive lags', async () => {
     const server = await start({ storeIdleMs: 100, diskEvictionIdleMs: 200 });
+    // Connected until the second write: idle in between, the database could be evicted and need the archive to reopen.
+    const holder = await RawSocket.handshake(server.wsUrl, DB, new TestSite().wire);
+    expect(holder.reply.type).to.equal('handshake_ack');
     await write(server, new TestSite(), 5);
     expect(await durabilityOf(server).flush(DB)).to.equal(true);
     await rename(archiveDir, `${archiveDir}.gone`);
     try {
-      await write(server, new TestSite(), 5, 5);
+      expect(await write(server, new TestSite(), 5, 5)).to.deep.equal(Array(5).fill('ok'));
+      await holder.socket.close();
       // Idle long past the eviction time, the archive still lagging.
       await new Promise((resolve) => setTimeout(resolve, 1500));
       expect(await pathExists(databaseDirectory(dataDir, DB)), 'still on disk').to.equal(true);
