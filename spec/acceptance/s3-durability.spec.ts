@@ -255,13 +255,17 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
     const ackedEarly = ackTally.acked.size;
     const during = {
       pending: await asyncProc.metric('sync_archive_pending_transactions'),
+      outbox: await asyncProc.metric('sync_archive_outbox_bytes'),
       uploadErrors: await asyncProc.metric('sync_archive_upload_errors_total'),
       status: await archiveStatus(asyncProc),
       ackStatus: await archiveStatus(ackProc),
     };
     expect(during.pending, 'async: writes wait in the outbox').to.be.greaterThan(0);
+    expect(during.outbox, 'sync_archive_outbox_bytes counts them').to.be.greaterThan(0);
     expect(during.uploadErrors).to.be.greaterThan(0);
     expect(during.status.lastError, '/status names the failure').to.be.a('string');
+    expect(during.status.pendingTransactions, '/status shows the backlog').to.be.greaterThan(0);
+    expect(during.status.outboxBytes).to.be.greaterThan(0);
     expect(during.ackStatus.lastError).to.be.a('string');
 
     // Halfway through the outage the async coordinator is killed: its outbox is on disk.
@@ -290,6 +294,7 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
     await Promise.all([...asyncWriters, ...ackWriters]);
     await archiveCaughtUp(asyncProc, 90_000);
     const catchUpMs = Date.now() - back;
+    expect(await asyncProc.metric('sync_archive_outbox_bytes'), 'the outbox drained').to.equal(0);
     if (process.env.S3_FIGURES) process.stderr.write(`      outage: async acked ${asyncTally.acked.size} (${ackedAtKill.size} before the kill), pending ${during.pending} after 5 s, ${pendingAtEnd} at the end `
       + `(outbox ${outboxAtEnd} B, lag ${lagAtEnd} s); after the restart pending ${afterRestart.pending} (${ackedAtKill.size - ackedAtOutage} left by the kill), lag ${afterRestart.lag} s (down ${afterRestart.down.toFixed(1)} s); `
       + `caught up ${catchUpMs} ms after S3 returned; ack acked ${ackTally.acked.size} (${ackedBeforeOutage} before), refused ${JSON.stringify(ackTally.codes())}, acked during the outage ${ackedDuringOutage}\n`);
@@ -315,6 +320,7 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
 
     // What an operator sees after the coordinator restarted mid-outage: the backlog it inherited, not just what came since.
     const unarchivedAtKill = ackedAtKill.size - ackedAtOutage;
+    expect(outboxAtEnd, 'sync_archive_outbox_bytes at the end of the outage').to.be.greaterThan(0);
     expect(afterRestart.pending, `sync_archive_pending_transactions after the restart counts the ${unarchivedAtKill} transactions left unarchived by the kill`).to.be.at.least(unarchivedAtKill);
     expect(afterRestart.lag, `sync_archive_lag_seconds after the restart is the age of the oldest unarchived write (S3 down ${afterRestart.down.toFixed(1)} s)`).to.be.at.least(afterRestart.down - 1.5);
   });
