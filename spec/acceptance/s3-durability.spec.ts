@@ -62,7 +62,8 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
     if (this.currentTest?.state === 'failed') {
       for (const p of procs) if (p.stderr()) process.stderr.write(`--- coordinator ${p.pid} stderr ---\n${p.stderr().slice(-6000)}\n`);
       const crash = s3.crash();
-      process.stderr.write(`--- s3rver: ${crash ?? (s3.running() ? 'running' : 'stopped by the test')} ---\n`);
+      const state = crash ?? (s3.running() ? `running, ${(await s3.probe()) ?? 'answering'} at ${s3.endpoint}` : 'stopped by the test');
+      process.stderr.write(`--- s3rver: ${state} ---\n`);
     }
     procs.length = 0;
     await cleanupCoordinatorProcesses();
