@@ -124,6 +124,36 @@ describe('durability (with a directory archive)', () => {
     expect(compareHlc(hlcFromWire(newest.hlc), hlcFromWire(log.at(-1)!.hlc))).to.equal(1);
   });
 
+  it('honours a snapshot checkpoint handed out before the wipe: the resumed stream keeps its id and hlc and skips the completed table', async () => {
+    const first = await start();
+    const site = new TestSite();
+    const writer = await first.connect(DB, { siteId: site.wire });
+    await writer.apply([site.txn([{ pk: [1], value: 'x' }, { table: 'tags', pk: [1], value: 't' }])]);
+    const reader = await first.connect(DB);
+    const header = (await reader.snapshot())[0] as Extract<SnapshotChunk, { type: 'header' }>;
+    // The reader was cut off after the first table; more writes follow.
+    await writer.apply([site.txn([{ pk: [2], value: 'y' }, { table: 'tags', pk: [2], value: 'u' }])]);
+    await writer.close();
+    await reader.close();
+    expect(await durabilityOf(first).flush(DB)).to.equal(true);
+    await stop(first);
+
+    await rm(dataDir, { recursive: true, force: true });
+    const second = await start();
+    const resumer = await second.connect(DB);
+    const resumed = await resumer.snapshot({
+      snapshotId: header.snapshotId, siteId: resumer.options.siteId, hlc: header.hlc, lastTableIndex: 0, lastEntryIndex: 0,
+      completedTables: ['main.notes'], entriesProcessed: 1, createdAt: Date.now(),
+    });
+    // A restore that lost the stamps would find the checkpoint ahead of its log and stream a fresh full snapshot instead.
+    expect(resumed[0]).to.include({ type: 'header', siteId: header.siteId, snapshotId: header.snapshotId, hlc: header.hlc });
+    expect(resumed.filter((c) => c.type === 'table-start').map((c) => (c as { table: string }).table)).to.deep.equal(['tags']);
+    // And the cursor it leaves the client at gets the writes made after the checkpoint.
+    const after = await changesAfter(second, header.hlc);
+    expect(after.flatMap((set) => set.changes.map((c) => JSON.stringify([c.table, c.pk])))).to.have.members(['["notes",[2]]', '["tags",[2]]']);
+    await resumer.close();
+  });
+
   it('skips a corrupt newest snapshot and still restores identical', async () => {
     const first = await start();
     const site = new TestSite();
