@@ -212,6 +212,17 @@ describe('cli restore and export', function () {
       expect(exported.output).not.to.match(/sync-coordinator export acme:notes: writing:/);
     });
 
+    it('takes the S3 settings as flags, and without S3 keys the AWS SDK\'s default credential chain (AWS_* variables)', async () => {
+      const expected = await seed();
+      const result = await run(
+        ['restore', DB, '--data-dir', 'restored', '--s3-bucket', BUCKET, '--s3-endpoint', s3.endpoint, '--s3-force-path-style', '--s3-key-prefix', prefix],
+        { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_EC2_METADATA_DISABLED: 'true' },
+      );
+      expect(result.code, result.stderr).to.equal(0);
+      expect(result.stdout).to.match(new RegExp(`^sync-coordinator: restored acme:notes from ${escapeRegExp(location())} `));
+      expect(comparable(await servedFrom(join(cwd, 'restored')), { restored: true })).to.deep.equal(comparable(expected, { restored: true }));
+    });
+
     it('refuses a database that is already on disk; --force moves it aside first', async () => {
       const expected = await seed();
       expect((await run(['restore', DB, '--data-dir', 'data'])).code).to.equal(0);
