@@ -369,7 +369,8 @@ type S3ApplyFigures = ApplyFigures & { archive?: ArchiveLag };
 /**
  * The apply loads against a coordinator per durability mode, each archiving
  * to `s3` under its own prefix, with the default snapshot policy (a snapshot
- * after every 1,000 changes, streamed while the load goes on).
+ * after 1,000 changes and half the database size in changes, streamed while
+ * the load goes on).
  */
 async function s3ApplyRuns(s3: S3TestServer, nodeArgs: string[], dataDir: string, configFile: string, scenarios: [string, number, number, number][]): Promise<Record<string, Partial<Record<S3Mode, S3ApplyFigures>>>> {
   const out: Record<string, Partial<Record<S3Mode, S3ApplyFigures>>> = {};
@@ -613,7 +614,7 @@ async function main(): Promise<void> {
       lines.push('S3: skipped (--no-s3)');
     } else {
       lines.push('S3 durability: against s3rver on 127.0.0.1, a local stand-in for S3 (no network, no real S3 latency): `ack` latency here is a lower bound of real S3\'s.');
-      lines.push('Default snapshot policy (a snapshot after 1,000 changes and a tenth of the database, streamed during the load). Archive lag at end: sync_archive_lag_seconds (sync_archive_pending_transactions) read when the last write was acknowledged; caught up after: from then until both read 0, how far behind the archive really was.');
+      lines.push('Default snapshot policy (a snapshot after 1,000 changes and half the database size in changes, streamed during the load). Archive lag at end: sync_archive_lag_seconds (sync_archive_pending_transactions) read when the last write was acknowledged; caught up after: from then until both read 0, how far behind the archive really was.');
       lines.push('');
       lines.push('| load | S3 | changes/s | ratio to no S3 | ack p50/p99 ms | push p50/p99 ms | server apply mean ms | archive lag at end s (pending tx) | archive caught up after ms |');
       lines.push('|---|---|---|---|---|---|---|---|---|');

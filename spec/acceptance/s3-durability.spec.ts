@@ -4,6 +4,8 @@ import { tmpdir } from 'node:os';
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Random } from '../helpers/random.js';
+import { TestSite } from '../helpers/changes.js';
+import { RawSocket } from '../helpers/raw-socket.js';
 import { cleanupCoordinatorProcesses, eventually, type CoordinatorProcess } from '../helpers/coordinator-process.js';
 import { startS3Server, type S3TestServer } from '../helpers/s3-server.js';
 import { startS3CoordinatorProcess, s3Options, type S3ProcessRouterOptions } from '../helpers/s3-coordinator-process.js';
@@ -60,7 +62,8 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
     if (this.currentTest?.state === 'failed') {
       for (const p of procs) if (p.stderr()) process.stderr.write(`--- coordinator ${p.pid} stderr ---\n${p.stderr().slice(-6000)}\n`);
       const crash = s3.crash();
-      process.stderr.write(`--- s3rver: ${crash ?? (s3.running() ? 'running' : 'stopped by the test')} ---\n`);
+      const state = crash ?? (s3.running() ? `running, ${(await s3.probe()) ?? 'answering'} at ${s3.endpoint}` : 'stopped by the test');
+      process.stderr.write(`--- s3rver: ${state} ---\n`);
     }
     procs.length = 0;
     await cleanupCoordinatorProcesses();
@@ -157,12 +160,17 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
     expect(await proc.metric('sync_disk_evictions_total')).to.equal(1);
     expect(await snapshotState(proc, idle), 'restored identical on the next read').to.deep.equal(idleState);
     expect(await proc.metric('sync_archive_restores_total{result="restored"}')).to.equal(1);
+    // A client stays connected until the outage writes are in: without it the database could go idle,
+    // be evicted and need S3 to reopen between the two writers (on a slow machine 500 ms pass easily).
+    const holder = await RawSocket.handshake(proc.wsUrl, lagging, new TestSite().wire);
+    expect(holder.reply.type).to.equal('handshake_ack');
     await wsWriter(proc, lagging, 'lag1', tally, { until: writes(20) });
     await archiveCaughtUp(proc);
     await s3.stop();
     await wsWriter(proc, lagging, 'lag2', tally, { until: writes(20) });
     expect(tally.refused.size, 'async mode acknowledges through the outage').to.equal(0);
     const laggingState = await snapshotState(proc, lagging);
+    await holder.socket.close();
     // Closing (it starts once the database is idle) waits up to 5 s (CLOSE_FLUSH_MS) for the archive;
     // then the database is closed with its archive behind, and its shipper has stopped.
     expect(await eventually(async () => (await archiveStatus(proc)).openDatabases === 0, 100, 100), 'both databases closing').to.equal(true);
@@ -248,13 +256,17 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
     const ackedEarly = ackTally.acked.size;
     const during = {
       pending: await asyncProc.metric('sync_archive_pending_transactions'),
+      outbox: await asyncProc.metric('sync_archive_outbox_bytes'),
       uploadErrors: await asyncProc.metric('sync_archive_upload_errors_total'),
       status: await archiveStatus(asyncProc),
       ackStatus: await archiveStatus(ackProc),
     };
     expect(during.pending, 'async: writes wait in the outbox').to.be.greaterThan(0);
+    expect(during.outbox, 'sync_archive_outbox_bytes counts them').to.be.greaterThan(0);
     expect(during.uploadErrors).to.be.greaterThan(0);
     expect(during.status.lastError, '/status names the failure').to.be.a('string');
+    expect(during.status.pendingTransactions, '/status shows the backlog').to.be.greaterThan(0);
+    expect(during.status.outboxBytes).to.be.greaterThan(0);
     expect(during.ackStatus.lastError).to.be.a('string');
 
     // Halfway through the outage the async coordinator is killed: its outbox is on disk.
@@ -283,6 +295,7 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
     await Promise.all([...asyncWriters, ...ackWriters]);
     await archiveCaughtUp(asyncProc, 90_000);
     const catchUpMs = Date.now() - back;
+    expect(await asyncProc.metric('sync_archive_outbox_bytes'), 'the outbox drained').to.equal(0);
     if (process.env.S3_FIGURES) process.stderr.write(`      outage: async acked ${asyncTally.acked.size} (${ackedAtKill.size} before the kill), pending ${during.pending} after 5 s, ${pendingAtEnd} at the end `
       + `(outbox ${outboxAtEnd} B, lag ${lagAtEnd} s); after the restart pending ${afterRestart.pending} (${ackedAtKill.size - ackedAtOutage} left by the kill), lag ${afterRestart.lag} s (down ${afterRestart.down.toFixed(1)} s); `
       + `caught up ${catchUpMs} ms after S3 returned; ack acked ${ackTally.acked.size} (${ackedBeforeOutage} before), refused ${JSON.stringify(ackTally.codes())}, acked during the outage ${ackedDuringOutage}\n`);
@@ -308,6 +321,7 @@ describe('acceptance: S3 durability (coordinator processes against a real S3-com
 
     // What an operator sees after the coordinator restarted mid-outage: the backlog it inherited, not just what came since.
     const unarchivedAtKill = ackedAtKill.size - ackedAtOutage;
+    expect(outboxAtEnd, 'sync_archive_outbox_bytes at the end of the outage').to.be.greaterThan(0);
     expect(afterRestart.pending, `sync_archive_pending_transactions after the restart counts the ${unarchivedAtKill} transactions left unarchived by the kill`).to.be.at.least(unarchivedAtKill);
     expect(afterRestart.lag, `sync_archive_lag_seconds after the restart is the age of the oldest unarchived write (S3 down ${afterRestart.down.toFixed(1)} s)`).to.be.at.least(afterRestart.down - 1.5);
   });

@@ -20,7 +20,7 @@ import { RawSocket } from '../helpers/raw-socket.js';
 import { startS3Server, type S3TestServer } from '../helpers/s3-server.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
-import { buildOnce, LISTENING, lines, runToEnd, Runs } from './harness.js';
+import { buildOnce, CLI, LISTENING, lines, runToEnd, Runs } from './harness.js';
 
 const DB = 'acme:notes';
 const BUCKET = 'cli-commands';
@@ -151,6 +151,21 @@ describe('cli restore and export', function () {
 
   const NO_WARNINGS = /warning/i;
 
+  /**
+   * Runs the CLI on a pseudo-terminal (util-linux `script`, part of every
+   * Debian system), 100 columns wide; stdout and stderr both reach the
+   * terminal, so `output` holds them interleaved as a person would see them.
+   */
+  async function onTerminal(args: string[], env: Record<string, string> = s3Env()): Promise<{ code: number | null; output: string }> {
+    const script = ['/usr/bin/script', '/bin/script'].find((path) => existsSync(path));
+    if (script === undefined) throw new Error('this test needs util-linux `script` (Debian: bsdutils) to give the CLI a terminal');
+    const quote = (word: string): string => `'${word.replace(/'/g, `'\\''`)}'`;
+    const command = `stty cols 100 rows 40; exec ${[process.execPath, CLI, ...args].map(quote).join(' ')}`;
+    const run = runs.start(script, ['--quiet', '--return', '--flush', '--command', command, '/dev/null'], { cwd, env });
+    const { code } = await run.closed;
+    return { code, output: run.output.stdout };
+  }
+
   describe('restore', () => {
     it('restores a database into an empty data directory, identical to what was served', async () => {
       // Enough for a snapshot of more than 1,000 store entries, which restore reports as it loads them.
@@ -173,6 +188,38 @@ describe('cli restore and export', function () {
       expect(progress.at(-1)).to.equal(`sync-coordinator restore acme:notes: replaying batches: ${batches}/${batches} batches`);
       expect(result.stderr).not.to.match(NO_WARNINGS);
 
+      expect(comparable(await servedFrom(join(cwd, 'restored')), { restored: true })).to.deep.equal(comparable(expected, { restored: true }));
+    });
+
+    it('draws progress bars on a terminal instead of lines, for restore and for export', async () => {
+      const expected = await seed(join(cwd, 'seed'), 500);
+      const restore = await onTerminal(['restore', DB, '--data-dir', 'restored']);
+      expect(restore.code, restore.output).to.equal(0);
+      // cli-progress: the cursor hidden while bars draw, a bar of 20 cells per phase, the finished one full.
+      expect(restore.output).to.include('\u001b[?25l');
+      expect(restore.output).to.match(/restore acme:notes: replaying batches \u2588{20} 100% (\d+)\/\1 batches/);
+      expect(restore.output).to.match(/restore acme:notes: loading snapshot: [1-9]\d* entries/);
+      // Not the plain lines written off a terminal (those name the command: "sync-coordinator restore ...: phase: n").
+      expect(restore.output).not.to.match(/sync-coordinator restore acme:notes: (loading snapshot|replaying batches):/);
+      expect(restore.output).to.match(/sync-coordinator: restored acme:notes from /);
+      expect(comparable(await servedFrom(join(cwd, 'restored')), { restored: true })).to.deep.equal(comparable(expected, { restored: true }));
+
+      // From the seeding router's store (the restored one is open in servedFrom's router).
+      const exported = await onTerminal(['export', DB, '--data-dir', 'seed', '--out', 'snapshot.ndjson'], {});
+      expect(exported.code, exported.output).to.equal(0);
+      const footer = comparable(await readFile(join(cwd, 'snapshot.ndjson'), 'utf8')).at(-1) as Extract<SnapshotChunk, { type: 'footer' }>;
+      expect(exported.output).to.include(`export acme:notes: writing ${'\u2588'.repeat(20)} 100% ${footer.totalEntries}/${footer.totalEntries} entries`);
+      expect(exported.output).not.to.match(/sync-coordinator export acme:notes: writing:/);
+    });
+
+    it('takes the S3 settings as flags, and without S3 keys the AWS SDK\'s default credential chain (AWS_* variables)', async () => {
+      const expected = await seed();
+      const result = await run(
+        ['restore', DB, '--data-dir', 'restored', '--s3-bucket', BUCKET, '--s3-endpoint', s3.endpoint, '--s3-force-path-style', '--s3-key-prefix', prefix],
+        { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_EC2_METADATA_DISABLED: 'true' },
+      );
+      expect(result.code, result.stderr).to.equal(0);
+      expect(result.stdout).to.match(new RegExp(`^sync-coordinator: restored acme:notes from ${escapeRegExp(location())} `));
       expect(comparable(await servedFrom(join(cwd, 'restored')), { restored: true })).to.deep.equal(comparable(expected, { restored: true }));
     });
 

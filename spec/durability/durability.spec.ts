@@ -1,6 +1,8 @@
 import { expect } from 'chai';
 import { rename, rm, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { format } from 'node:util';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
 import { RawSocket } from '../helpers/raw-socket.js';
@@ -16,6 +18,8 @@ import { compareHlc, hlcFromWire } from '../../lib/protocol/hlc.js';
 import type { SyncRouterOptions } from '../../lib/config/options.js';
 import type { ChangeSet, SnapshotChunk } from '../../lib/protocol/messages.js';
 import { ReferenceClient } from '../helpers/reference-client.js';
+import { SNAPSHOT_MAGIC } from '../../lib/durability/snapshot-format.js';
+import { logs } from '../../lib/log.js';
 
 const DB = 'acme:durable';
 
@@ -120,6 +124,36 @@ describe('durability (with a directory archive)', () => {
     expect(compareHlc(hlcFromWire(newest.hlc), hlcFromWire(log.at(-1)!.hlc))).to.equal(1);
   });
 
+  it('honours a snapshot checkpoint handed out before the wipe: the resumed stream keeps its id and hlc and skips the completed table', async () => {
+    const first = await start();
+    const site = new TestSite();
+    const writer = await first.connect(DB, { siteId: site.wire });
+    await writer.apply([site.txn([{ pk: [1], value: 'x' }, { table: 'tags', pk: [1], value: 't' }])]);
+    const reader = await first.connect(DB);
+    const header = (await reader.snapshot())[0] as Extract<SnapshotChunk, { type: 'header' }>;
+    // The reader was cut off after the first table; more writes follow.
+    await writer.apply([site.txn([{ pk: [2], value: 'y' }, { table: 'tags', pk: [2], value: 'u' }])]);
+    await writer.close();
+    await reader.close();
+    expect(await durabilityOf(first).flush(DB)).to.equal(true);
+    await stop(first);
+
+    await rm(dataDir, { recursive: true, force: true });
+    const second = await start();
+    const resumer = await second.connect(DB);
+    const resumed = await resumer.snapshot({
+      snapshotId: header.snapshotId, siteId: resumer.options.siteId, hlc: header.hlc, lastTableIndex: 0, lastEntryIndex: 0,
+      completedTables: ['main.notes'], entriesProcessed: 1, createdAt: Date.now(),
+    });
+    // A restore that lost the stamps would find the checkpoint ahead of its log and stream a fresh full snapshot instead.
+    expect(resumed[0]).to.include({ type: 'header', siteId: header.siteId, snapshotId: header.snapshotId, hlc: header.hlc });
+    expect(resumed.filter((c) => c.type === 'table-start').map((c) => (c as { table: string }).table)).to.deep.equal(['tags']);
+    // And the cursor it leaves the client at gets the writes made after the checkpoint.
+    const after = await changesAfter(second, header.hlc);
+    expect(after.flatMap((set) => set.changes.map((c) => JSON.stringify([c.table, c.pk])))).to.have.members(['["notes",[2]]', '["tags",[2]]']);
+    await resumer.close();
+  });
+
   it('skips a corrupt newest snapshot and still restores identical', async () => {
     const first = await start();
     const site = new TestSite();
@@ -145,6 +179,55 @@ describe('durability (with a directory archive)', () => {
     expect(await state(second)).to.deep.equal(final);
     const metrics = await (await fetch(`${second.baseUrl}/metrics`)).text();
     expect(metrics).to.match(/^sync_archive_snapshots_skipped_total 1$/m);
+  });
+
+  it('skips a newest snapshot of an unknown format with a log line and a metric, and still restores identical', async () => {
+    const first = await start();
+    const site = new TestSite();
+    await write(first, site, 60);
+    await durabilityOf(first).snapshotNow(DB);
+    await write(first, site, 60, 60);
+    const newest = (await durabilityOf(first).snapshotNow(DB))!;
+    await write(first, site, 10, 120);
+    expect(await durabilityOf(first).flush(DB)).to.equal(true);
+    const final = await state(first);
+    await stop(first);
+    // A snapshot written by a later version: the same container, its header saying format 2.
+    const archive = await openFsArchive(archiveDir);
+    archives.push(archive);
+    const plain = gunzipSync(await readAll(archive, newest));
+    const headerLength = plain.readUInt32BE(SNAPSHOT_MAGIC.length);
+    const headerAt = SNAPSHOT_MAGIC.length + 4;
+    const header = JSON.parse(plain.subarray(headerAt, headerAt + headerLength).toString('utf8')) as { format: number };
+    expect(header.format).to.equal(1);
+    const future = Buffer.from(JSON.stringify({ ...header, format: 2 }), 'utf8');
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(future.length, 0);
+    await archive.put(newest, gzipSync(Buffer.concat([SNAPSHOT_MAGIC, length, future, plain.subarray(headerAt + headerLength)])));
+
+    await rm(dataDir, { recursive: true, force: true });
+    const lines: string[] = [];
+    const logger = logs.s3;
+    const previousLog = logger.log;
+    logger.enabled = true;
+    logger.log = (...args: unknown[]) => { lines.push(format(...args)); };
+    let restored: unknown[];
+    let metrics: string;
+    try {
+      const second = await start();
+      restored = await state(second);
+      metrics = await (await fetch(`${second.baseUrl}/metrics`)).text();
+    } finally {
+      // null hands "enabled" back to DEBUG / createDebug.enable.
+      logger.enabled = null as unknown as boolean;
+      logger.log = previousLog;
+    }
+    expect(restored).to.deep.equal(final);
+    expect(metrics).to.match(/^sync_archive_snapshots_skipped_total 1$/m);
+    expect(metrics).to.match(/^sync_archive_restores_total\{result="restored"\} 1$/m);
+    const skips = lines.filter((line) => line.includes('skips snapshot'));
+    expect(skips).to.have.length(1);
+    expect(skips[0]).to.include(`sync-coordinator:s3 restore of ${DB} skips snapshot ${newest}: unknown snapshot format 2`);
   });
 
   it('in ack mode, refuses writes while the archive is gone and stores nothing of them', async () => {
@@ -226,11 +309,15 @@ describe('durability (with a directory archive)', () => {
 
   it('never evicts a database whose archive lags', async () => {
     const server = await start({ storeIdleMs: 100, diskEvictionIdleMs: 200 });
+    // Connected until the second write: idle in between, the database could be evicted and need the archive to reopen.
+    const holder = await RawSocket.handshake(server.wsUrl, DB, new TestSite().wire);
+    expect(holder.reply.type).to.equal('handshake_ack');
     await write(server, new TestSite(), 5);
     expect(await durabilityOf(server).flush(DB)).to.equal(true);
     await rename(archiveDir, `${archiveDir}.gone`);
     try {
-      await write(server, new TestSite(), 5, 5);
+      expect(await write(server, new TestSite(), 5, 5)).to.deep.equal(Array(5).fill('ok'));
+      await holder.socket.close();
       // Idle long past the eviction time, the archive still lagging.
       await new Promise((resolve) => setTimeout(resolve, 1500));
       expect(await pathExists(databaseDirectory(dataDir, DB)), 'still on disk').to.equal(true);
@@ -285,6 +372,28 @@ describe('durability (with a directory archive)', () => {
     // 900 more makes 2,050 changes since the last snapshot: half the database (4,050 cells).
     await post(30_000, 900);
     expect(await eventually(async () => (await snapshots()) === 2, 200, 25)).to.equal(true);
+  });
+
+  it('snapshots a database that changed once snapshotIntervalMs has passed, however few its changes; an unchanged one not again', async () => {
+    const server = await start({ snapshotChanges: 1_000_000, snapshotIntervalMs: 1000 });
+    const snapshots = async (): Promise<number> => Number(/^sync_archive_snapshots_total (\S+)$/m.exec(await (await fetch(`${server.baseUrl}/metrics`)).text())![1]);
+    const holder = await RawSocket.handshake(server.wsUrl, DB, new TestSite().wire);
+    try {
+      await write(server, new TestSite(), 3);
+      expect(await eventually(async () => (await snapshots()) === 1, 300, 50), 'a snapshot by time').to.equal(true);
+      const archive = await openFsArchive(archiveDir);
+      archives.push(archive);
+      const manifest = JSON.parse((await readAll(archive, `${databaseKey(DB)}manifest.json`)).toString()) as { snapshots: { key: string; stamp: string }[] };
+      expect(manifest.snapshots).to.have.length(1);
+      // Its stamp is the last write's: the three writes are in it.
+      const last = (await changesAfter(server, undefined)).at(-1)!.hlc;
+      expect(manifest.snapshots[0]!.stamp).to.equal(Buffer.from(hlcFromWire(last)).toString('hex'));
+      // Two more intervals without a change: no further snapshot.
+      await new Promise((resolve) => setTimeout(resolve, 2500));
+      expect(await snapshots()).to.equal(1);
+    } finally {
+      await holder.socket.close();
+    }
   });
 
   it('does not time a client out while its database is restored', async () => {

@@ -126,6 +126,25 @@ describe('durability/s3-archive', () => {
       }
     });
 
+    it('signs for us-east-1 and prefixes nothing when given no region and no keyPrefix (S3_REGION and S3_KEY_PREFIX unset)', async () => {
+      const seen: { url?: string; authorization?: string }[] = [];
+      const fake = await fakeS3((req, res) => {
+        seen.push({ url: req.url, authorization: req.headers.authorization });
+        res.writeHead(200, { etag: '"0"' });
+        res.end();
+      });
+      const archive = new S3Archive(fakeOptions(fake.endpoint));
+      try {
+        await archive.put('a/k', b('v'));
+      } finally {
+        await archive.close();
+        await fake.close();
+      }
+      expect(seen).to.have.length(1);
+      expect(seen[0]!.url).to.match(/^\/fake-bucket\/a\/k(\?|$)/);
+      expect(seen[0]!.authorization).to.match(/Credential=id\/\d{8}\/us-east-1\/s3\/aws4_request/);
+    });
+
     it('names the bucket, prefix and endpoint in its location, never the credentials', async () => {
       const archive = open();
       expect(archive.location).to.match(/^s3:\/\/archive-test\/t\d+\/ at http:\/\/127\.0\.0\.1:\d+$/);
