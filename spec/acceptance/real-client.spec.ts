@@ -334,7 +334,11 @@ describe('acceptance: real clients get every change (docs/protocol.md §8, §9),
       const rng = new Random(seed);
       const db = `prop:${seed}`;
       const n = 3 + rng.int(3);
-      const list = range(n).map(() => client(db, { reconnectDelayMs: 5, offline: rng.int(5) === 0 }));
+      // Each client's apply delays (§8: messages applied concurrently) from its own generator, so the schedule replays from the seed.
+      const list = range(n).map((i) => {
+        const delays = new Random(seed * 8 + i);
+        return client(db, { reconnectDelayMs: 5, offline: rng.int(5) === 0, random: () => delays.next() });
+      });
       for (const c of list) c.start();
       const steps = 12 + rng.int(20);
       let burstKeys = 0;
