@@ -306,6 +306,62 @@ describe('acceptance: real clients get every change (docs/protocol.md §8, §9),
     expect(b.model.cell('main', 'items', [999], 'v')!.value).to.equal(`999:${filler}`);
   });
 
+  describe('many clients pushing ~40 MB batches at once', () => {
+    const ROWS = 1000;
+    const filler = 'x'.repeat(40_000);
+    // One set of values for every client (each on its own database), so the test process holds them once.
+    const values = range(ROWS).map((k) => `${k}:${filler}`);
+
+    /**
+     * A fresh coordinator process; `senders` clients, each on its own
+     * database, commit one 1,000-change transaction of ~40 MB while
+     * offline, then all connect at once and push it. Resolves with the
+     * server's RSS before and at its peak while it takes them in.
+     */
+    async function peakWith(senders: number): Promise<{ idle: number; peak: number }> {
+      const own = await startCoordinatorProcess();
+      const dbOf = (i: number) => `big:${senders}-${i}`;
+      const list = range(senders).map((i) => client(dbOf(i), { offline: true }, own));
+      try {
+        for (const c of list) {
+          c.start();
+          c.write(values.map((v, k) => ({ pk: [k], values: { v } })));
+        }
+        for (const c of list) await debounceLapsed(c);
+        const idle = own.rss();
+        let peak = idle;
+        const sampler = setInterval(() => { peak = Math.max(peak, own.rss()); }, 20);
+        try {
+          for (const c of list) c.goOnline();
+          await Promise.all(list.map((c) => c.whenPushed(240_000)));
+          peak = Math.max(peak, own.rss());
+        } finally {
+          clearInterval(sampler);
+        }
+        // Every batch applied: each database holds its client's 1,000 rows, values intact.
+        for (const [i, c] of list.entries()) {
+          const { model } = await readServerState(own.baseUrl, dbOf(i));
+          expect(countRows(model, range(ROWS).map((k) => [k])), `rows of sender ${i + 1} of ${senders} on the server (${describeClient('sender', c)})`).to.equal(ROWS);
+          expect(model.sameAs(c.model), `sender ${i + 1} of ${senders} equals the server`).to.equal(true);
+        }
+        // Figures for the report; the assertions are what passes or fails.
+        console.log(`      ${senders} clients pushing ~40 MB each: server idle RSS ${(idle / MB).toFixed(0)} MB, peak ${(peak / MB).toFixed(0)} MB`);
+        return { idle, peak };
+      } finally {
+        await Promise.all(list.map((c) => c.stop()));
+        await own.stop();
+        await own.cleanup();
+      }
+    }
+
+    it('20 clients at once: every batch is applied, and the server peaks at most 1.5 × its peak with 5', async function () {
+      this.timeout(600_000);
+      const five = await peakWith(5);
+      const twenty = await peakWith(20);
+      expect(twenty.peak / MB, `peak RSS with 20 senders vs 5: ${(twenty.peak / MB).toFixed(0)} vs ${(five.peak / MB).toFixed(0)} MB`).to.be.at.most(1.5 * five.peak / MB);
+    });
+  });
+
   describe('property: random schedules of real clients converge', () => {
     const BASE_SEED = Number(process.env.REF_SEED ?? 0x5eed);
     const RUNS = Number(process.env.REF_RUNS ?? 100);
