@@ -33,8 +33,10 @@ export interface LogPage {
 export interface LogReader {
   /**
    * The page after `cursor` (a stamp; undefined: from the beginning).
-   * Rejects with SNAPSHOT_REQUIRED when retention has passed the cursor,
-   * or with the store's failure.
+   * `maxBytes` lowers the reader's own page budget (bytes of change-set
+   * JSON; a page still holds at least one whole transaction). Rejects with
+   * SNAPSHOT_REQUIRED when retention has passed the cursor, or with the
+   * store's failure.
    */
-  read(cursor: Buffer | undefined): Promise<LogPage>;
+  read(cursor: Buffer | undefined, maxBytes?: number): Promise<LogPage>;
 }

@@ -2,6 +2,14 @@ import { compareHlc } from '../protocol/hlc.js';
 import type { DeliverySink, LogPage, LogReader } from './ports.js';
 import type { Push } from './push.js';
 
+/**
+ * Page budget (bytes of change-set JSON) of what a socket missed while
+ * catching up or reading too slowly, sent as `push_changes`: a slow reader
+ * holds its queue plus about two of these, rather than two full pages of
+ * the log (a page still holds at least one whole transaction).
+ */
+export const RECOVERY_PAGE_BYTES = 1024 * 1024;
+
 /** How one socket's stream behaves. */
 export interface DeliveryOptions {
   /**
@@ -43,7 +51,8 @@ type Mode = 'live' | 'catching-up';
  * - then live `push_changes`, one per committed message of another site;
  * - when the socket reads too slowly, pushes stop; once it drains, what it
  *   missed is read from the log and sent as `push_changes`, then it is live
- *   again. Memory per socket stays at about two pages.
+ *   again. Memory per socket stays at about two pages (of at most
+ *   RECOVERY_PAGE_BYTES while recovering).
  *
  * The stream keeps one position: the stamp of the last change set it sent.
  * Stamps rise in commit order and pushes are offered in commit order, so a
@@ -168,7 +177,7 @@ export class DeliveryStream {
     try {
       for (;;) {
         this.missed = false;
-        const reading = this.reader.read(this.position);
+        const reading = this.reader.read(this.position, kind === 'push_changes' ? RECOVERY_PAGE_BYTES : undefined);
         // Handled below; without this a failure during the wait would count as unhandled.
         reading.catch(() => undefined);
         await this.sink.flushed();

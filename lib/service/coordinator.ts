@@ -142,7 +142,7 @@ export interface SubmittedChanges {
 
 /** A caller's reader of its database's change log (the delivery stream's log port). */
 export interface ChangeFeed extends LogReader {
-  read(cursor: Buffer | undefined): Promise<ChangesPage>;
+  read(cursor: Buffer | undefined, maxBytes?: number): Promise<ChangesPage>;
 }
 
 /** Most bytes of change sets in one page of the log (a page holds at least one whole transaction). */
@@ -487,9 +487,10 @@ export class Coordinator {
     const { batchSize, maxMessageBytes } = this.config;
     const pageBytes = Math.min(PAGE_BYTES, maxMessageBytes / 2);
     return {
-      read: (cursor: Buffer | undefined) => this.track(async () => {
+      read: (cursor: Buffer | undefined, maxBytes?: number) => this.track(async () => {
         const timer = this.metrics.getChangesDuration.startTimer();
-        const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, batchSize, pageBytes));
+        const budget = maxBytes === undefined ? pageBytes : Math.min(pageBytes, maxBytes);
+        const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, batchSize, budget));
         timer();
         return page;
       }),

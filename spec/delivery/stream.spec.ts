@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { DeliveryStream, type DeliveryOptions } from '../../lib/delivery/stream.js';
+import { DeliveryStream, RECOVERY_PAGE_BYTES, type DeliveryOptions } from '../../lib/delivery/stream.js';
 import { Push } from '../../lib/delivery/push.js';
 import type { DeliverySink, LogPage, LogReader } from '../../lib/delivery/ports.js';
 import { encodeHlc, hlcFromWire, hlcToWire } from '../../lib/protocol/hlc.js';
@@ -43,9 +43,12 @@ async function jitter(r: Random, max = 4): Promise<void> {
 class FakeLog implements LogReader {
   readonly txns: Txn[] = [];
   failNext = false;
+  /** The `maxBytes` of every read, in order. */
+  readonly budgets: (number | undefined)[] = [];
   constructor(private readonly r: Random, private readonly site: string, private readonly floor = 0) {}
 
-  async read(cursor: Buffer | undefined): Promise<LogPage> {
+  async read(cursor: Buffer | undefined, maxBytes?: number): Promise<LogPage> {
+    this.budgets.push(maxBytes);
     const after = cursor ? numberOf(hlcToWire(cursor)) : 0;
     if (this.failNext) {
       this.failNext = false;
@@ -178,6 +181,35 @@ describe('delivery', () => {
       sink.flush();
       for (let i = 0; i < 20 && !failure; i++) await new Promise((resolve) => setImmediate(resolve));
       expect((failure as SyncError).message).to.equal('store failed');
+    });
+
+    it('reads what a slow socket missed in pages of RECOVERY_PAGE_BYTES, and a get_changes answer in full pages', async () => {
+      const r = new Random(7);
+      const log = new FakeLog(r, ME);
+      for (let n = 1; n <= 12; n++) log.txns.push({ n, site: OTHERS[0]! });
+      const sink = new FakeSink();
+      const stream = new DeliveryStream(sink, log, options(), stamp(12));
+      await stream.catchUp(undefined);
+      while (stream.catchingUp) {
+        sink.flush();
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      expect(log.budgets.length, 'pages of the get_changes answer').to.be.above(1);
+      expect(log.budgets.every((b) => b === undefined), 'a get_changes answer uses the reader\'s own page budget').to.equal(true);
+      log.budgets.length = 0;
+      // Over pushHighWaterBytes queued: the next commits are read back from the log.
+      sink.send(JSON.stringify({ type: 'pong', pad: 'x'.repeat(1000) }));
+      for (let n = 13; n <= 24; n++) {
+        log.txns.push({ n, site: OTHERS[0]! });
+        expect(stream.offer(new Push([changeSet(log.txns.at(-1)!)], [stamp(n)]))).to.equal(false);
+      }
+      while (stream.catchingUp) {
+        sink.flush();
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      expect(received(sink.frames).slice(-12)).to.deep.equal(Array.from({ length: 12 }, (_, i) => 13 + i));
+      expect(log.budgets.length, 'recovery reads').to.be.above(0);
+      expect(log.budgets.every((b) => b === RECOVERY_PAGE_BYTES)).to.equal(true);
     });
 
     it('never repeats a push already sent in a page, and sends only the part after it', () => {

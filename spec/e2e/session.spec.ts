@@ -205,6 +205,47 @@ describe('ws session', () => {
       expect(pages).to.be.greaterThan(1);
     });
 
+    it('keeps names and pks that differ only by a lone surrogate vs U+FFFD apart: push, get_changes and snapshot', async () => {
+      const a = await server.connect(DB);
+      const b = await server.connect(DB);
+      const sa = siteOf(a);
+      const cells = [
+        { schema: 's\ud83d', table: 't\ud83d', pk: [1], column: 'c\ud83d', value: 'lone' },
+        { schema: 's\ufffd', table: 't\ufffd', pk: [1], column: 'c\ufffd', value: 'replacement' },
+        { pk: [1], column: 'c\udc00', value: 'lone low' },
+        { pk: [1], column: 'c\ufffd', value: 'replacement column' },
+        { pk: ['p\ud83d'], column: 'c', value: 'lone pk' },
+        { pk: ['p\ufffd'], column: 'c', value: 'replacement pk' },
+      ];
+      const expected = cells.map((c) => [c.schema ?? 'main', c.table ?? 'notes', c.pk, c.column, c.value]);
+      const pushed = nextPush(b);
+      expect(await a.apply([sa.txn(cells)])).to.include({ applied: cells.length, skipped: 0 });
+      const got = (sets: ChangeSet[]) => sets.flatMap((s) => s.changes).map((c) => c.type === 'column' && [c.schema, c.table, c.pk, c.column, c.value]);
+      expect(got(await pushed)).to.have.deep.members(expected);
+      expect(got((await b.catchUp()).changeSets)).to.have.deep.members(expected);
+      const chunks = await b.snapshot();
+      const snapped = chunks.flatMap((c) => (c.type === 'column-versions' ? c.entries.map((e) => [c.schema, c.table, e.pk, e.column, e.value]) : []));
+      expect(snapped).to.have.deep.members(expected);
+    });
+
+    it('resumes a snapshot whose completedTables entry reads as two tables without skipping either', async () => {
+      const a = await server.connect(DB);
+      const sa = siteOf(a);
+      await a.apply([sa.txn([
+        { schema: 'main', table: 'x.y', pk: [1], column: 'c', value: 'in main / x.y' },
+        { schema: 'main.x', table: 'y', pk: [1], column: 'c', value: 'in main.x / y' },
+        { schema: 'main', table: 'done', pk: [1], column: 'c', value: 'done' },
+      ])]);
+      const b = await server.connect(DB);
+      const header = (await b.snapshot())[0] as Extract<SnapshotChunk, { type: 'header' }>;
+      const resumed = await b.snapshot({
+        snapshotId: header.snapshotId, siteId: b.options.siteId, hlc: header.hlc, lastTableIndex: 2, lastEntryIndex: 0,
+        completedTables: ['main.x.y', 'main.done'], entriesProcessed: 2, createdAt: Date.now(),
+      });
+      const values = resumed.flatMap((c) => (c.type === 'column-versions' ? c.entries.map((e) => e.value) : []));
+      expect(values).to.have.members(['in main / x.y', 'in main.x / y']);
+    });
+
     it("never pushes to the writer's site and never to other databases", async () => {
       const a = await server.connect(DB);
       const sameSite = await server.connect(DB, { siteId: a.options.siteId });

@@ -365,7 +365,8 @@ describe('reference client', function () {
     });
 
     it('applies every changes message, asked for or not, and moves the watermark only on those', async () => {
-      const a = client();
+      // In arrival order here; the next test lets them land out of order.
+      const a = client({ applyDelayMs: 0 });
       a.start();
       const conn = await fake.connection(0);
       await accept(conn);
@@ -383,6 +384,33 @@ describe('reference client', function () {
       expect(seen[1]).to.deep.equal({ type: 'get_changes', sinceHLC: s2.hlc });
       // hasMore never made it ask again on the first connection.
       expect(a.sent(1).filter((m) => m.type === 'get_changes')).to.have.length(1);
+    });
+
+    it('applies messages concurrently: a later one may land first, and the last changes to land sets the watermark', async () => {
+      // Per message received, in order: the empty answer of accept(), then s1 waits 90% of applyDelayMs, s2 and s3 not at all.
+      const delays = [0, 0.9, 0, 0];
+      const a = client({ applyDelayMs: 200, random: () => delays.shift() ?? 0 });
+      a.start();
+      const conn = await fake.connection(0);
+      await accept(conn);
+      const other = new TestSite(randomSiteId(), Date.now() - 1000);
+      const s1 = { ...other.txn([{ table: 'items', pk: [1], column: 's', value: 'one' }]), hlc: stamp(1) };
+      const s2 = { ...other.txn([{ table: 'items', pk: [2], column: 's', value: 'two' }]), hlc: stamp(2) };
+      const s3 = { ...other.txn([{ table: 'items', pk: [3], column: 's', value: 'three' }]), hlc: stamp(3) };
+      conn.send({ type: 'changes', changeSets: [s1], hasMore: true });
+      conn.send({ type: 'changes', changeSets: [s2], hasMore: true });
+      conn.send({ type: 'push_changes', changeSets: [s3] });
+      await waitFor(() => a.model.rows.size === 2, 'the second and third applied');
+      expect(a.model.row('main', 'items', [1]), 'the first is still being applied').to.equal(undefined);
+      expect(a.watermark).to.equal(s2.hlc);
+      expect(a.idle(0), 'not idle while a message is being applied').to.equal(false);
+      await waitFor(() => a.model.rows.size === 3, 'the first applied');
+      // The real client stores the watermark of the message that finished last, older or not.
+      expect(a.watermark).to.equal(s1.hlc);
+      await conn.close();
+      const again = await fake.connection(1);
+      const seen = await accept(again, { snapshot: false });
+      expect(seen[1]).to.deep.equal({ type: 'get_changes', sinceHLC: s1.hlc });
     });
 
     it('drops changes and push_changes while a snapshot lands, then asks from the header hlc', async () => {

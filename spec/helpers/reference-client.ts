@@ -47,6 +47,18 @@ export interface ReferenceClientOptions {
   record?: boolean;
   /** Cut the socket after this many snapshot chunks of the next snapshot stream (test hook). */
   cutSnapshotAfterChunks?: number;
+  /**
+   * Each `changes` and `push_changes` message is applied after its own
+   * random delay in [0, applyDelayMs) ms, as it arrives and without waiting
+   * for the previous one (§8, "Concurrency"): a later message may land
+   * first, and a `changes` message that lands last sets the watermark even
+   * when an earlier-landed one held newer stamps. 0 applies each message at
+   * once, in arrival order (one of the orders a real client can produce).
+   * @default 5
+   */
+  applyDelayMs?: number;
+  /** Source of the apply delays, uniform in [0, 1). @default Math.random */
+  random?: () => number;
 }
 
 /** A server `error` the client received. */
@@ -93,7 +105,9 @@ interface Connection {
  * replica is empty), and once the snapshot is complete (or at once when no
  * snapshot is needed) one `get_changes` from its watermark followed by a push
  * of its unacknowledged change sets. Then only pushes after local commits
- * and answers to `request_changes`.
+ * and answers to `request_changes`. Received `changes` and `push_changes`
+ * are applied concurrently (see `applyDelayMs`), so they may land out of
+ * order and the watermark may move back, as with the real client.
  */
 export class ReferenceClient {
   readonly siteId: Buffer;
@@ -129,7 +143,7 @@ export class ReferenceClient {
   /** True once a fatal error (or a refused handshake_ack) stopped reconnecting. */
   stoppedByServer = false;
 
-  private readonly options: Required<Pick<ReferenceClientOptions, 'reconnectDelayMs' | 'maxReconnectDelayMs' | 'debounceMs' | 'batchChanges' | 'record'>> & ReferenceClientOptions;
+  private readonly options: Required<Pick<ReferenceClientOptions, 'reconnectDelayMs' | 'maxReconnectDelayMs' | 'debounceMs' | 'batchChanges' | 'record' | 'applyDelayMs' | 'random'>> & ReferenceClientOptions;
   private readonly clock: HlcClock;
   private conn?: Connection;
   private nextConnId = 0;
@@ -146,6 +160,8 @@ export class ReferenceClient {
   private applySeq = 0;
   private lastFrameAt = Date.now();
   private closeWaiters: (() => void)[] = [];
+  /** Messages received and not applied yet (§8: applied concurrently). */
+  private readonly applying = new Set<NodeJS.Timeout>();
 
   constructor(options: ReferenceClientOptions) {
     const reconnectDelayMs = options.reconnectDelayMs ?? 1000;
@@ -156,6 +172,8 @@ export class ReferenceClient {
       debounceMs: options.debounceMs ?? 50,
       batchChanges: options.batchChanges ?? 1000,
       record: options.record ?? false,
+      applyDelayMs: options.applyDelayMs ?? 5,
+      random: options.random ?? Math.random,
     };
     this.siteId = options.siteId ?? randomSiteId();
     this.siteIdWire = siteIdToWire(this.siteId);
@@ -181,6 +199,8 @@ export class ReferenceClient {
     clearTimeout(this.debounceTimer);
     this.reconnectTimer = undefined;
     this.debounceTimer = undefined;
+    for (const timer of this.applying) clearTimeout(timer);
+    this.applying.clear();
     const conn = this.conn;
     if (!conn) return;
     const closed = new Promise<void>((resolve) => this.closeWaiters.push(resolve));
@@ -255,13 +275,13 @@ export class ReferenceClient {
   }
 
   /**
-   * Nothing in flight: connected (handshake acknowledged), reading, no commit
-   * waiting to be pushed, no push waiting for its apply_result, and no frame
-   * received for `quietMs`. A snapshot that stopped arriving counts as idle:
+   * Nothing in flight: connected (handshake acknowledged), reading, no
+   * message waiting to be applied, no commit waiting to be pushed, no push
+   * waiting for its apply_result, and no frame received for `quietMs`. A snapshot that stopped arriving counts as idle:
    * the client waits for nothing it will act on.
    */
   idle(quietMs: number): boolean {
-    return (this.conn?.open ?? false) && !this.readingPaused && this.debounceTimer === undefined && this.pendingPushes.size === 0 &&
+    return (this.conn?.open ?? false) && !this.readingPaused && this.applying.size === 0 && this.debounceTimer === undefined && this.pendingPushes.size === 0 &&
       Date.now() - this.lastFrameAt >= quietMs;
   }
 
@@ -507,6 +527,21 @@ export class ReferenceClient {
     }
     if (type === 'changes' && (message as { hasMore?: unknown }).hasMore === true) this.pagesWithMore++;
     const sets = changeSets ?? [];
+    if (this.options.applyDelayMs <= 0) return this.applyChanges(type, sets);
+    // Applied on its own schedule, not after the previous message (§8, "Concurrency").
+    const timer = setTimeout(() => {
+      this.applying.delete(timer);
+      try {
+        this.applyChanges(type, sets);
+      } catch (err) {
+        this.errors.push({ code: '#CLIENT_ERROR', message: `${type}: ${(err as Error).message}`, fatal: undefined });
+      }
+    }, this.options.applyDelayMs * this.options.random());
+    this.applying.add(timer);
+  }
+
+  /** Applies one received message; a `changes` message sets the watermark to its largest stamp. */
+  private applyChanges(type: 'changes' | 'push_changes', sets: ChangeSet[]): void {
     this.model.applyChangeSets(sets);
     for (const set of sets) this.observe(set);
     if (type === 'changes' && sets.length > 0) {
