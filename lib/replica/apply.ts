@@ -14,7 +14,7 @@ import type { ApplyResult, ChangeSet, ColumnChange, DeleteChange } from '../prot
 import type { KvOp, KvStore } from '../storage/kv.js';
 import {
   LOG_CHANGE, LOG_MIGRATION,
-  decodeComponent, tableId, tablePrefixes, rowKeys, columnKey, migrationKey, logKey, tombstoneAgeKey, prefixEnd,
+  decodeComponent, tableId, tablePrefixes, prefixedComponent, columnKey, migrationKey, logKey, tombstoneAgeKey, prefixEnd,
   encodeFact, encodeLogEntry, factHlc, factLogKey, tombstoneCreatedAt, writeU64,
 } from './keys.js';
 import { resolveSlot, resolveDeletes, tombstoneBlocks, type Candidate } from './merge.js';
@@ -138,7 +138,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
       let row = rows.get(rowId);
       if (!row) {
         // Ids are built once: map lookups with freshly concatenated strings re-hash them every time.
-        row = { id: rowId, recordId: `t${rowId}`, pkKey, tk, ...rowKeys(tk, pkKey), deletes: [] };
+        row = { id: rowId, recordId: `t${rowId}`, pkKey, tk, tombKey: prefixedComponent(tk.tombBase, pkKey), colPrefix: prefixedComponent(tk.colBase, pkKey), deletes: [] };
         rows.set(rowId, row);
       }
       item.row = row;

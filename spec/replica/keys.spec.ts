@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { encodeComponent, decodeComponent, tableId, tablePrefix, NS_COLUMN, prefixEnd } from '../../lib/replica/keys.js';
+import { encodeComponent, decodeComponent, prefixedComponent, tableId, tablePrefix, NS_COLUMN, prefixEnd } from '../../lib/replica/keys.js';
 import { Random } from '../helpers/random.js';
 
 /** The component encoder of key format 1 as first shipped: stores on disk hold exactly these bytes. */
@@ -23,6 +23,19 @@ function randomText(rng: Random): string {
 }
 
 describe('replica keys', () => {
+  describe('#prefixedComponent', () => {
+    it('gives the bytes of the prefix followed by encodeComponent, for every kind of text', () => {
+      const prefix = Buffer.from([NS_COLUMN, 0x61, 0x00, 0x01]);
+      const texts = ['', 'title', '[1,"a"]', 'nul\u0000inside', '\u0000', 'é ü 日本', '😀', 'c\ud83d', '\udc00x', 'a\u0000\ud800'];
+      for (const text of texts) {
+        const expected = Buffer.concat([prefix, encodeComponent(text)]);
+        expect(prefixedComponent(prefix, text).equals(expected), JSON.stringify(text)).to.equal(true);
+        expect(prefixedComponent(Buffer.alloc(0), text).equals(encodeComponent(text)), JSON.stringify(text)).to.equal(true);
+        expect(decodeComponent(prefixedComponent(prefix, text), prefix.length)[0]).to.equal(text);
+      }
+    });
+  });
+
   describe('#encodeComponent / #decodeComponent', () => {
     it('round-trips random strings exactly, lone surrogates included (seeded)', () => {
       const rng = new Random(20240611);
