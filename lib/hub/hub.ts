@@ -20,6 +20,22 @@ export interface Subscriber {
 }
 
 /**
+ * Most changes (and schema migrations) publishSoon puts in one push when it
+ * joins consecutive commits: about what a real client sends in one batch
+ * (docs/protocol.md §8), so a joined frame is never bigger than frames
+ * clients already send and receive.
+ */
+export const COALESCED_PUSH_CHANGES = 1000;
+
+interface QueuedPublish { fromSite: string; accepted: ChangeSet[]; stamps: Buffer[]; changes: number }
+
+function changeCount(sets: readonly ChangeSet[]): number {
+  let n = 0;
+  for (const set of sets) n += set.changes.length + (set.schemaMigrations?.length ?? 0);
+  return n;
+}
+
+/**
  * Told of every commit `publish` sees, right after it was offered:
  * `accepted` the change sets, `stamps` their stamps, `delivered` the
  * subscribers that were sent it live.
@@ -34,6 +50,8 @@ export class Hub {
   private readonly databases = new Map<string, Set<Subscriber>>();
   private readonly metrics: Metrics;
   private readonly observers = new Set<PublishObserver>();
+  /** Commits publishSoon holds per database until its setImmediate runs. */
+  private readonly queued = new Map<string, QueuedPublish[]>();
 
   constructor(metrics: Metrics) {
     this.metrics = metrics;
@@ -66,10 +84,36 @@ export class Hub {
    * out before the pushes to every other socket. Calls keep their order, so
    * pushes stay in commit order; a subscriber that reads the log meanwhile
    * is not sent twice (its stream skips stamps it already holds).
+   *
+   * Commits queued for one database in the same turn (a group commit of
+   * several messages) from the same site, one after another, go out as ONE
+   * push of at most COALESCED_PUSH_CHANGES changes: one frame and one write
+   * per subscriber instead of one per message. Still in stamp order, so a
+   * subscriber sees exactly what separate pushes would have given it.
    */
   publishSoon(databaseId: string, fromSite: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[]): void {
     if (accepted.length === 0 || !this.databases.has(databaseId)) return;
-    setImmediate(() => this.publish(databaseId, fromSite, accepted, stamps));
+    let queue = this.queued.get(databaseId);
+    if (!queue) {
+      queue = [];
+      this.queued.set(databaseId, queue);
+      setImmediate(() => this.publishQueued(databaseId));
+    }
+    const changes = changeCount(accepted);
+    const last = queue[queue.length - 1];
+    if (last && last.fromSite === fromSite && last.changes + changes <= COALESCED_PUSH_CHANGES) {
+      last.accepted.push(...accepted);
+      last.stamps.push(...stamps);
+      last.changes += changes;
+    } else {
+      queue.push({ fromSite, accepted: [...accepted], stamps: [...stamps], changes });
+    }
+  }
+
+  private publishQueued(databaseId: string): void {
+    const queue = this.queued.get(databaseId);
+    this.queued.delete(databaseId);
+    for (const one of queue ?? []) this.publish(databaseId, one.fromSite, one.accepted, one.stamps);
   }
 
   /** Every subscriber, across databases. */
