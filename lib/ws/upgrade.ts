@@ -7,7 +7,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Coordinator } from '../service/coordinator.js';
 import { clientAddress, type Limits } from '../service/limits.js';
 import { logs } from '../log.js';
-import { Session } from './session.js';
+import { Session, type SessionDeps } from './session.js';
 import type { InboundBudget } from './inbound.js';
 
 const log = logs.ws;
@@ -93,22 +93,20 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
     return true;
   }
 
-  /**
-   * Starts the session of an accepted socket. A function of its own so
-   * that the callbacks the session keeps for its whole life close over
-   * `address` alone, not over the upgrade's request and head.
-   */
+  // One object for every session: a session keeps nothing of the upgrade
+  // (its request and head) but its headers until the handshake.
+  const sessionDeps: SessionDeps = {
+    config, coordinator, metrics, limits,
+    onEnd: function onSessionEnd(session) {
+      sessions.delete(session);
+      limits.connections.closed(session.remoteAddress);
+    },
+  };
+
+  /** Starts the session of an accepted socket, its bytes counted by the inbound budget. */
   function openSession(ws: WebSocket, req: IncomingMessage, socket: Duplex, address: string): void {
     limits.connections.opened(address);
-    const session = new Session(ws, req, {
-      config, coordinator, metrics, limits, address,
-      inbound: inbound.track(ws, socket),
-      onEnd: (s) => {
-        sessions.delete(s);
-        limits.connections.closed(address);
-      },
-    });
-    sessions.add(session);
+    sessions.add(new Session(ws, req, sessionDeps, address, inbound.track(ws, socket)));
   }
 
   async function close(): Promise<void> {
