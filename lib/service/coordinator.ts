@@ -508,7 +508,9 @@ export class Coordinator {
   /**
    * The page of the caller's change log after `cursor` (a stamp; undefined:
    * from the beginning), of at most `maxBytes` of change sets when given
-   * (see `ChangeFeed.read`). @internal The read behind every change feed.
+   * (see `ChangeFeed.read`): the read behind every change feed.
+   * SNAPSHOT_REQUIRED for a cursor older than the retention horizon.
+   * @internal use `changeFeed(caller).read()`.
    */
   readChanges(caller: Caller, cursor: Buffer | undefined, maxBytes?: number): Promise<ChangesPage> {
     return this.track(async () => {
