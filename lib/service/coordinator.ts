@@ -145,6 +145,25 @@ export interface ChangeFeed extends LogReader {
   read(cursor: Buffer | undefined, maxBytes?: number): Promise<ChangesPage>;
 }
 
+/**
+ * A change feed as a small object with `read` on its prototype: every
+ * WebSocket session holds one for its whole life, so it keeps only the
+ * coordinator and the caller (the site id is decoded per read).
+ */
+class CallerFeed implements ChangeFeed {
+  private readonly coordinator: Coordinator;
+  private readonly caller: Caller;
+
+  constructor(coordinator: Coordinator, caller: Caller) {
+    this.coordinator = coordinator;
+    this.caller = caller;
+  }
+
+  read(cursor: Buffer | undefined, maxBytes?: number): Promise<ChangesPage> {
+    return this.coordinator.readChanges(this.caller, cursor, maxBytes);
+  }
+}
+
 /** Most bytes of change sets in one page of the log (a page holds at least one whole transaction). */
 const PAGE_BYTES = 4 * 1024 * 1024;
 
@@ -483,18 +502,27 @@ export class Coordinator {
    * SNAPSHOT_REQUIRED for a cursor older than the retention horizon.
    */
   changeFeed(caller: Caller): ChangeFeed {
-    const site = siteIdFromWire(caller.siteId);
-    const { batchSize, maxMessageBytes } = this.config;
-    const pageBytes = Math.min(PAGE_BYTES, maxMessageBytes / 2);
-    return {
-      read: (cursor: Buffer | undefined, maxBytes?: number) => this.track(async () => {
-        const timer = this.metrics.getChangesDuration.startTimer();
-        const budget = maxBytes === undefined ? pageBytes : Math.min(pageBytes, maxBytes);
-        const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, batchSize, budget));
-        timer();
-        return page;
-      }),
-    };
+    return new CallerFeed(this, caller);
+  }
+
+  /**
+   * The page of the caller's change log after `cursor` (a stamp; undefined:
+   * from the beginning), of at most `maxBytes` of change sets when given
+   * (see `ChangeFeed.read`): the read behind every change feed.
+   * SNAPSHOT_REQUIRED for a cursor older than the retention horizon.
+   * @internal use `changeFeed(caller).read()`.
+   */
+  readChanges(caller: Caller, cursor: Buffer | undefined, maxBytes?: number): Promise<ChangesPage> {
+    return this.track(async () => {
+      const timer = this.metrics.getChangesDuration.startTimer();
+      const { batchSize, maxMessageBytes } = this.config;
+      const pageBytes = Math.min(PAGE_BYTES, maxMessageBytes / 2);
+      const budget = maxBytes === undefined ? pageBytes : Math.min(pageBytes, maxBytes);
+      const site = siteIdFromWire(caller.siteId);
+      const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, batchSize, budget));
+      timer();
+      return page;
+    });
   }
 
   /**

@@ -49,6 +49,32 @@ interface Entry<T> {
   retired?: () => void;
 }
 
+/**
+ * A lease, with `release` on its prototype: a WebSocket session holds one
+ * for its whole life, and a closure per lease would cost every idle socket.
+ */
+class PoolLease<T> implements Lease<T> {
+  readonly resource: T;
+  readonly id: string;
+  /** Cleared by the first release(). */
+  #entry: Entry<T> | undefined;
+  readonly #giveBack: (entry: Entry<T>) => void;
+
+  constructor(entry: Entry<T>, giveBack: (entry: Entry<T>) => void) {
+    this.resource = entry.resource;
+    this.id = entry.id;
+    this.#entry = entry;
+    this.#giveBack = giveBack;
+  }
+
+  release(): void {
+    const entry = this.#entry;
+    if (!entry) return;
+    this.#entry = undefined;
+    this.#giveBack(entry);
+  }
+}
+
 class Opening<T> {
   /** Acquirers waiting on this open; the opened entry starts with this many leases. */
   waiters = 0;
@@ -73,6 +99,8 @@ export class ReplicaPool<T> {
   /** Retired resources still leased (retire). */
   readonly #retired = new Set<Entry<T>>();
   #closed: Promise<void> | undefined;
+  /** What every lease of this pool calls on its first release(): one function per pool, not one per lease. */
+  readonly #giveBack = (entry: Entry<T>): void => this.#release(entry);
 
   /** Throws TypeError when an option is missing or out of range. */
   constructor(options: ReplicaPoolOptions<T>) {
@@ -248,16 +276,7 @@ export class ReplicaPool<T> {
   }
 
   #lease(entry: Entry<T>): Lease<T> {
-    let released = false;
-    return {
-      resource: entry.resource,
-      id: entry.id,
-      release: () => {
-        if (released) return;
-        released = true;
-        this.#release(entry);
-      },
-    };
+    return new PoolLease(entry, this.#giveBack);
   }
 
   #release(entry: Entry<T>): void {

@@ -320,6 +320,33 @@ class Budget implements InboundBudget {
 }
 
 /**
+ * Where a tracked WebSocket and its net socket find their meter: the
+ * listeners and the pause()/resume() of every tracked socket are the shared
+ * functions below, so an idle socket keeps no closure of its own.
+ */
+const kMeter = Symbol('sync-coordinator:inbound-meter');
+
+interface Metered {
+  [kMeter]?: SocketMeter;
+}
+
+function onMeteredData(this: Duplex, chunk: Buffer): void {
+  (this as Duplex & Metered)[kMeter]?.received(chunk);
+}
+
+function onMeteredClose(this: WebSocket): void {
+  (this as WebSocket & Metered)[kMeter]?.close();
+}
+
+function pauseMetered(this: WebSocket): void {
+  (this as WebSocket & Metered)[kMeter]!.ownerPause();
+}
+
+function resumeMetered(this: WebSocket): void {
+  (this as WebSocket & Metered)[kMeter]!.ownerResume();
+}
+
+/**
  * Counts a WebSocket's raw bytes and follows its frame headers (RFC 6455
  * §5.2) to find where each message ends: a data message ends with its FIN
  * frame; a control frame (ping, pong, close) is handled by ws as soon as it
@@ -328,17 +355,27 @@ class Budget implements InboundBudget {
 class SocketMeter extends Member implements InboundMeter {
   private readonly ws: WebSocket;
   private readonly socket: Duplex;
-  private readonly pauseWs: () => void;
-  private readonly resumeWs: () => void;
+  /** ws's own pause() and resume() (called with the WebSocket as `this`), which the budget and the owner share. */
+  private readonly wsPause: (this: WebSocket) => void;
+  private readonly wsResume: (this: WebSocket) => void;
   private ownerPaused = false;
-  /** Wire sizes of whole messages not yet released, oldest first. */
-  private readonly messages: number[] = [];
-  // Frame scanner state.
-  private readonly head = Buffer.alloc(14);
-  private headLength = 0;
-  private headNeeded = 2;
+  /**
+   * Wire sizes of whole messages not yet released, oldest first: the oldest
+   * in `oldestMessage` (0: none), the rest in `laterMessages`, made only
+   * while more than one waits (an idle socket holds no array).
+   */
+  private oldestMessage = 0;
+  private laterMessages?: number[];
+  // Frame scanner state: numbers rather than a header buffer, which would
+  // cost every idle socket a Buffer and its ArrayBuffer.
+  /** Header bytes of the current frame read so far; 0 at a frame's start and in its payload. */
+  private headRead = 0;
+  /** Length of the current frame's header (2 to 14 bytes), known from its second byte. */
+  private headLength = 2;
+  /** Extended payload length bytes of the current header (0, 2 or 8). */
+  private lengthBytes = 0;
+  /** Payload bytes of the current frame still to come (while its header is read: its length so far). */
   private payloadLeft = 0;
-  private inPayload = false;
   private frameBytes = 0;
   private messageBytes = 0;
   private control = false;
@@ -348,23 +385,18 @@ class SocketMeter extends Member implements InboundMeter {
     super(budget);
     this.ws = ws;
     this.socket = socket;
-    this.pauseWs = ws.pause.bind(ws);
-    this.resumeWs = ws.resume.bind(ws);
+    this.wsPause = ws.pause;
+    this.wsResume = ws.resume;
     if (ws.readyState !== ws.OPEN) {
       this.closed = true;
       return;
     }
-    const meter = this;
-    ws.pause = function pause() {
-      meter.ownerPaused = true;
-      meter.pauseWs();
-    };
-    ws.resume = function resume() {
-      meter.ownerPaused = false;
-      if (!meter.held || ws.readyState !== ws.OPEN) meter.resumeWs();
-    };
-    socket.on('data', this.onData);
-    ws.once('close', this.onClose);
+    (ws as WebSocket & Metered)[kMeter] = this;
+    (socket as Duplex & Metered)[kMeter] = this;
+    ws.pause = pauseMetered;
+    ws.resume = resumeMetered;
+    socket.on('data', onMeteredData);
+    ws.on('close', onMeteredClose);
   }
 
   get bytes(): number {
@@ -372,24 +404,38 @@ class SocketMeter extends Member implements InboundMeter {
   }
 
   hold(): void {
-    this.pauseWs();
+    this.wsPause.call(this.ws);
   }
 
   unhold(): void {
-    if (!this.ownerPaused) this.resumeWs();
+    if (!this.ownerPaused) this.wsResume.call(this.ws);
+  }
+
+  /** The owner's `ws.pause()`. */
+  ownerPause(): void {
+    this.ownerPaused = true;
+    this.wsPause.call(this.ws);
+  }
+
+  /** The owner's `ws.resume()`: reads again unless the budget holds the socket (a closing socket always reads). */
+  ownerResume(): void {
+    this.ownerPaused = false;
+    if (!this.held || this.ws.readyState !== this.ws.OPEN) this.wsResume.call(this.ws);
   }
 
   release(): void {
     if (this.closed) return;
-    const size = this.messages.shift();
-    if (size === undefined) return;
+    const size = this.oldestMessage;
+    if (size === 0) return;
+    this.oldestMessage = this.laterMessages?.shift() ?? 0;
+    if (this.laterMessages?.length === 0) this.laterMessages = undefined;
     this.budget.remove(this, size, true);
     this.budget.evaluate();
   }
 
   keep(): () => void {
-    const size = this.messages[0];
-    if (this.closed || size === undefined) return () => {};
+    const size = this.oldestMessage;
+    if (this.closed || size === 0) return () => {};
     // Counted again as a whole message of its own: release() takes the
     // message's first count, the returned function this one.
     this.budget.add(this, size);
@@ -406,15 +452,15 @@ class SocketMeter extends Member implements InboundMeter {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.socket.off('data', this.onData);
-    this.ws.off('close', this.onClose);
-    this.messages.length = 0;
+    this.socket.off('data', onMeteredData);
+    this.ws.off('close', onMeteredClose);
+    this.oldestMessage = 0;
+    this.laterMessages = undefined;
     this.budget.drop(this);
   }
 
-  private readonly onClose = (): void => this.close();
-
-  private readonly onData = (chunk: Buffer): void => {
+  /** Bytes arrived on the net socket. */
+  received(chunk: Buffer): void {
     // Once closing, ws either discards what follows or reads only until the
     // close handshake ends (the session destroys the socket soon after), so
     // nothing of it should hold the budget.
@@ -426,12 +472,12 @@ class SocketMeter extends Member implements InboundMeter {
     this.scan(chunk);
     this.budget.checkHold(this);
     this.budget.evaluate();
-  };
+  }
 
   private scan(chunk: Buffer): void {
     let i = 0;
     while (i < chunk.length) {
-      if (this.inPayload) {
+      if (this.headRead === 0 && this.payloadLeft > 0) {
         const take = Math.min(this.payloadLeft, chunk.length - i);
         i += take;
         this.payloadLeft -= take;
@@ -439,36 +485,39 @@ class SocketMeter extends Member implements InboundMeter {
         if (this.payloadLeft === 0) this.endFrame();
         continue;
       }
-      this.head[this.headLength++] = chunk[i++]!;
+      const byte = chunk[i++]!;
+      const at = this.headRead++;
       this.frameBytes++;
-      if (this.headLength === 2) {
-        const length7 = this.head[1]! & 0x7f;
-        this.headNeeded = 2 + (length7 === 126 ? 2 : length7 === 127 ? 8 : 0) + (this.head[1]! & 0x80 ? 4 : 0);
+      if (at === 0) {
+        this.fin = (byte & 0x80) !== 0;
+        this.control = (byte & 0x08) !== 0;
+      } else if (at === 1) {
+        const length7 = byte & 0x7f;
+        this.lengthBytes = length7 === 126 ? 2 : length7 === 127 ? 8 : 0;
+        this.headLength = 2 + this.lengthBytes + (byte & 0x80 ? 4 : 0);
+        this.payloadLeft = this.lengthBytes === 0 ? length7 : 0;
+      } else if (at < 2 + this.lengthBytes) {
+        // Extended length, big-endian (a 64-bit one is exact up to 2^53, far above maxPayload).
+        this.payloadLeft = this.payloadLeft * 256 + byte;
       }
-      if (this.headLength < this.headNeeded) continue;
-      const length7 = this.head[1]! & 0x7f;
-      const payload = length7 < 126 ? length7 : length7 === 126 ? this.head.readUInt16BE(2) : this.head.readUInt32BE(2) * 2 ** 32 + this.head.readUInt32BE(6);
-      this.fin = (this.head[0]! & 0x80) !== 0;
-      this.control = (this.head[0]! & 0x08) !== 0;
-      this.headLength = 0;
-      this.headNeeded = 2;
-      this.payloadLeft = payload;
-      this.inPayload = payload > 0;
-      if (payload === 0) this.endFrame();
+      if (this.headRead < this.headLength) continue;
+      this.headRead = 0;
+      this.headLength = 2;
+      if (this.payloadLeft === 0) this.endFrame();
     }
   }
 
   private endFrame(): void {
     const size = this.frameBytes;
     this.frameBytes = 0;
-    this.inPayload = false;
     if (this.control) {
       this.budget.remove(this, size, false);
       return;
     }
     this.messageBytes += size;
     if (!this.fin) return;
-    this.messages.push(this.messageBytes);
+    if (this.oldestMessage === 0) this.oldestMessage = this.messageBytes;
+    else (this.laterMessages ??= []).push(this.messageBytes);
     this.budget.complete(this, this.messageBytes);
     this.messageBytes = 0;
   }
@@ -533,7 +582,8 @@ export const MAX_PENDING_FRAMES = 64;
 export class FrameGate {
   private readonly ws: WebSocket;
   private readonly maxBytes: number;
-  private readonly meter?: InboundMeter;
+  /** The socket's share of the router's inbound budget, if any. */
+  readonly meter?: InboundMeter;
   private frames = 0;
   private bytes = 0;
   private paused = false;
@@ -542,6 +592,11 @@ export class FrameGate {
     this.ws = ws;
     this.maxBytes = maxBytes;
     this.meter = meter;
+  }
+
+  /** Frames received and not yet handled. */
+  get pending(): number {
+    return this.frames;
   }
 
   /** A frame of `size` bytes arrived and waits to be handled. */

@@ -15,8 +15,9 @@ import { RefusedWrites, isRetryableRefusal } from '../delivery/refused-writes.js
 import type { Caller, Connection, Coordinator, SubmittedChanges } from '../service/coordinator.js';
 import type { ClientInfo } from '../config/hooks.js';
 import { TokenBucket, exceedsJsonDepth, type Limits } from '../service/limits.js';
+import type { DeliveryOptions } from '../delivery/stream.js';
 import { FrameGate, type InboundMeter } from './inbound.js';
-import { Outbound } from './outbound.js';
+import { Outbound, type OutboundOwner } from './outbound.js';
 
 const log = logs.ws;
 
@@ -32,18 +33,25 @@ const MAX_APPLIES_IN_FLIGHT = 32;
  */
 const CLOSE_GRACE_MS = 2000;
 
-/** What a session needs from the router. */
+/** What a session needs from the router: one object, shared by all its sessions. */
 export interface SessionDeps {
   config: Config;
   coordinator: Coordinator;
   metrics: Metrics;
   limits: Limits;
-  /** The client address the limits and hooks see (see `trustProxy`). */
-  address: string;
-  /** This socket's share of the router's inbound budget (§9): told when each message has been handled (an apply: answered); it closes itself with the socket. */
-  inbound?: InboundMeter;
-  /** Called once when the session has ended. */
+  /** Called once when a session has ended. */
   onEnd(session: Session): void;
+}
+
+/**
+ * Where a socket's listeners find their session: they are the static
+ * functions of `Session`, shared by every socket, so that an idle socket
+ * keeps no closure of its own.
+ */
+const kSession = Symbol('sync-coordinator:session');
+
+function sessionOf(socket: WebSocket): Session {
+  return (socket as WebSocket & { [kSession]: Session })[kSession];
 }
 
 type State = 'handshake' | 'open' | 'closed';
@@ -56,12 +64,11 @@ type State = 'handshake' | 'open' | 'closed';
  * the database's changes in its `DeliveryStream`, the handshake's checks in
  * `Coordinator.connect`.
  */
-export class Session implements Subscriber {
+export class Session implements Subscriber, OutboundOwner {
   readonly connectionId = randomUUID();
   readonly socket: WebSocket;
-  readonly remoteAddress?: string;
-  databaseId = '';
-  siteId = '';
+  /** The client address the limits and hooks see (see `trustProxy`). */
+  readonly remoteAddress: string;
   /** Set by the heartbeat: false until the socket answers the last ping. */
   alive = true;
   private state: State = 'handshake';
@@ -70,9 +77,10 @@ export class Session implements Subscriber {
   /** Pulls this client's writes again after a transient refusal (real clients do not retry). */
   private refusedWrites?: RefusedWrites;
   private readonly out: Outbound;
-  private queue: Promise<void> = Promise.resolve();
-  /** Replies of applies submitted but not yet answered, in submission order. */
-  private applyTail: Promise<void> = Promise.resolve();
+  /** Frames being handled, in order; absent when none is (an idle socket holds no promise). */
+  private queue?: Promise<void>;
+  /** Replies of applies submitted but not yet answered, in submission order; absent when none is pending. */
+  private applyTail?: Promise<void>;
   private appliesInFlight = 0;
   private readonly gate: FrameGate;
   private handshakeTimer?: NodeJS.Timeout;
@@ -82,33 +90,71 @@ export class Session implements Subscriber {
   /** The upgrade request's headers, for the handshake's hooks only: dropped when the handshake starts, so an idle socket keeps nothing of its request. */
   private headers?: IncomingMessage['headers'];
 
-  constructor(socket: WebSocket, req: IncomingMessage, deps: SessionDeps) {
+  /**
+   * `address` is the client address the limits and hooks see (see
+   * `trustProxy`); `inbound` this socket's share of the router's inbound
+   * budget (§9), told when each message has been handled (an apply:
+   * answered); it closes itself with the socket.
+   */
+  constructor(socket: WebSocket, req: IncomingMessage, deps: SessionDeps, address: string, inbound?: InboundMeter) {
     this.socket = socket;
     this.deps = deps;
     this.headers = req.headers;
-    this.remoteAddress = deps.address;
+    this.remoteAddress = address;
     const { config } = deps;
-    this.gate = new FrameGate(socket, config.maxMessageBytes, deps.inbound);
-    this.out = new Outbound(socket, config, (queued) => {
-      log('session %s: %d bytes still queued after %d ms; closing', this.connectionId, queued, config.sendHardLimitMs);
-      deps.limits.refused('send_buffer');
-      this.close(CloseCode.TryAgainLater, 'Send buffer over limit');
-    });
+    this.gate = new FrameGate(socket, config.maxMessageBytes, inbound);
+    this.out = new Outbound(socket, config, this);
     if (config.messagesPerSecond > 0) this.bucket = new TokenBucket(config.messagesPerSecond, config.messageBurst, deps.limits.now());
     deps.metrics.wsConnectionsTotal.inc();
     deps.metrics.wsConnectionsActive.inc();
-    socket.on('message', (data, isBinary) => this.onMessage(data, isBinary));
-    socket.on('pong', () => { this.alive = true; });
-    socket.on('close', () => void this.end());
-    socket.on('error', (err) => log('socket %s error: %s', this.connectionId, err.message));
+    (socket as WebSocket & { [kSession]: Session })[kSession] = this;
+    socket.on('message', Session.onSocketMessage);
+    socket.on('pong', Session.onSocketPong);
+    socket.on('close', Session.onSocketClose);
+    socket.on('error', Session.onSocketError);
     if (config.handshakeTimeoutMs > 0) {
-      this.handshakeTimer = setTimeout(() => {
-        if (this.state !== 'handshake') return;
-        deps.limits.refused('handshake_timeout');
-        this.close(CloseCode.PolicyViolation, 'Handshake timeout');
-      }, config.handshakeTimeoutMs);
+      this.handshakeTimer = setTimeout(Session.onHandshakeTimeout, config.handshakeTimeoutMs, this);
       this.handshakeTimer.unref();
     }
+  }
+
+  private static onSocketMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
+    sessionOf(this).onMessage(data, isBinary);
+  }
+
+  private static onSocketPong(this: WebSocket): void {
+    sessionOf(this).alive = true;
+  }
+
+  private static onSocketClose(this: WebSocket): void {
+    void sessionOf(this).end();
+  }
+
+  private static onSocketError(this: WebSocket, err: Error): void {
+    log('socket %s error: %s', sessionOf(this).connectionId, err.message);
+  }
+
+  private static onHandshakeTimeout(session: Session): void {
+    if (session.state !== 'handshake') return;
+    session.deps.limits.refused('handshake_timeout');
+    session.close(CloseCode.PolicyViolation, 'Handshake timeout');
+  }
+
+  /** Database of the session; '' until its handshake is accepted. */
+  get databaseId(): string {
+    return this.connection?.caller.databaseId ?? '';
+  }
+
+  /** Site id (base64url) of the client; '' until its handshake is accepted. */
+  get siteId(): string {
+    return this.connection?.caller.siteId ?? '';
+  }
+
+  /** OutboundOwner: the client stopped reading what it is sent; closes the socket so that it reconnects. */
+  sendStalled(queuedBytes: number): void {
+    log('session %s: %d bytes still queued after %d ms; closing', this.connectionId, queuedBytes, this.deps.config.sendHardLimitMs);
+    this.deps.limits.refused('send_buffer');
+    this.close(CloseCode.TryAgainLater, 'Send buffer over limit');
   }
 
   /**
@@ -120,13 +166,17 @@ export class Session implements Subscriber {
     const bytes = rawBytes(data);
     const refusal = this.rateRefusal();
     this.gate.received(bytes.length);
-    this.queue = this.queue
+    this.queue = (this.queue ?? Promise.resolve())
       .then(() => this.handleFrame(bytes, isBinary, refusal))
       .catch((err) => {
         log('session %s: unexpected failure: %s', this.connectionId, messageOf(err));
         this.sendError(ErrorCode.Internal, messageOf(err), false);
       })
-      .finally(() => this.gate.handled(bytes.length));
+      .finally(() => {
+        this.gate.handled(bytes.length);
+        // The last frame received is handled: nothing is chained after this one.
+        if (this.gate.pending === 0) this.queue = undefined;
+      });
   }
 
   /** Why this frame is refused by a rate limit (the text of RATE_LIMITED), or undefined. */
@@ -138,7 +188,7 @@ export class Session implements Subscriber {
       limits.refused('rate_connection');
       return `too many messages on this connection (limit ${config.messagesPerSecond}/s, burst ${config.messageBurst}); retry in ${wait} ms`;
     }
-    return limits.takeAddress(this.remoteAddress ?? 'unknown', 'messages')?.message;
+    return limits.takeAddress(this.remoteAddress, 'messages')?.message;
   }
 
   private async handleFrame(bytes: Buffer, isBinary: boolean, refusal: string | undefined): Promise<void> {
@@ -184,7 +234,7 @@ export class Session implements Subscriber {
     }
     // Only applies overlap (to share commits); anything else waits for the
     // applies before it, so it sees their effects and replies stay in order.
-    if (type !== 'apply_changes') await this.applyTail;
+    if (type !== 'apply_changes' && this.applyTail) await this.applyTail;
     switch (type) {
       case 'ping':
         this.out.send('{"type":"pong"}');
@@ -250,23 +300,11 @@ export class Session implements Subscriber {
     }
     const { caller } = connection;
     this.connection = connection;
-    this.databaseId = caller.databaseId;
-    this.siteId = caller.siteId;
     this.state = 'open';
     clearTimeout(this.handshakeTimer);
     const start = coordinator.subscribe(this, connection);
-    this.delivery = new DeliveryStream(this.out, coordinator.changeFeed(caller), {
-      pushHighWaterBytes: config.pushHighWaterBytes,
-      clientPaging: clientPaging === true,
-      onFailure: (err) => {
-        log('session %s: delivery from the log failed: %s', this.connectionId, messageOf(err));
-        this.close(dispositionOf(isSyncError(err) ? err.code : ErrorCode.Internal).close ?? CloseCode.InternalError, 'Delivery failed; reconnect');
-      },
-      onLag: () => {
-        this.deps.limits.lagged();
-        log('session %s lags (%d bytes queued); it gets what it misses from the log once it drains', this.connectionId, this.out.bufferedBytes);
-      },
-    }, start);
+    const events = new DeliveryEvents(this, this.deps.limits, config.pushHighWaterBytes, clientPaging === true);
+    this.delivery = new DeliveryStream(this.out, coordinator.changeFeed(caller), events, start);
     this.out.send(JSON.stringify({
       type: 'handshake_ack', databaseId: caller.databaseId, serverSiteId: connection.serverSiteId, connectionId: this.connectionId, protocolVersion: PROTOCOL_VERSION,
     }));
@@ -301,8 +339,8 @@ export class Session implements Subscriber {
   private async onApplyChanges(message: Record<string, unknown>): Promise<void> {
     const { coordinator } = this.deps;
     const requestId = message.requestId;
-    const inboundDone = this.deps.inbound?.keep();
-    if (this.appliesInFlight >= MAX_APPLIES_IN_FLIGHT) await this.applyTail;
+    const inboundDone = this.gate.meter?.keep();
+    if (this.appliesInFlight >= MAX_APPLIES_IN_FLIGHT && this.applyTail) await this.applyTail;
     this.appliesInFlight++;
     let submitted: SubmittedChanges | undefined;
     let failure: unknown;
@@ -315,7 +353,7 @@ export class Session implements Subscriber {
     } catch (err) {
       failure = err;
     }
-    this.applyTail = this.applyTail.then(async () => {
+    this.applyTail = (this.applyTail ?? Promise.resolve()).then(async () => {
       try {
         if (!submitted) throw failure;
         const result = await submitted.done.catch((err: unknown) => {
@@ -331,7 +369,8 @@ export class Session implements Subscriber {
         this.replyError(err, ErrorCode.ApplyChangesError);
       } finally {
         inboundDone?.();
-        this.appliesInFlight--;
+        // The last apply in flight is answered: nothing is chained after this reply.
+        if (--this.appliesInFlight === 0) this.applyTail = undefined;
       }
     });
   }
@@ -350,7 +389,7 @@ export class Session implements Subscriber {
 
   /** Resolves when every frame received so far has been handled and answered. */
   settled(): Promise<void> {
-    return this.queue.then(() => this.applyTail);
+    return (this.queue ?? Promise.resolve()).then(() => this.applyTail);
   }
 
   private async onSnapshot(checkpoint: unknown): Promise<void> {
@@ -458,6 +497,35 @@ export class Session implements Subscriber {
       }
     }
     this.deps.onEnd(this);
+  }
+}
+
+/**
+ * A session's delivery stream options, with its callbacks as methods on a
+ * prototype: an idle socket keeps this one small object rather than a
+ * closure per callback.
+ */
+class DeliveryEvents implements DeliveryOptions {
+  private readonly session: Session;
+  private readonly limits: Limits;
+  readonly pushHighWaterBytes: number;
+  readonly clientPaging: boolean;
+
+  constructor(session: Session, limits: Limits, pushHighWaterBytes: number, clientPaging: boolean) {
+    this.session = session;
+    this.limits = limits;
+    this.pushHighWaterBytes = pushHighWaterBytes;
+    this.clientPaging = clientPaging;
+  }
+
+  onFailure(err: unknown): void {
+    log('session %s: delivery from the log failed: %s', this.session.connectionId, messageOf(err));
+    this.session.close(dispositionOf(isSyncError(err) ? err.code : ErrorCode.Internal).close ?? CloseCode.InternalError, 'Delivery failed; reconnect');
+  }
+
+  onLag(): void {
+    this.limits.lagged();
+    log('session %s lags (%d bytes queued); it gets what it misses from the log once it drains', this.session.connectionId, this.session.bufferedBytes);
   }
 }
 

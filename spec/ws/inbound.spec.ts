@@ -145,6 +145,31 @@ describe('ws/inbound', () => {
       expect(h.budget.used, 'a release with nothing to release changes nothing').to.equal(0);
     });
 
+    it('follows frame headers that arrive a byte at a time', async () => {
+      const h = await start(1024 * 1024, 128 * 1024);
+      const { socket, peer } = await h.openRaw();
+      let sent = 0;
+      for (const size of [1000, 70_000]) {
+        const frame = clientFrame(Buffer.from(text(size)));
+        const headerLength = frame.length - size;
+        // Each header byte (first two, extended length, mask) in a read of its own, then the payload.
+        for (let i = 0; i < headerLength; i++) {
+          socket.write(frame.subarray(i, i + 1));
+          sent++;
+          expect(await eventually(() => h.budget.used === sent)).to.equal(true);
+        }
+        socket.write(frame.subarray(headerLength));
+        sent += size;
+      }
+      expect(await eventually(() => peer.messages.length === 2)).to.equal(true);
+      expect(peer.messages.map((m) => m.length)).to.deep.equal([1000, 70_000]);
+      expect(h.budget.used).to.equal(1008 + 70_014);
+      peer.meter.release();
+      expect(h.budget.used).to.equal(70_014);
+      peer.meter.release();
+      expect(h.budget.used).to.equal(0);
+    });
+
     it('counts every fragment of a fragmented message until the message is released', async () => {
       const h = await start(1024 * 1024, 64 * 1024);
       const { client, peer } = await h.open();
