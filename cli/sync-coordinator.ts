@@ -5,7 +5,7 @@ import { rename, rm } from 'node:fs/promises';
 import { resolve as resolvePath } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Writable } from 'node:stream';
-import createDebug from 'debug';
+import type Debug from 'debug';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import {
@@ -21,11 +21,13 @@ import { packageVersion } from '../lib/version.js';
 import { hlcWallTime } from '../lib/protocol/hlc.js';
 import type { ReplicaOptions } from '../lib/replica/replica.js';
 import { databaseDirectory, validateDatabaseId } from '../lib/storage/database-id.js';
+import { requirePackage } from '../lib/require-package.js';
 import type { InspectArgs } from './inspect.js';
 import type { Progress } from './progress.js';
 import { die, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, firstLine, formatBytes, NAME, warn } from './shared.js';
 import type { StatsArgs } from './stats.js';
 
+const createDebug = requirePackage('debug') as typeof Debug;
 const DEFAULT_DEBUG = `${LOG_PREFIX}:*`;
 /** How often to look whether npm, our parent's parent, is gone (see watchNpmParent). */
 const PARENT_POLL_MS = 1000;
