@@ -3,7 +3,10 @@
  * terminal (cli-progress), plain lines otherwise (a log file or a pipe
  * should get a few readable lines, not a stream of carriage returns).
  */
-import cliProgress from 'cli-progress';
+import type * as CliProgress from 'cli-progress';
+import { requirePackage } from '../lib/require-package.js';
+
+const cliProgress = requirePackage('cli-progress') as typeof CliProgress;
 
 /** Least time between two plain lines of one phase, in ms; a phase's first and last values are always printed. */
 const LINE_INTERVAL_MS = 1000;
@@ -90,8 +93,8 @@ class LineProgress implements Progress {
 }
 
 class BarProgress implements Progress {
-  readonly #bars: cliProgress.MultiBar;
-  #bar?: cliProgress.SingleBar;
+  readonly #bars: CliProgress.MultiBar;
+  #bar?: CliProgress.SingleBar;
   readonly #transient: boolean;
 
   constructor(private readonly label: string, stream: NodeJS.WritableStream, transient = false) {

@@ -5,7 +5,7 @@ import { rename, rm } from 'node:fs/promises';
 import { resolve as resolvePath } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Writable } from 'node:stream';
-import createDebug from 'debug';
+import type Debug from 'debug';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import {
@@ -14,7 +14,6 @@ import {
 } from '../lib/config/load-config.js';
 import { parseOptions, SERVER_DEFAULTS } from '../lib/config/options.js';
 import { createCoordinatorServer, routerOptionsOf, type CoordinatorServer } from '../lib/create-coordinator-server.js';
-import { exportSnapshot, openS3Archive, replicaOptionsOf, restoreIntoDataDir } from '../lib/durability/offline.js';
 import type { RestoreProgress, RestoreResult } from '../lib/durability/restore.js';
 import { isSyncError } from '../lib/errors.js';
 import { LOG_LAYERS, LOG_PREFIX } from '../lib/log.js';
@@ -22,11 +21,13 @@ import { packageVersion } from '../lib/version.js';
 import { hlcWallTime } from '../lib/protocol/hlc.js';
 import type { ReplicaOptions } from '../lib/replica/replica.js';
 import { databaseDirectory, validateDatabaseId } from '../lib/storage/database-id.js';
-import { runInspectCommand, type InspectArgs } from './inspect.js';
-import { createProgress, type Progress } from './progress.js';
+import { requirePackage } from '../lib/require-package.js';
+import type { InspectArgs } from './inspect.js';
+import type { Progress } from './progress.js';
 import { die, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, firstLine, formatBytes, NAME, warn } from './shared.js';
-import { runStatsCommand, type StatsArgs } from './stats.js';
+import type { StatsArgs } from './stats.js';
 
+const createDebug = requirePackage('debug') as typeof Debug;
 const DEFAULT_DEBUG = `${LOG_PREFIX}:*`;
 /** How often to look whether npm, our parent's parent, is gone (see watchNpmParent). */
 const PARENT_POLL_MS = 1000;
@@ -258,17 +259,19 @@ async function main(): Promise<void> {
     }
   }
 
+  // The other commands' modules (cli-progress, the archive and admin code)
+  // load only when their command runs: a server would hold them all its life.
   const command = argv._[0];
   if (command === 'restore' || command === 'export') {
     await runArchiveCommand(command, argv);
     return;
   }
   if (command === 'stats') {
-    await runStatsCommand(argv as StatsArgs);
+    await (await import('./stats.js')).runStatsCommand(argv as StatsArgs);
     return;
   }
   if (command === 'inspect') {
-    await runInspectCommand(argv as InspectArgs);
+    await (await import('./inspect.js')).runInspectCommand(argv as InspectArgs);
     return;
   }
 
@@ -323,6 +326,8 @@ async function main(): Promise<void> {
  */
 async function runArchiveCommand(command: 'restore' | 'export', argv: Args): Promise<void> {
   const label = `${NAME} ${command}`;
+  const [{ exportSnapshot, openS3Archive, replicaOptionsOf, restoreIntoDataDir }, { createProgress }] =
+    await Promise.all([import('../lib/durability/offline.js'), import('./progress.js')]);
   let databaseId: string;
   let resolved: ResolvedConfig;
   let replicaOptions: ReplicaOptions;

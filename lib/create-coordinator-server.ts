@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import express, { type Express } from 'express';
+import type ExpressModule from 'express';
+import type { Express } from 'express';
 import { SERVER_DEFAULTS, type CoordinatorConfig, type SyncRouterOptions } from './config/options.js';
 import { claimDataDir, type DataDirLock } from './config/data-dir.js';
 import type { CoordinatorHooks } from './config/hooks.js';
@@ -9,6 +10,9 @@ import { logs } from './log.js';
 import { ErrorCode } from './errors.js';
 import { notFound } from './http/routes.js';
 import { refuseUpgrade } from './ws/upgrade.js';
+import { requirePackage } from './require-package.js';
+
+const express = requirePackage('express') as typeof ExpressModule;
 
 const log = logs.server;
 

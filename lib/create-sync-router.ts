@@ -1,6 +1,7 @@
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import type Express from 'express';
+import type { NextFunction, Request, Response, Router } from 'express';
 import type { Registry } from 'prom-client';
 import { parseOptions, type Config, type SyncRouterOptions } from './config/options.js';
 import { createArchiveMetrics, createClusterMetrics, createMetrics, type Metrics } from './metrics/metrics.js';
@@ -20,6 +21,9 @@ import { createUpgradeHandler } from './ws/upgrade.js';
 import { createInboundBudget } from './ws/inbound.js';
 import { mountDashboard, type DashboardRoutes } from './dashboard/routes.js';
 import { logs } from './log.js';
+import { requirePackage } from './require-package.js';
+
+const express = requirePackage('express') as typeof Express;
 
 /** An Express router that also serves the WebSocket side of the protocol. */
 export interface SyncRouter extends Router {

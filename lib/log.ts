@@ -1,4 +1,7 @@
-import createDebug from 'debug';
+import type Debug from 'debug';
+import { requirePackage } from './require-package.js';
+
+const createDebug = requirePackage('debug') as typeof Debug;
 
 /** Prefix of every namespace below: `DEBUG=sync-coordinator:*` enables them all. */
 export const LOG_PREFIX = 'sync-coordinator';

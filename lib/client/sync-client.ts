@@ -1,8 +1,11 @@
 import { EventEmitter } from 'node:events';
-import WebSocket from 'ws';
+import type WebSocket from 'ws';
 import type {
   ApplyResultMessage, ChangeSet, ChangesMessage, ErrorMessage, HandshakeAckMessage, ServerMessage, SnapshotChunk, SnapshotCheckpoint,
 } from '../protocol/messages.js';
+import { requirePackage } from '../require-package.js';
+
+const WebSocketClient = requirePackage('ws') as typeof WebSocket;
 
 /** Options of a SyncClient connection (the fields of its handshake, docs/protocol.md §4). */
 export interface SyncClientOptions {
@@ -103,7 +106,7 @@ export class SyncClient extends EventEmitter {
   private constructor(options: SyncClientOptions) {
     super();
     this.options = options;
-    this.socket = new WebSocket(options.url, { perMessageDeflate: false });
+    this.socket = new WebSocketClient(options.url, { perMessageDeflate: false });
     this.socket.on('message', (data) => this.onFrame(data.toString()));
     this.socket.on('close', (code, reason) => {
       this.closeCode = code;
@@ -267,14 +270,14 @@ export class SyncClient extends EventEmitter {
 
   /** Resolves with the close code once the socket has closed (at once if it already has; 1006 if unknown). */
   closed(): Promise<number> {
-    if (this.socket.readyState === WebSocket.CLOSED) return Promise.resolve(this.closeCode ?? 1006);
+    if (this.socket.readyState === WebSocketClient.CLOSED) return Promise.resolve(this.closeCode ?? 1006);
     return new Promise((resolve) => this.socket.once('close', (code) => resolve(code)));
   }
 
   /** Closes the socket with 1000 and resolves with the close code once it has closed. */
   close(): Promise<number> {
     const done = this.closed();
-    if (this.socket.readyState !== WebSocket.CLOSED) this.socket.close(1000);
+    if (this.socket.readyState !== WebSocketClient.CLOSED) this.socket.close(1000);
     return done;
   }
 

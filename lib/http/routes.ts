@@ -1,6 +1,7 @@
 import { isUtf8 } from 'node:buffer';
-import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import cors from 'cors';
+import type Express from 'express';
+import type { NextFunction, Request, Response, Router } from 'express';
+import type Cors from 'cors';
 import { SyncError, ErrorCode, describeValue, isSyncError, httpStatusOf, messageOf } from '../errors.js';
 import type { Config } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -13,6 +14,10 @@ import { clientAddress, exceedsJsonDepth, type Limits } from '../service/limits.
 import { TokenList } from '../service/tokens.js';
 import { packageVersion } from '../version.js';
 import type { InboundBudget } from '../ws/inbound.js';
+import { requirePackage } from '../require-package.js';
+
+const express = requirePackage('express') as typeof Express;
+const cors = requirePackage('cors') as typeof Cors;
 
 const log = logs.http;
 

@@ -1,5 +1,5 @@
-import createDebug from 'debug';
 import { SyncError, ErrorCode, isSyncError } from '../errors.js';
+import { logs } from '../log.js';
 import { compareHlc, hlcToWire } from '../protocol/hlc.js';
 import type { ChangeSet } from '../protocol/messages.js';
 import { randomSiteId, siteIdToWire } from '../protocol/site-id.js';
@@ -18,7 +18,7 @@ import type { ReplicaContext } from './context.js';
 
 export type { ReplicaContext };
 
-const log = createDebug('sync-coordinator:replica');
+const log = logs.replica;
 
 /** 30 days. */
 export const DEFAULT_RETENTION_HORIZON_MS = 30 * 24 * 60 * 60 * 1000;

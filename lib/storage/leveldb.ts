@@ -12,17 +12,17 @@
  *   so the limit is enforced here instead.
  */
 import { mkdir, stat } from 'node:fs/promises';
-import createDebug from 'debug';
-import leveldownModule from 'leveldown';
-import levelup from 'levelup';
+import type LevelUp from 'levelup';
 import { ErrorCode, SyncError } from '../errors.js';
+import { logs } from '../log.js';
+import { requirePackage } from '../require-package.js';
 import type { KvIterator, KvOp, KvRange, KvStore, KvWriteOptions } from './kv.js';
 
-const log = createDebug('sync-coordinator:storage');
+const log = logs.storage;
 
-// @types/leveldown declares an ES default export, but the package is CommonJS
-// (`module.exports = LevelDOWN`), which is what a default import yields at run time.
-const leveldown = leveldownModule as unknown as (location: string) => object;
+// @types/leveldown declares an ES default export, but the package is CommonJS: `module.exports = LevelDOWN`.
+const leveldown = requirePackage('leveldown') as (location: string) => object;
+const levelup = requirePackage('levelup') as typeof LevelUp;
 
 type Callback = (err?: Error | null) => void;
 type NextCallback = (err: Error | null | undefined, key?: Buffer, value?: Buffer) => void;

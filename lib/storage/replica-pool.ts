@@ -6,10 +6,10 @@
  * first use, leased while in use, and closed when least recently used or
  * idle, never while leased.
  */
-import createDebug from 'debug';
 import { ErrorCode, SyncError } from '../errors.js';
+import { logs } from '../log.js';
 
-const log = createDebug('sync-coordinator:storage');
+const log = logs.storage;
 
 /** setTimeout fires almost at once for delays beyond this, so longer idle times are refused. */
 const MAX_TIMER_MS = 2 ** 31 - 1;

@@ -1,7 +1,8 @@
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer, type WebSocket } from 'ws';
+import type { WebSocket, WebSocketServer } from 'ws';
+import type * as Ws from 'ws';
 import { CloseCode, ErrorCode } from '../errors.js';
 import type { Config, CorsOrigin } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -10,6 +11,7 @@ import { clientAddress, type Limits } from '../service/limits.js';
 import { logs } from '../log.js';
 import { Session, type SessionDeps } from './session.js';
 import type { InboundBudget } from './inbound.js';
+import { requirePackage } from '../require-package.js';
 
 const log = logs.ws;
 
@@ -32,7 +34,15 @@ export interface UpgradeHandler {
  */
 export function createUpgradeHandler(config: Config, coordinator: Coordinator, metrics: Metrics, limits: Limits, inbound: InboundBudget): UpgradeHandler {
   const wsPath = `${config.path === '/' ? '' : config.path}/ws`;
-  const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxMessageBytes, perMessageDeflate: false, clientTracking: false });
+  // ws loads with the first socket: a server nobody has connected to yet does not hold it.
+  let wss: WebSocketServer | undefined;
+  function webSocketServer(): WebSocketServer {
+    if (!wss) {
+      const { WebSocketServer } = requirePackage('ws') as typeof Ws;
+      wss = new WebSocketServer({ noServer: true, maxPayload: config.maxMessageBytes, perMessageDeflate: false, clientTracking: false });
+    }
+    return wss;
+  }
   const sessions = new Set<Session>();
   metrics.outbound.figures = () => {
     let bufferedBytes = 0;
@@ -88,7 +98,7 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
     }
     // ws completes a valid upgrade synchronously, so no other upgrade can
     // pass the checks above before this one is counted.
-    wss.handleUpgrade(req, socket, head, function onSyncSocket(ws) {
+    webSocketServer().handleUpgrade(req, socket, head, function onSyncSocket(ws) {
       openSession(ws, req, socket, address);
     });
     return true;
@@ -129,7 +139,8 @@ export function createUpgradeHandler(config: Config, coordinator: Coordinator, m
       session.socket.once('close', () => { clearTimeout(timer); resolve(); });
       session.close(CloseCode.GoingAway, 'Server shutting down');
     })));
-    await new Promise<void>((resolve) => wss.close(() => resolve()));
+    const started = wss;
+    if (started) await new Promise<void>((resolve) => started.close(() => resolve()));
   }
 
   return { handleUpgrade: handleSyncUpgrade, sessions, close };
