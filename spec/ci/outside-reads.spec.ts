@@ -1,7 +1,8 @@
 /**
  * The check `.ci/run` makes before `npm test`: no spec, bench or example
  * names a path outside the checkout (a fresh clone has no sibling folders;
- * issue 9's specs read ../../../shared/fixtures and failed with ENOENT).
+ * issue 9's specs read a fixture from a sibling folder of the checkout and
+ * failed with ENOENT).
  * Run here on small trees of its own, so it is seen to fail as well as pass.
  */
 import { expect } from 'chai';
@@ -17,8 +18,9 @@ const CHECK = join(ROOT, '.ci/no-outside-reads.mjs');
 
 // Built from parts so that this spec does not trip the check itself.
 const UP = (n: number): string => Array(n).fill('..').join('/');
-const SIBLING_FIXTURE = `${UP(3)}/shared/fixtures/reference-transcript.jsonl`;
-const SHARED_ABSOLUTE = ['', 'work', 'shared', 'fixtures', 'reference-transcript.jsonl'].join('/');
+const SIBLING = 'shared';
+const SIBLING_FIXTURE = [UP(3), SIBLING, 'fixtures', 'reference-transcript.jsonl'].join('/');
+const SHARED_ABSOLUTE = ['', 'work', SIBLING, 'fixtures', 'reference-transcript.jsonl'].join('/');
 
 function runCheck(script: string): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -65,7 +67,7 @@ describe('.ci/no-outside-reads.mjs', () => {
       'examples/demo.ts': `import '${UP(2)}/outside/module.js';\n`,
     });
     expect(result.code).to.equal(1);
-    expect(result.stderr).to.contain('bench/load.ts:1: absolute path to shared/');
+    expect(result.stderr).to.contain(`bench/load.ts:1: absolute path to ${SIBLING}/`);
     expect(result.stderr).to.contain(`examples/demo.ts:1: ${UP(2)}/outside/module.js`);
   });
 
