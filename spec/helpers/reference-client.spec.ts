@@ -364,16 +364,19 @@ describe('reference client', function () {
       expect((r3.changes as ChangeSet[]).map((s) => s.transactionId)).to.deep.equal(big.slice(0, 3).map((s) => s.transactionId));
     });
 
+    /** Three one-row change sets of another site, stamped 1, 2 and 3. */
+    function threeSets() {
+      const other = new TestSite(randomSiteId(), Date.now() - 1000);
+      return (['one', 'two', 'three'] as const).map((value, i) => ({ ...other.txn([{ table: 'items', pk: [i + 1], column: 's', value }]), hlc: stamp(i + 1) }));
+    }
+
     it('applies every changes message, asked for or not, and moves the watermark only on those', async () => {
       // In arrival order here; the next test lets them land out of order.
       const a = client({ applyDelayMs: 0 });
       a.start();
       const conn = await fake.connection(0);
       await accept(conn);
-      const other = new TestSite(randomSiteId(), Date.now() - 1000);
-      const s1 = { ...other.txn([{ table: 'items', pk: [1], column: 's', value: 'one' }]), hlc: stamp(1) };
-      const s2 = { ...other.txn([{ table: 'items', pk: [2], column: 's', value: 'two' }]), hlc: stamp(2) };
-      const s3 = { ...other.txn([{ table: 'items', pk: [3], column: 's', value: 'three' }]), hlc: stamp(3) };
+      const [s1, s2, s3] = threeSets();
       conn.send({ type: 'changes', changeSets: [s1], hasMore: true });
       conn.send({ type: 'changes', changeSets: [s2] });
       conn.send({ type: 'push_changes', changeSets: [s3] });
@@ -393,10 +396,7 @@ describe('reference client', function () {
       a.start();
       const conn = await fake.connection(0);
       await accept(conn);
-      const other = new TestSite(randomSiteId(), Date.now() - 1000);
-      const s1 = { ...other.txn([{ table: 'items', pk: [1], column: 's', value: 'one' }]), hlc: stamp(1) };
-      const s2 = { ...other.txn([{ table: 'items', pk: [2], column: 's', value: 'two' }]), hlc: stamp(2) };
-      const s3 = { ...other.txn([{ table: 'items', pk: [3], column: 's', value: 'three' }]), hlc: stamp(3) };
+      const [s1, s2, s3] = threeSets();
       conn.send({ type: 'changes', changeSets: [s1], hasMore: true });
       conn.send({ type: 'changes', changeSets: [s2], hasMore: true });
       conn.send({ type: 'push_changes', changeSets: [s3] });
