@@ -1,4 +1,4 @@
-import type { ChangeSet } from '../protocol/messages.js';
+import { changeCount, type ChangeSet } from '../protocol/messages.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { Push } from '../delivery/push.js';
 
@@ -28,12 +28,6 @@ export interface Subscriber {
 export const COALESCED_PUSH_CHANGES = 1000;
 
 interface QueuedPublish { fromSite: string; accepted: ChangeSet[]; stamps: Buffer[]; changes: number }
-
-function changeCount(sets: readonly ChangeSet[]): number {
-  let n = 0;
-  for (const set of sets) n += set.changes.length + (set.schemaMigrations?.length ?? 0);
-  return n;
-}
 
 /**
  * Told of every commit `publish` sees, right after it was offered:

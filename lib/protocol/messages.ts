@@ -137,3 +137,10 @@ export interface PongMessage { type: 'pong' }
 export type ServerMessage =
   | HandshakeAckMessage | ChangesMessage | PushChangesMessage | ApplyResultMessage
   | SnapshotChunkMessage | SnapshotCompleteMessage | RequestChangesMessage | ErrorMessage | PongMessage;
+
+/** Changes plus schema migrations of `sets`: what a batch's size is counted in (docs/protocol.md §8). */
+export function changeCount(sets: readonly ChangeSet[]): number {
+  let n = 0;
+  for (const set of sets) n += set.changes.length + (set.schemaMigrations?.length ?? 0);
+  return n;
+}

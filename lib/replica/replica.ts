@@ -1,7 +1,7 @@
 import { SyncError, ErrorCode, isSyncError } from '../errors.js';
 import { logs } from '../log.js';
 import { compareHlc, hlcToWire } from '../protocol/hlc.js';
-import type { ChangeSet } from '../protocol/messages.js';
+import { changeCount, type ChangeSet } from '../protocol/messages.js';
 import { randomSiteId, siteIdToWire } from '../protocol/site-id.js';
 import type { ValidChangeSet } from '../protocol/validate.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
@@ -316,7 +316,7 @@ export class Replica implements ReplicaContext {
     let logBytes = 0;
     for (const outcome of result.outcomes) {
       transactions += outcome.stamps.length;
-      for (const set of outcome.accepted) changes += set.changes.length + (set.schemaMigrations?.length ?? 0);
+      changes += changeCount(outcome.accepted);
     }
     for (const op of result.ops) if (op.type === 'put' && op.key[0] === NS_LOG) logBytes += op.value.length;
     this.onCommit({ lastStamp: result.lastStamp, transactions, changes, logBytes });
