@@ -7,7 +7,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
+import type { ChangeSet } from '../lib/protocol/messages.js';
 import { randomSiteId, siteIdToWire } from '../lib/protocol/site-id.js';
+import { TestSite } from '../spec/helpers/changes.js';
 
 /** The repository root (the coordinators run from here). */
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -125,3 +127,15 @@ export const sleep = (ms: number): Promise<void> => new Promise((resolve) => { s
 
 /** `n` with thousands separators and `digits` decimals; '-' for undefined or NaN. */
 export const fmt = (n: number | undefined, digits = 0): string => (n === undefined || Number.isNaN(n) ? '-' : n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }));
+
+/**
+ * The change sets of an apply load: `messages` transactions of `perMessage`
+ * column writes each, every one a new row of `main.notes` (pk [message, i]),
+ * from one site whose clock starts 30 s back. The apply runs and the storage
+ * floor (bench/storage-floor.ts) use the same ones.
+ */
+export function loadChangeSets(siteId: Buffer, perMessage: number, messages: number): ChangeSet[] {
+  const site = new TestSite(siteId, Date.now() - 30_000);
+  return Array.from({ length: messages }, (_, i) =>
+    site.txn(Array.from({ length: perMessage }, (_, j) => ({ pk: [i, j], column: 'title', value: `value ${i}/${j}` }))));
+}

@@ -34,13 +34,13 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
-import { TestSite } from '../spec/helpers/changes.js';
 import { startS3Server, type S3TestServer } from '../spec/helpers/s3-server.js';
 import { randomSiteId, siteIdToWire } from '../lib/protocol/site-id.js';
 import { parseScaleOptions, runScaleBench, scaleTable, type ScaleResults } from './scale.js';
 import { openLevelStore } from '../lib/storage/leveldb.js';
+import { storageFloor, type StorageFloor } from './storage-floor.js';
 import { clusterTable, runClusterBench, type ClusterBenchResults } from './cluster.js';
-import { childEnv, connect, fmt, nextMessage, percentile, phase, ROOT, scrapeMetrics, sleep, startCoordinator, startProcess, stopProcess } from './common.js';
+import { childEnv, connect, fmt, loadChangeSets, nextMessage, percentile, phase, ROOT, scrapeMetrics, sleep, startCoordinator, startProcess, stopProcess } from './common.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
@@ -120,14 +120,9 @@ async function serverApplySeconds(baseUrl: string, metric = 'sync_apply_changes_
  */
 async function applyRun(url: string, databaseId: string, perMessage: number, messages: number, window: number, pid?: number, onAcked?: () => void): Promise<ApplyFigures> {
   const siteBytes = randomSiteId();
-  const site = new TestSite(siteBytes, Date.now() - 30_000);
-  const frames: string[] = [];
-  const txIds: string[] = [];
-  for (let i = 0; i < messages; i++) {
-    const set = site.txn(Array.from({ length: perMessage }, (_, j) => ({ pk: [i, j], column: 'title', value: `value ${i}/${j}` })));
-    txIds.push(set.transactionId);
-    frames.push(JSON.stringify({ type: 'apply_changes', requestId: String(i), changes: [set] }));
-  }
+  const sets = loadChangeSets(siteBytes, perMessage, messages);
+  const txIds = sets.map((set) => set.transactionId);
+  const frames = sets.map((set, i) => JSON.stringify({ type: 'apply_changes', requestId: String(i), changes: [set] }));
   const subs = await Promise.all(Array.from({ length: SUBSCRIBERS }, () => connect(url, databaseId)));
   const writer = await connect(url, databaseId, siteIdToWire(siteBytes));
   const sentAt = new Map<string, number>();
@@ -207,10 +202,9 @@ async function fill(url: string, databaseId: string, count: number): Promise<voi
 }
 
 async function applyRunQuiet(url: string, databaseId: string, perMessage: number, messages: number): Promise<void> {
-  const site = new TestSite(randomSiteId(), Date.now() - 30_000);
-  const writer = await connect(url, databaseId, site.wire);
-  for (let i = 0; i < messages; i++) {
-    const set = site.txn(Array.from({ length: perMessage }, (_, j) => ({ pk: [i, j], column: 'title', value: `value ${i}/${j}` })));
+  const siteId = randomSiteId();
+  const writer = await connect(url, databaseId, siteIdToWire(siteId));
+  for (const [i, set] of loadChangeSets(siteId, perMessage, messages).entries()) {
     const ack = nextMessage(writer, 'apply_result');
     writer.send(JSON.stringify({ type: 'apply_changes', requestId: String(i), changes: [set] }));
     // nextMessage rejects on an error frame, so a refused fill stops the bench.
@@ -539,6 +533,16 @@ async function main(): Promise<void> {
       run++;
     }
     results.apply = apply;
+    // What LevelDB alone costs per serial message of each load: the room it leaves under the relay.
+    const floors: Record<string, StorageFloor & { relayRoundTripUs: number; ratioRoom: number }> = {};
+    for (const [name, per, count, window] of selected) {
+      if (window !== 1) continue;
+      phase(`storage floor of ${name}`);
+      const floor = await storageFloor(join(dataDir, `floor-${per}`), per, Math.min(count, 2000));
+      const relayRoundTripUs = 1e6 / apply[name]!.relay.messagesPerSec;
+      floors[name] = { ...floor, relayRoundTripUs, ratioRoom: relayRoundTripUs / (relayRoundTripUs + floor.totalUs) };
+    }
+    results.storageFloor = floors;
     const catchup: Record<string, unknown> = {};
     const snapshot: Record<string, unknown> = {};
     for (const n of ONLY ? [] : CATCHUP) {
@@ -595,6 +599,10 @@ async function main(): Promise<void> {
     lines.push('|---|---|---|---|---|---|---|---|');
     for (const [name, { coordinator: c, relay: r }] of Object.entries(apply)) {
       lines.push(`| ${name} | ${fmt(c.changesPerSec)} | ${fmt(c.changesPerSec / r.changesPerSec, 2)} | ${fmt(c.ackP50, 2)} / ${fmt(c.ackP99, 2)} | ${fmt(c.pushP50, 2)} / ${fmt(c.pushP99, 2)} / ${fmt(c.pushMax, 1)} | ${fmt(c.serverApplyMeanMs, 2)} | ${fmt(r.changesPerSec)} | ${fmt(r.pushP99, 2)} |`);
+    }
+    for (const [name, f] of Object.entries(floors)) {
+      const reached = apply[name]!.coordinator.changesPerSec / apply[name]!.relay.changesPerSec;
+      lines.push(`storage floor, ${name}: LevelDB alone writes its ${f.opsPerMessage}-op batch in ${fmt(f.totalUs, 0)} µs; the relay's round trip is ${fmt(f.relayRoundTripUs, 0)} µs, so storing through LevelDB leaves room for a ratio of at most ${fmt(f.ratioRoom, 2)} (reached ${fmt(reached, 2)})`);
     }
     lines.push('');
     lines.push('| data | catch-up, client-paged ms (pages) | of it in the server, ms | catch-up, ONE get_changes ms (pages) | snapshot WS entries/s | snapshot HTTP entries/s |');

@@ -25,6 +25,11 @@ describe('bench', function () {
         expect(figures.coordinator.changesPerSec).to.be.greaterThan(0);
         expect(figures.coordinator.pushesReceived).to.be.greaterThan(0);
       }
+      // The storage floor replays the server's own batches: per new-row change a column record and a log entry, plus the stamp and the table count.
+      expect(Object.keys(report.storageFloor)).to.deep.equal(['50/msg serial', '1/msg serial']);
+      expect(report.storageFloor['50/msg serial'].opsPerMessage).to.equal(50 * 2 + 2);
+      expect(report.storageFloor['1/msg serial'].opsPerMessage).to.equal(1 * 2 + 2);
+      expect(stdout).to.contain('storage floor, 50/msg serial');
       expect(report.catchup).to.have.property('2000');
       expect(report.memory.idleRssMb).to.be.greaterThan(0);
       // --quick runs the serial loads with S3 in both modes, and a small restore.
