@@ -23,7 +23,6 @@
  * helper's: 127.0.0.1, a free port, a temp dir, AOF with `appendfsync
  * everysec`, the README's recommendation) and is stopped before the next.
  */
-import { execFileSync } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -32,7 +31,7 @@ import type WebSocket from 'ws';
 import { TestSite } from '../spec/helpers/changes.js';
 import { startRedisServer, type RedisTestServer } from '../spec/helpers/redis-server.js';
 import { randomSiteId } from '../lib/protocol/site-id.js';
-import { connect, fmt, percentile, phase, startCoordinator, stopProcess, type Coordinator } from './common.js';
+import { connect, fmt, percentile, phase, processCpuMs, startCoordinator, stopProcess, type Coordinator } from './common.js';
 
 /** What {@link runClusterBench} measures. */
 export interface ClusterBenchOptions {
@@ -377,17 +376,6 @@ function latencies(values: number[]): Latencies {
 }
 
 const CORES = cpus().length;
-/** Clock ticks per second of /proc/<pid>/stat (100 on nearly every Linux). */
-const TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-
-/** CPU time of a process (user + system, all threads), in ms. */
-async function processCpuMs(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are the 12th and 13th.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) / TICKS) * 1000;
-}
-
 /** `INFO <section>` of the Redis at `url`, as name → value. */
 async function redisInfo(url: string, section: string): Promise<Record<string, string>> {
   const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });

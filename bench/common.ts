@@ -3,7 +3,8 @@
  * the relay), WebSocket clients of the protocol, /metrics scrapes and number
  * formatting. Figures only: nothing here passes or fails.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
@@ -138,4 +139,15 @@ export function loadChangeSets(siteId: Buffer, perMessage: number, messages: num
   const site = new TestSite(siteId, Date.now() - 30_000);
   return Array.from({ length: messages }, (_, i) =>
     site.txn(Array.from({ length: perMessage }, (_, j) => ({ pk: [i, j], column: 'title', value: `value ${i}/${j}` }))));
+}
+
+/** Clock ticks per second of /proc/<pid>/stat (100 on nearly every Linux). */
+const TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** CPU time of a process (user + system, all threads), in ms. */
+export async function processCpuMs(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are the 12th and 13th.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) / TICKS) * 1000;
 }

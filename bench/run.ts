@@ -40,7 +40,7 @@ import { parseScaleOptions, runScaleBench, scaleTable, type ScaleResults } from 
 import { openLevelStore } from '../lib/storage/leveldb.js';
 import { storageFloor, type StorageFloor } from './storage-floor.js';
 import { clusterTable, runClusterBench, type ClusterBenchResults } from './cluster.js';
-import { childEnv, connect, fmt, loadChangeSets, nextMessage, percentile, phase, ROOT, scrapeMetrics, sleep, startCoordinator, startProcess, stopProcess } from './common.js';
+import { childEnv, connect, fmt, loadChangeSets, nextMessage, processCpuMs, percentile, phase, ROOT, scrapeMetrics, sleep, startCoordinator, startProcess, stopProcess } from './common.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
@@ -112,6 +112,8 @@ interface ApplyFigures {
   pushesReceived: number;
   peakRssMb?: number;
   serverApplyMeanMs?: number;
+  /** CPU time of the server process (all threads) per 1,000 changes, from the first send to the last push. */
+  cpuMsPer1000Changes?: number;
 }
 
 /** Sum and count of sync_apply_changes_duration_seconds, from /metrics. */
@@ -156,6 +158,7 @@ async function applyRun(url: string, databaseId: string, perMessage: number, mes
   }
   const ackLatencies: number[] = [];
   const sampler = pid ? rssSampler(pid) : undefined;
+  const cpuBefore = pid ? await processCpuMs(pid) : undefined;
   const started = performance.now();
   await new Promise<void>((resolve, reject) => {
     let next = 0;
@@ -188,6 +191,7 @@ async function applyRun(url: string, databaseId: string, perMessage: number, mes
   let pushTimer: NodeJS.Timeout | undefined;
   await Promise.race([pushedAll, new Promise((r) => { pushTimer = setTimeout(r, 30_000); })]);
   clearTimeout(pushTimer);
+  const cpuMs = pid && cpuBefore !== undefined ? (await processCpuMs(pid)) - cpuBefore : undefined;
   const elapsed = (acked - started) / 1000;
   const peakRssMb = sampler ? await sampler.stop() : undefined;
   for (const ws of [...subs, writer]) ws.close();
@@ -200,6 +204,7 @@ async function applyRun(url: string, databaseId: string, perMessage: number, mes
     pushP50: percentile(pushLatencies, 50), pushP99: percentile(pushLatencies, 99), pushMax: pushLatencies.at(-1)!,
     pushesReceived: pushes,
     ...(peakRssMb !== undefined ? { peakRssMb } : {}),
+    ...(cpuMs !== undefined ? { cpuMsPer1000Changes: (cpuMs / (messages * perMessage)) * 1000 } : {}),
   };
 }
 
@@ -538,7 +543,7 @@ async function main(): Promise<void> {
         const after = await serverApplySeconds(baseUrl);
         // Time inside the server from validation to the commit, per message: the rest of the ack latency is transport and queueing.
         ours.serverApplyMeanMs = ((after.sum - before.sum) / Math.max(1, after.count - before.count)) * 1000;
-        const theirs = await applyRun(relay.url, `bench-${run}`, per, count, window);
+        const theirs = await applyRun(relay.url, `bench-${run}`, per, count, window, relay.pid);
         rounds.push({ coordinator: ours, relay: theirs, ratio: ours.changesPerSec / theirs.changesPerSec });
         run++;
       }
@@ -610,11 +615,11 @@ async function main(): Promise<void> {
     lines.push(`sync-coordinator bench (${QUICK ? 'quick' : 'full'}), ${SUBSCRIBERS} subscribers, node ${process.version}, ${cpus().length} cores`);
     lines.push('');
     if (ROUNDS > 1) lines.push(`Each load ran ${ROUNDS} rounds, the coordinator and the relay taking turns: the round with the median ratio is shown, the range of all rounds in brackets.`, '');
-    lines.push('| load | changes/s | ratio to relay | ack p50/p99 ms | push p50/p99/max ms | server apply mean ms | relay changes/s | relay push p99 ms |');
-    lines.push('|---|---|---|---|---|---|---|---|');
+    lines.push('| load | changes/s | ratio to relay | ack p50/p99 ms | push p50/p99/max ms | server apply mean ms | CPU ms per 1,000 changes: ours · relay | relay changes/s | relay push p99 ms |');
+    lines.push('|---|---|---|---|---|---|---|---|---|');
     for (const [name, { coordinator: c, relay: r, ratios }] of Object.entries(apply)) {
       const range = ratios.length > 1 ? ` (${fmt(Math.min(...ratios), 2)}–${fmt(Math.max(...ratios), 2)})` : '';
-      lines.push(`| ${name} | ${fmt(c.changesPerSec)} | ${fmt(c.changesPerSec / r.changesPerSec, 2)}${range} | ${fmt(c.ackP50, 2)} / ${fmt(c.ackP99, 2)} | ${fmt(c.pushP50, 2)} / ${fmt(c.pushP99, 2)} / ${fmt(c.pushMax, 1)} | ${fmt(c.serverApplyMeanMs, 2)} | ${fmt(r.changesPerSec)} | ${fmt(r.pushP99, 2)} |`);
+      lines.push(`| ${name} | ${fmt(c.changesPerSec)} | ${fmt(c.changesPerSec / r.changesPerSec, 2)}${range} | ${fmt(c.ackP50, 2)} / ${fmt(c.ackP99, 2)} | ${fmt(c.pushP50, 2)} / ${fmt(c.pushP99, 2)} / ${fmt(c.pushMax, 1)} | ${fmt(c.serverApplyMeanMs, 2)} | ${fmt(c.cpuMsPer1000Changes, 1)} · ${fmt(r.cpuMsPer1000Changes, 1)} | ${fmt(r.changesPerSec)} | ${fmt(r.pushP99, 2)} |`);
     }
     for (const [name, f] of Object.entries(floors)) {
       const reached = apply[name]!.coordinator.changesPerSec / apply[name]!.relay.changesPerSec;
