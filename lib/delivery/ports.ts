@@ -7,8 +7,12 @@
 
 /** The outbound side of one socket, as a delivery stream sees it. */
 export interface DeliverySink {
-  /** Queues one frame (JSON text) for the socket; dropped once the socket is closed. */
-  send(text: string): void;
+  /**
+   * Queues one frame for the socket, a text frame either way: JSON text, or
+   * its UTF-8 bytes (a frame shared by many sockets, encoded once). Dropped
+   * once the socket is closed.
+   */
+  send(frame: string | Buffer): void;
   /** Bytes queued for the socket that the kernel has not taken yet. */
   readonly bufferedBytes: number;
   /** Resolves once every frame sent so far has been flushed to the kernel (at once when the socket is closed). */

@@ -13,6 +13,7 @@ export class Push {
   /** Stamp of each change set (30 bytes), same order. */
   readonly stamps: readonly Buffer[];
   private text?: string;
+  private bytes?: Buffer;
 
   /** `accepted[i]` was stamped `stamps[i]`; both in stamp order. At least one change set. */
   constructor(accepted: readonly ChangeSet[], stamps: readonly Buffer[]) {
@@ -34,6 +35,15 @@ export class Push {
   /** The `push_changes` frame of every change set. */
   frame(): string {
     return (this.text ??= pushFrame(this.changeSets));
+  }
+
+  /**
+   * The frame's UTF-8 bytes, encoded once for every subscriber: a socket
+   * sent a string encodes it again (ws measures it, the stream writes it),
+   * ten times over for ten subscribers.
+   */
+  frameBytes(): Buffer {
+    return (this.bytes ??= Buffer.from(this.frame(), 'utf8'));
   }
 
   /** The `push_changes` frame of the change sets stamped after `position`, or undefined if there are none. */

@@ -148,7 +148,7 @@ export class DeliveryStream {
       void this.pump(++this.generation, 'push_changes');
       return false;
     }
-    const frame = this.position && compareHlc(push.first, this.position) <= 0 ? push.frameAfter(this.position) : push.frame();
+    const frame = this.position && compareHlc(push.first, this.position) <= 0 ? push.frameAfter(this.position) : push.frameBytes();
     if (frame === undefined) return false;
     this.sink.send(frame);
     this.position = push.last;

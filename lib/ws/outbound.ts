@@ -11,6 +11,9 @@ export interface OutboundLimits {
   sendHardLimitMs: number;
 }
 
+/** ws options of bytes sent as a text frame (the opcode a JSON frame always has). */
+const TEXT_FRAME = Object.freeze({ binary: false });
+
 /** Who an `Outbound` tells that its client stopped reading (the session, which closes the socket). */
 export interface OutboundOwner {
   /** The socket stayed over `sendHardLimitBytes` for `sendHardLimitMs`; `queuedBytes` are still queued. */
@@ -62,10 +65,13 @@ export class Outbound implements DeliverySink {
     return this.socket.bufferedAmount;
   }
 
-  send(text: string): void {
+  /** Queues a text frame: JSON text, or its UTF-8 bytes (DeliverySink.send). */
+  send(frame: string | Buffer): void {
     if (!this.open) return;
     this.sent++;
-    this.socket.send(text, this.onFlushed ??= this.flushCallback());
+    const onFlushed = this.onFlushed ??= this.flushCallback();
+    if (typeof frame === 'string') this.socket.send(frame, onFlushed);
+    else this.socket.send(frame, TEXT_FRAME, onFlushed);
     const { sendHardLimitBytes, sendHardLimitMs } = this.limits;
     if (sendHardLimitMs > 0 && !this.hardLimitTimer && this.socket.bufferedAmount > sendHardLimitBytes) this.armHardLimit();
   }

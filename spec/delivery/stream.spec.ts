@@ -75,10 +75,10 @@ class FakeSink implements DeliverySink {
   private queued: number[] = [];
   private waiters: (() => void)[] = [];
 
-  send(text: string): void {
+  send(frame: string | Buffer): void {
     if (!this.open) return;
-    this.frames.push(JSON.parse(text));
-    this.queued.push(text.length);
+    this.frames.push(JSON.parse(frame.toString()));
+    this.queued.push(frame.length);
   }
 
   get bufferedBytes(): number {

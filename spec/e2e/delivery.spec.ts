@@ -1,4 +1,6 @@
 import { expect } from 'chai';
+import { once } from 'node:events';
+import WebSocket from 'ws';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/server.js';
@@ -90,6 +92,32 @@ describe('delivery over WebSocket (docs/protocol.md §9)', () => {
     const page = await late.request({ type: 'get_changes' }, ['changes']) as Frame;
     expect(page.changeSets![0]!.hlc).to.equal(push.changeSets![0]!.hlc);
     expect(page.changeSets![0]!.changes).to.deep.equal(set.changes);
+  });
+
+  it('sends every frame as text, pushes too (a browser hands a binary frame to the app as a Blob, not JSON text)', async () => {
+    const writer = new TestSite();
+    const reader = new WebSocket(server.wsUrl, { perMessageDeflate: false });
+    const frames: { type: string; binary: boolean }[] = [];
+    const pushed = new Promise<void>((resolve) => reader.on('message', (data: Buffer, isBinary: boolean) => {
+      const type = (JSON.parse(data.toString('utf8')) as { type: string }).type;
+      frames.push({ type, binary: isBinary });
+      if (type === 'push_changes') resolve();
+    }));
+    try {
+      await once(reader, 'open');
+      reader.send(JSON.stringify({ type: 'handshake', databaseId: DB, siteId: new TestSite().wire, protocolVersion: 1 }));
+      const { socket: w } = await connect(writer);
+      await w.request({ type: 'get_changes' }, ['changes']);
+      // Two subscribers share one push frame: the reader's copy is the one every socket gets.
+      const { socket: other } = await connect(new TestSite());
+      expect((await w.request({ type: 'apply_changes', requestId: 'x', changes: [writer.txn([{ pk: [1], value: 'a' }])] }, ['apply_result'])).type).to.equal('apply_result');
+      await pushed;
+      expect((await other.until(['push_changes'])).type).to.equal('push_changes');
+      expect(frames.map((f) => f.type)).to.include.members(['handshake_ack', 'push_changes']);
+      expect(frames.filter((f) => f.binary), 'binary frames').to.deep.equal([]);
+    } finally {
+      reader.close();
+    }
   });
 
   it('pulls a client backlog: request_changes after a batch of 1,000+ changes, none after a smaller one', async () => {

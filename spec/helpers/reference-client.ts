@@ -417,9 +417,14 @@ export class ReferenceClient {
       handshake.protocolVersion = 1;
       this.send(conn, handshake as unknown as ClientMessage);
     });
-    ws.on('message', (data: Buffer) => {
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (this.conn !== conn || conn.dead) return;
       this.lastFrameAt = Date.now();
+      if (isBinary) {
+        // A browser hands a binary frame to the app as a Blob, which is no JSON text: the frame is lost to it.
+        this.errors.push({ code: '#BINARY_FRAME', message: data.toString('utf8').slice(0, 200), fatal: undefined });
+        return;
+      }
       let message: ServerMessage;
       try {
         message = JSON.parse(data.toString('utf8')) as ServerMessage;
