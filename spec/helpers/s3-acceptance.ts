@@ -16,7 +16,16 @@ import type { ChangeSet, SnapshotChunk } from '../../lib/protocol/messages.js';
  * this store recorded the delete).
  */
 export async function snapshotState(proc: CoordinatorProcess, db: string): Promise<unknown[]> {
-  const res = await proc.get(`/${db}/snapshot`, { 'x-site-id': new TestSite().wire });
+  let res = await proc.get(`/${db}/snapshot`, { 'x-site-id': new TestSite().wire });
+  // A client retries a transient 503 STORAGE_UNAVAILABLE, and so does this
+  // reader, a few times: s3rver (unlike S3) can answer a LIST that races
+  // another process's uploads with a 500, even after the SDK's own retries,
+  // and a restore that meets it is refused rather than half done. A restore
+  // that keeps failing still fails the test.
+  for (let retry = 0; retry < 5 && res.status === 503 && res.body.includes('STORAGE_UNAVAILABLE'); retry++) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    res = await proc.get(`/${db}/snapshot`, { 'x-site-id': new TestSite().wire });
+  }
   expect(res.status, res.body.slice(0, 300)).to.equal(200);
   return res.body.trim().split('\n').map((line) => JSON.parse(line) as SnapshotChunk).map((chunk) => {
     if (chunk.type === 'header' || chunk.type === 'footer') return { ...chunk, snapshotId: '' };
