@@ -60,6 +60,8 @@ const SURROGATE_ESCAPE = 0xfe;
 /** Second byte of an escaped 00 data byte: 00 ff. */
 const ZERO_ESCAPE = 0xff;
 
+const NO_PREFIX = Buffer.alloc(0);
+
 /**
  * Escaped, terminated bytes of one string component (see s(x) above).
  * Injective over every JS string, including ones with lone surrogates, and
@@ -68,40 +70,28 @@ const ZERO_ESCAPE = 0xff;
  * format 1 always wrote.
  */
 export function encodeComponent(text: string): Buffer {
-  if (!(text as unknown as WellFormedCheck).isWellFormed()) return encodeWithSurrogates(text);
-  const len = Buffer.byteLength(text, 'utf8');
-  const out = Buffer.allocUnsafe(len + 2);
-  out.write(text, 0, 'utf8');
-  const zero = out.indexOf(0);
-  if (zero === -1 || zero >= len) {
-    out[len] = 0x00;
-    out[len + 1] = 0x01;
-    return out;
-  }
-  return Buffer.concat([escapeZeros(out.subarray(0, len)), TERMINATOR]);
+  return prefixedComponent(NO_PREFIX, text);
 }
 
 /**
- * `prefix` followed by s(text), the bytes Buffer.concat([prefix,
- * encodeComponent(text)]) gives, in one allocation for the common case (a
+ * `prefix` followed by s(text), in one allocation for the common case (a
  * well-formed text with no 00 byte): the hot path builds a few such keys per
  * applied change.
  */
 export function prefixedComponent(prefix: Buffer, text: string): Buffer {
-  if ((text as unknown as WellFormedCheck).isWellFormed()) {
-    const len = Buffer.byteLength(text, 'utf8');
-    const out = Buffer.allocUnsafe(prefix.length + len + 2);
-    prefix.copy(out, 0);
-    out.write(text, prefix.length, 'utf8');
-    const end = prefix.length + len;
-    const zero = out.indexOf(0, prefix.length);
-    if (zero === -1 || zero >= end) {
-      out[end] = 0x00;
-      out[end + 1] = 0x01;
-      return out;
-    }
+  if (!(text as unknown as WellFormedCheck).isWellFormed()) return Buffer.concat([prefix, encodeWithSurrogates(text)]);
+  const len = Buffer.byteLength(text, 'utf8');
+  const out = Buffer.allocUnsafe(prefix.length + len + 2);
+  prefix.copy(out, 0);
+  out.write(text, prefix.length, 'utf8');
+  const end = prefix.length + len;
+  const zero = out.indexOf(0, prefix.length);
+  if (zero === -1 || zero >= end) {
+    out[end] = 0x00;
+    out[end + 1] = 0x01;
+    return out;
   }
-  return Buffer.concat([prefix, encodeComponent(text)]);
+  return Buffer.concat([out.subarray(0, prefix.length), escapeZeros(out.subarray(prefix.length, end)), TERMINATOR]);
 }
 
 /** String.prototype.isWellFormed (Node 20+; not in the ES2022 typings). */
