@@ -122,12 +122,16 @@ async function serverApplySeconds(baseUrl: string, metric = 'sync_apply_changes_
   return { sum: read(`${metric}_sum`), count: read(`${metric}_count`) };
 }
 
+/** What applyRun measures of the server besides latencies: `pid`'s CPU time, and its peak RSS when `rss`. */
+interface Measured { pid: number; rss: boolean }
+
 /**
  * One writer sending `messages` messages of `perMessage` changes, `window` in
  * flight, to `subscribers` listeners. `onAcked` runs the moment the last
  * acknowledgement arrives (before the wait for the last pushes).
  */
-async function applyRun(url: string, databaseId: string, perMessage: number, messages: number, window: number, pid?: number, onAcked?: () => void): Promise<ApplyFigures> {
+async function applyRun(url: string, databaseId: string, perMessage: number, messages: number, window: number, measured?: Measured, onAcked?: () => void): Promise<ApplyFigures> {
+  const pid = measured?.pid;
   const siteBytes = randomSiteId();
   const sets = loadChangeSets(siteBytes, perMessage, messages);
   const txIds = sets.map((set) => set.transactionId);
@@ -157,7 +161,8 @@ async function applyRun(url: string, databaseId: string, perMessage: number, mes
     });
   }
   const ackLatencies: number[] = [];
-  const sampler = pid ? rssSampler(pid) : undefined;
+  // The relay's RSS is not reported: sampling it would only load this process during its run.
+  const sampler = pid && measured.rss ? rssSampler(pid) : undefined;
   const cpuBefore = pid ? await processCpuMs(pid) : undefined;
   const started = performance.now();
   await new Promise<void>((resolve, reject) => {
@@ -393,7 +398,7 @@ async function s3ApplyRuns(s3: S3TestServer, nodeArgs: string[], dataDir: string
         }
         let watching: Promise<ArchiveLag> | undefined;
         const before = await serverApplySeconds(coordinator.baseUrl);
-        const figures: S3ApplyFigures = await applyRun(coordinator.wsUrl, `bench-${run}`, per, count, window, coordinator.pid,
+        const figures: S3ApplyFigures = await applyRun(coordinator.wsUrl, `bench-${run}`, per, count, window, { pid: coordinator.pid, rss: true },
           mode === 'async' ? () => { watching = watchArchive(coordinator.baseUrl); } : undefined);
         const after = await serverApplySeconds(coordinator.baseUrl);
         figures.serverApplyMeanMs = ((after.sum - before.sum) / Math.max(1, after.count - before.count)) * 1000;
@@ -539,11 +544,11 @@ async function main(): Promise<void> {
       for (let round = 0; round < ROUNDS; round++) {
         phase(`${name}, round ${round + 1} of ${ROUNDS}`);
         const before = await serverApplySeconds(baseUrl);
-        const ours = await applyRun(wsUrl, `bench-${run}`, per, count, window, coordinator.pid);
+        const ours = await applyRun(wsUrl, `bench-${run}`, per, count, window, { pid: coordinator.pid, rss: true });
         const after = await serverApplySeconds(baseUrl);
         // Time inside the server from validation to the commit, per message: the rest of the ack latency is transport and queueing.
         ours.serverApplyMeanMs = ((after.sum - before.sum) / Math.max(1, after.count - before.count)) * 1000;
-        const theirs = await applyRun(relay.url, `bench-${run}`, per, count, window, relay.pid);
+        const theirs = await applyRun(relay.url, `bench-${run}`, per, count, window, { pid: relay.pid, rss: false });
         rounds.push({ coordinator: ours, relay: theirs, ratio: ours.changesPerSec / theirs.changesPerSec });
         run++;
       }
