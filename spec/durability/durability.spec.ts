@@ -154,25 +154,33 @@ describe('durability (with a directory archive)', () => {
     await resumer.close();
   });
 
-  it('skips a corrupt newest snapshot and still restores identical', async () => {
+  /**
+   * Two snapshots of DB, `rows` rows before each and after the second, all
+   * archived, the server stopped: the archive, the newest snapshot's key and
+   * the state a restore must give back.
+   */
+  async function twoSnapshotsArchived(rows: number, after: number): Promise<{ archive: FsArchive; newest: string; final: unknown[] }> {
     const first = await start();
     const site = new TestSite();
-    await write(first, site, 100);
+    await write(first, site, rows);
     await durabilityOf(first).snapshotNow(DB);
-    await write(first, site, 100, 100);
-    const newest = await durabilityOf(first).snapshotNow(DB);
-    await write(first, site, 20, 200);
+    await write(first, site, rows, rows);
+    const newest = (await durabilityOf(first).snapshotNow(DB))!;
+    await write(first, site, after, 2 * rows);
     expect(await durabilityOf(first).flush(DB)).to.equal(true);
     const final = await state(first);
     await stop(first);
-    // Flip bytes in the middle of the newest snapshot object.
     const archive = await openFsArchive(archiveDir);
     archives.push(archive);
-    const chunks: Buffer[] = [];
-    for await (const chunk of (await archive.get(newest!))!) chunks.push(chunk as Buffer);
-    const bytes = Buffer.concat(chunks);
+    return { archive, newest, final };
+  }
+
+  it('skips a corrupt newest snapshot and still restores identical', async () => {
+    const { archive, newest, final } = await twoSnapshotsArchived(100, 20);
+    // Flip bytes in the middle of the newest snapshot object.
+    const bytes = await readAll(archive, newest);
     bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
-    await archive.put(newest!, bytes);
+    await archive.put(newest, bytes);
 
     await rm(dataDir, { recursive: true, force: true });
     const second = await start();
@@ -182,19 +190,8 @@ describe('durability (with a directory archive)', () => {
   });
 
   it('skips a newest snapshot of an unknown format with a log line and a metric, and still restores identical', async () => {
-    const first = await start();
-    const site = new TestSite();
-    await write(first, site, 60);
-    await durabilityOf(first).snapshotNow(DB);
-    await write(first, site, 60, 60);
-    const newest = (await durabilityOf(first).snapshotNow(DB))!;
-    await write(first, site, 10, 120);
-    expect(await durabilityOf(first).flush(DB)).to.equal(true);
-    const final = await state(first);
-    await stop(first);
+    const { archive, newest, final } = await twoSnapshotsArchived(60, 10);
     // A snapshot written by a later version: the same container, its header saying format 2.
-    const archive = await openFsArchive(archiveDir);
-    archives.push(archive);
     const plain = gunzipSync(await readAll(archive, newest));
     const headerLength = plain.readUInt32BE(SNAPSHOT_MAGIC.length);
     const headerAt = SNAPSHOT_MAGIC.length + 4;
