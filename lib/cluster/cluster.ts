@@ -427,11 +427,11 @@ export class Cluster implements WritePath, ReplicaSource {
       entry.waiters.delete(e.id);
       let changes = 0;
       for (const set of e.sets) changes += set.changes.length + set.migrations.length;
-      waiter.resolve({ applied: 0, skipped: changes, conflicts: 0, transactions: e.sets.length, accepted: [], stamps: [] });
+      waiter.resolve({ applied: 0, skipped: changes, conflicts: 0, transactions: e.sets.length, accepted: [], stamps: [], acceptedJson: [] });
     }
     fresh.forEach((e, i) => {
       const outcome = outcomes[i]!;
-      this.hub.publish(databaseId, e.site, outcome.accepted, outcome.stamps);
+      this.hub.publish(databaseId, e.site, outcome.accepted, outcome.stamps, outcome.acceptedJson);
       if (e.node !== this.nodeId) return;
       const waiter = entry.waiters.get(e.id);
       if (waiter) {

@@ -8,18 +8,33 @@ import type { ChangeSet } from '../protocol/messages.js';
  * first use, and shared by every subscriber.
  */
 export class Push {
-  /** Change sets in stamp order, `hlc` replaced by the stamp. */
-  readonly changeSets: readonly ChangeSet[];
   /** Stamp of each change set (30 bytes), same order. */
   readonly stamps: readonly Buffer[];
   private text?: string;
   private bytes?: Buffer;
+  private readonly json?: readonly string[];
+  private sets?: readonly ChangeSet[];
+  private readonly accepted: readonly ChangeSet[];
 
-  /** `accepted[i]` was stamped `stamps[i]`; both in stamp order. At least one change set. */
-  constructor(accepted: readonly ChangeSet[], stamps: readonly Buffer[]) {
-    if (accepted.length === 0 || accepted.length !== stamps.length) throw new TypeError('Push needs one stamp per change set, and at least one change set');
+  /**
+   * `accepted[i]` was stamped `stamps[i]`; both in stamp order. At least one
+   * change set. `json[i]`, when given, is `accepted[i]` as JSON text with
+   * `hlc` replaced by its stamp (ApplyOutcome.acceptedJson): the frame then
+   * joins these texts instead of serializing the change sets again.
+   * @throws TypeError when the lengths differ or there is no change set.
+   */
+  constructor(accepted: readonly ChangeSet[], stamps: readonly Buffer[], json?: readonly string[]) {
+    if (accepted.length === 0 || accepted.length !== stamps.length || (json && json.length !== stamps.length)) {
+      throw new TypeError('Push needs one stamp (and, if given, one JSON text) per change set, and at least one change set');
+    }
     this.stamps = stamps;
-    this.changeSets = accepted.map((set, i) => ({ ...set, hlc: hlcToWire(stamps[i]!) }));
+    this.accepted = accepted;
+    if (json) this.json = json;
+  }
+
+  /** Change sets in stamp order, `hlc` replaced by the stamp. */
+  get changeSets(): readonly ChangeSet[] {
+    return (this.sets ??= this.accepted.map((set, i) => ({ ...set, hlc: hlcToWire(this.stamps[i]!) })));
   }
 
   /** Stamp of the first change set. */
@@ -34,7 +49,7 @@ export class Push {
 
   /** The `push_changes` frame of every change set. */
   frame(): string {
-    return (this.text ??= pushFrame(this.changeSets));
+    return (this.text ??= this.json ? joinedFrame(this.json) : pushFrame(this.changeSets));
   }
 
   /**
@@ -50,10 +65,16 @@ export class Push {
   frameAfter(position: Buffer): string | undefined {
     const from = this.stamps.findIndex((stamp) => compareHlc(stamp, position) > 0);
     if (from === -1) return undefined;
-    return from === 0 ? this.frame() : pushFrame(this.changeSets.slice(from));
+    if (from === 0) return this.frame();
+    return this.json ? joinedFrame(this.json.slice(from)) : pushFrame(this.changeSets.slice(from));
   }
 }
 
 function pushFrame(changeSets: readonly ChangeSet[]): string {
   return JSON.stringify({ type: 'push_changes', changeSets });
+}
+
+/** The same text as pushFrame, from each change set's JSON. */
+function joinedFrame(json: readonly string[]): string {
+  return `{"type":"push_changes","changeSets":[${json.join(',')}]}`;
 }

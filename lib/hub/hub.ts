@@ -27,7 +27,7 @@ export interface Subscriber {
  */
 export const COALESCED_PUSH_CHANGES = 1000;
 
-interface QueuedPublish { fromSite: string; accepted: ChangeSet[]; stamps: Buffer[]; changes: number }
+interface QueuedPublish { fromSite: string; accepted: ChangeSet[]; stamps: Buffer[]; json?: string[]; changes: number }
 
 /**
  * Told of every commit `publish` sees, right after it was offered:
@@ -85,7 +85,7 @@ export class Hub {
    * per subscriber instead of one per message. Still in stamp order, so a
    * subscriber sees exactly what separate pushes would have given it.
    */
-  publishSoon(databaseId: string, fromSite: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[]): void {
+  publishSoon(databaseId: string, fromSite: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[], json?: readonly string[]): void {
     if (accepted.length === 0 || !this.databases.has(databaseId)) return;
     let queue = this.queued.get(databaseId);
     if (!queue) {
@@ -98,16 +98,19 @@ export class Hub {
     if (last && last.fromSite === fromSite && last.changes + changes <= COALESCED_PUSH_CHANGES) {
       last.accepted.push(...accepted);
       last.stamps.push(...stamps);
+      // Texts only when every joined commit has them.
+      if (last.json && json) last.json.push(...json);
+      else last.json = undefined;
       last.changes += changes;
     } else {
-      queue.push({ fromSite, accepted: [...accepted], stamps: [...stamps], changes });
+      queue.push({ fromSite, accepted: [...accepted], stamps: [...stamps], ...(json ? { json: [...json] } : {}), changes });
     }
   }
 
   private publishQueued(databaseId: string): void {
     const queue = this.queued.get(databaseId);
     this.queued.delete(databaseId);
-    for (const one of queue ?? []) this.publish(databaseId, one.fromSite, one.accepted, one.stamps);
+    for (const one of queue ?? []) this.publish(databaseId, one.fromSite, one.accepted, one.stamps, one.json);
   }
 
   /** Every subscriber, across databases. */
@@ -141,8 +144,10 @@ export class Hub {
    * Offers the change sets one message committed (`accepted[i]` stamped
    * `stamps[i]`) to every subscriber of the database except those of
    * `fromSite`. Must be called in commit order, right after the commit.
+   * `json`, when given, is each change set's text as ApplyOutcome.acceptedJson
+   * gives it, so the push frame is joined rather than serialized.
    */
-  publish(databaseId: string, fromSite: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[]): number {
+  publish(databaseId: string, fromSite: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[], json?: readonly string[]): number {
     if (accepted.length === 0) return 0;
     const set = this.databases.get(databaseId);
     let delivered = 0;
@@ -150,7 +155,7 @@ export class Hub {
       let push: Push | undefined;
       for (const subscriber of set) {
         if (subscriber.siteId === fromSite) continue;
-        push ??= new Push(accepted, stamps);
+        push ??= new Push(accepted, stamps, json);
         if (subscriber.offer(push)) delivered++;
         else this.metrics.broadcastErrorsTotal.inc();
       }

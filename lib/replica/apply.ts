@@ -8,7 +8,7 @@
  * group instead of per message.
  */
 
-import { hlcFromSite, hlcWallTime } from '../protocol/hlc.js';
+import { hlcFromSite, hlcToWire, hlcWallTime } from '../protocol/hlc.js';
 import type { ValidChange, ValidChangeSet, ValidMigration } from '../protocol/validate.js';
 import type { ApplyResult, ChangeSet, ColumnChange, DeleteChange } from '../protocol/messages.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
@@ -50,6 +50,13 @@ export interface ApplyOutcome extends ApplyResult {
   accepted: ChangeSet[];
   /** The stamp given to each accepted change set, in the same order. */
   stamps: Buffer[];
+  /**
+   * Each accepted change set as JSON text, its `hlc` replaced by its stamp:
+   * exactly `JSON.stringify({ ...accepted[i], hlc: hlcToWire(stamps[i]) })`,
+   * assembled from the texts already built for the log, so a push does not
+   * serialize its changes again (docs/protocol.md §5).
+   */
+  acceptedJson: string[];
 }
 
 /** Everything a group needs from its replica. */
@@ -74,15 +81,20 @@ export interface GroupResult {
   lastStamp?: Buffer;
 }
 
-interface ChangeItem {
+/** Where an applied fact went in the log: its change set's stamp and its index under it. */
+interface Placed {
+  stamp: Buffer | undefined;
+  idx: number;
+}
+interface ChangeItem extends Placed {
   change: ValidChange;
   applied: boolean;
   /** Set for an applied column write: the JSON of its value and column, shared by its log entry and column record. */
-  valueJson?: string;
-  columnJson?: string;
-  row?: RowPlan;
+  valueJson: string | undefined;
+  columnJson: string | undefined;
+  row: RowPlan | undefined;
 }
-interface MigrationItem { migration: ValidMigration; applied: boolean }
+interface MigrationItem extends Placed { migration: ValidMigration; applied: boolean }
 
 interface RowPlan {
   id: string;
@@ -107,6 +119,8 @@ interface MessagePlan {
   cells: CellPlan[];
   migrations: MigrationPlan[];
   ownSkipped: number;
+  /** Whether some row of the message has a delete. */
+  deletes: boolean;
 }
 
 /** The coordinator's own site never writes through a client: such facts are skipped. */
@@ -123,12 +137,14 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
   const changeItems: ChangeItem[][] = [];
   const migrationItems: MigrationItem[][] = [];
   let ownSkipped = 0;
+  let deletes = false;
   for (const set of sets) {
     const items: ChangeItem[] = new Array(set.changes.length);
     changeItems.push(items);
     for (let i = 0; i < set.changes.length; i++) {
       const change = set.changes[i]!;
-      const item: ChangeItem = { change, applied: false };
+      // Every field from the start: one object shape for every item.
+      const item: ChangeItem = { change, applied: false, valueJson: undefined, columnJson: undefined, row: undefined, stamp: undefined, idx: 0 };
       items[i] = item;
       if (isOwn(change.hlc, own)) { ownSkipped++; continue; }
       const wire = change.wire;
@@ -144,6 +160,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
       item.row = row;
       if (wire.type === 'delete') {
         row.deletes.push({ hlc: change.hlc, item });
+        deletes = true;
       } else {
         const cellId = `${rowId}\u0001${wire.column}`;
         let cell = cells.get(cellId);
@@ -158,7 +175,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
     migrationItems.push(mItems);
     for (let i = 0; i < set.migrations.length; i++) {
       const migration = set.migrations[i]!;
-      const item: MigrationItem = { migration, applied: false };
+      const item: MigrationItem = { migration, applied: false, stamp: undefined, idx: 0 };
       mItems[i] = item;
       if (isOwn(migration.hlc, own)) { ownSkipped++; continue; }
       const key = migrationKey(migration.wire.schema, migration.kind, migration.name, migration.wire.schemaVersion);
@@ -168,7 +185,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
       plan.candidates.push({ hlc: migration.hlc, item });
     }
   }
-  return { sets, changeItems, migrationItems, rows: [...rows.values()], cells: [...cells.values()], migrations: [...migrations.values()], ownSkipped };
+  return { sets, changeItems, migrationItems, rows: [...rows.values()], cells: [...cells.values()], migrations: [...migrations.values()], ownSkipped, deletes };
 }
 
 /**
@@ -190,8 +207,9 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     keys.push(key);
   };
   const wantIfStored = (id: string, key: Buffer): void => {
+    // A key that is certainly not stored needs no entry: absent reads as missing,
+    // and no store scan can meet it.
     if (ctx.mightExist(key)) want(id, key);
-    else if (!records.has(id)) records.set(id, undefined);
   };
   for (const plan of plans) {
     for (const r of plan.rows) wantIfStored(r.recordId, r.tombKey);
@@ -215,11 +233,16 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
   };
   // Cells each row gained inside the group, which a later delete in the group must also see.
   const rowCells = new Map<string, Map<string, Buffer>>();
+  // Only a later message reads what a message leaves in `records` and `rowCells`
+  // (inside one, tombstones resolve before cells): the last one need not record it.
+  let lastWithDeletes = -1;
+  plans.forEach((plan, i) => { if (plan.deletes) lastWithDeletes = i; });
   const outcomes: ApplyOutcome[] = [];
   let lastStamp: Buffer | undefined;
 
   for (let p = 0; p < plans.length; p++) {
     const plan = plans[p]!;
+    const later = p < plans.length - 1;
     let applied = 0;
     let skipped = plan.ownSkipped;
     let conflicts = 0;
@@ -307,7 +330,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     // give each applied fact its place in the log.
     const accepted: ChangeSet[] = [];
     const stamps: Buffer[] = [];
-    const place = new Map<ChangeItem | MigrationItem, { stamp: Buffer; idx: number }>();
+    const acceptedJson: string[] = [];
     for (let cs = 0; cs < plan.sets.length; cs++) {
       const set = plan.sets[cs]!;
       const mApplied = plan.migrationItems[cs]!.filter((m) => m.applied);
@@ -318,13 +341,23 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       stamps.push(stamp);
       lastStamp = stamp;
       let idx = 0;
-      for (const m of mApplied) {
-        place.set(m, { stamp, idx });
-        ops.push({ type: 'put', key: logKey(stamp, idx++), value: encodeLogEntry(set.siteId, set.wire.transactionId, LOG_MIGRATION, JSON.stringify(m.migration.wire)) });
+      const migrationTexts: string[] = new Array(mApplied.length);
+      const changeTexts: string[] = new Array(cApplied.length);
+      for (let i = 0; i < mApplied.length; i++) {
+        const m = mApplied[i]!;
+        m.stamp = stamp;
+        m.idx = idx;
+        const text = JSON.stringify(m.migration.wire);
+        migrationTexts[i] = text;
+        ops.push({ type: 'put', key: logKey(stamp, idx++), value: encodeLogEntry(set.siteId, set.wire.transactionId, LOG_MIGRATION, text) });
       }
-      for (const c of cApplied) {
-        place.set(c, { stamp, idx });
-        ops.push({ type: 'put', key: logKey(stamp, idx++), value: encodeLogEntry(set.siteId, set.wire.transactionId, LOG_CHANGE, changeJson(c)) });
+      for (let i = 0; i < cApplied.length; i++) {
+        const c = cApplied[i]!;
+        c.stamp = stamp;
+        c.idx = idx;
+        const text = changeJson(c);
+        changeTexts[i] = text;
+        ops.push({ type: 'put', key: logKey(stamp, idx++), value: encodeLogEntry(set.siteId, set.wire.transactionId, LOG_CHANGE, text) });
       }
       accepted.push({
         siteId: set.wire.siteId,
@@ -333,11 +366,13 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
         changes: cApplied.map((c) => c.change.wire),
         schemaMigrations: mApplied.map((m) => m.migration.wire),
       });
+      // Key order of the object above, as JSON.stringify would write it.
+      acceptedJson.push(`{"siteId":${JSON.stringify(set.wire.siteId)},"transactionId":${JSON.stringify(set.wire.transactionId)},"hlc":"${hlcToWire(stamp)}","changes":[${changeTexts.join(',')}],"schemaMigrations":[${migrationTexts.join(',')}]}`);
     }
 
     for (const r of raised) {
       const winner = raisedBy.get(r)!;
-      const where = place.get(winner.item)!;
+      const where = winner.item as Placed & { stamp: Buffer };
       const wire = winner.item.change.wire as DeleteChange;
       // When the deletion was accepted, by the stamp's clock: the same on every
       // node that applies it and after a restore, and what retention ages by.
@@ -353,29 +388,31 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       const record = encodeFact(winner.hlc, where.stamp, where.idx, JSON.stringify(entry), now);
       ops.push({ type: 'put', key: r.tombKey, value: record });
       ops.push({ type: 'put', key: tombstoneAgeKey(now, r.tombKey), value: Buffer.alloc(0) });
-      records.set(r.recordId, record);
+      if (later) records.set(r.recordId, record);
     }
     for (const { cell, stored, winner } of cellWinners) {
-      const where = place.get(winner.item)!;
+      const where = winner.item as Placed & { stamp: Buffer };
       const wire = winner.item.change.wire as ColumnChange;
       if (stored) ops.push({ type: 'del', key: factLogKey(stored) });
       else bump(cell.row.tk, 1);
       const entry = `{"column":${winner.item.columnJson!},"hlc":"${wire.hlc}","value":${winner.item.valueJson!},"pk":${cell.row.pkKey}}`;
       const record = encodeFact(winner.hlc, where.stamp, where.idx, entry);
       ops.push({ type: 'put', key: cell.key, value: record });
+      if (!later) continue;
       records.set(cell.recordId, record);
+      if (p >= lastWithDeletes) continue;
       let touched = rowCells.get(cell.row.id);
       if (!touched) rowCells.set(cell.row.id, (touched = new Map()));
       touched.set(cell.recordId, cell.key);
     }
     for (const { plan: m, stored, winner } of migrationWinners) {
-      const where = place.get(winner.item)!;
+      const where = winner.item as Placed & { stamp: Buffer };
       if (stored) ops.push({ type: 'del', key: factLogKey(stored) });
       const record = encodeFact(winner.hlc, where.stamp, where.idx, JSON.stringify(winner.item.migration.wire));
       ops.push({ type: 'put', key: m.key, value: record });
-      records.set(m.id, record);
+      if (later) records.set(m.id, record);
     }
-    outcomes.push({ applied, skipped, conflicts, transactions: plan.sets.length, accepted, stamps });
+    outcomes.push({ applied, skipped, conflicts, transactions: plan.sets.length, accepted, stamps, acceptedJson });
   }
 
   for (const stats of counts.values()) {

@@ -51,6 +51,29 @@ describe('Hub', () => {
       expect(writer.pushes, 'never back to the writing site').to.have.length(0);
     });
 
+    it('sends the same frame whether commits come with their JSON texts, without, or mixed', async () => {
+      const texts = (c: { sets: ChangeSet[]; stamps: Buffer[] }): string[] => c.sets.map((set, i) => JSON.stringify({ ...set, hlc: hlcToWire(c.stamps[i]!) }));
+      const commits = Array.from({ length: 4 }, () => commit('writer', 3));
+      const frames: string[] = [];
+      const after: (string | undefined)[] = [];
+      for (const withTexts of [[true, true, true, true], [false, false, false, false], [true, false, true, true]]) {
+        const local = new Hub(createMetrics(new Registry()));
+        const reader = new Recorder('db', 'reader');
+        local.join(reader);
+        commits.forEach((c, i) => local.publishSoon('db', 'writer', c.sets, c.stamps, withTexts[i] ? texts(c) : undefined));
+        await nextTurn();
+        expect(reader.pushes).to.have.length(1);
+        frames.push(reader.pushes[0]!.frame());
+        after.push(reader.pushes[0]!.frameAfter(commits[1]!.stamps[0]!));
+      }
+      expect(frames[1]).to.equal(frames[0]);
+      expect(frames[2]).to.equal(frames[0]);
+      expect(after[0]).to.equal(after[1]);
+      expect(after[2]).to.equal(after[0]);
+      const parsed = JSON.parse(after[0]!) as { changeSets: ChangeSet[] };
+      expect(parsed.changeSets.map((s) => s.hlc), 'the change sets after the position').to.deep.equal(commits.slice(2).map((c) => hlcToWire(c.stamps[0]!)));
+    });
+
     it(`never puts more than ${COALESCED_PUSH_CHANGES} changes in a joined push, and keeps every change set once`, async () => {
       const reader = new Recorder('db', 'reader');
       hub.join(reader);

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { Random } from '../helpers/random.js';
 import { TestSite, valid } from '../helpers/changes.js';
 import { ReplicaFixture, stateOf, type StateView } from '../helpers/replicas.js';
-import { hlcFromWire, compareHlc } from '../../lib/protocol/hlc.js';
+import { hlcFromWire, hlcToWire, compareHlc } from '../../lib/protocol/hlc.js';
 import type { ChangeSet } from '../../lib/protocol/messages.js';
 import type { Replica } from '../../lib/replica/replica.js';
 
@@ -74,6 +74,10 @@ function randomHistory(rng: Random): ChangeSet[] {
       ? [{ type: rng.pick(['create_table', 'add_column', 'add_index'] as const), table: rng.pick(TABLES), schemaVersion: 1 + rng.int(2), ddl: `ddl ${rng.int(100)}` }]
       : [];
     const set = site.txn(drafts, migrations, at);
+    // Some writes carry the value they replaced (docs/protocol.md §2).
+    for (const c of set.changes) {
+      if (c.type === 'column' && rng.next() < 0.2) Object.assign(c, { priorValue: rng.pick<unknown>([null, 7, 'was "quoted"', '\u2028']), priorHlc: set.hlc });
+    }
     // A (wall, counter, site) must not be reused with different content.
     if (history.some((h) => h.transactionId === set.transactionId)) continue;
     history.push(set);
@@ -147,6 +151,10 @@ describe('merge (property)', function () {
         const concurrent = await Promise.all(messages.map((message) => grouped.apply(valid(message))));
         const counts = (o: { applied: number; skipped: number; conflicts: number; accepted: unknown[] }[]) => o.map((x) => [x.applied, x.skipped, x.conflicts, x.accepted]);
         expect(counts(concurrent), `group commit counts of history ${h}`).to.deep.equal(counts(sequential));
+        // What a push sends is joined from these texts: each must be the change set as JSON.stringify writes it.
+        for (const o of [...sequential, ...concurrent]) {
+          expect(o.acceptedJson, `change set texts of history ${h}`).to.deep.equal(o.accepted.map((set, i) => JSON.stringify({ ...set, hlc: hlcToWire(o.stamps[i]!) })));
+        }
         expect(await stateOf(grouped), `group commit state of history ${h}`).to.deep.equal(expected);
         expect(await logState(grouped), `group commit log of history ${h}`).to.deep.equal(expected);
       }
