@@ -264,6 +264,7 @@ export class Replica implements ReplicaContext {
 
   private async commitGroup(group: PendingApply[]): Promise<void> {
     let result: GroupResult;
+    let sizes: BatchSizes;
     try {
       result = await applyGroup(this.applyContext, group.map((p) => p.sets));
       if (result.lastStamp) {
@@ -274,7 +275,12 @@ export class Replica implements ReplicaContext {
           result.ops.push({ type: 'put', key: META_ARCHIVED, value: result.lastStamp });
         }
       }
-      await this.store.write(result.ops, { sync: this.syncWrites });
+      const writing = this.store.write(result.ops, { sync: this.syncWrites });
+      // While the batch is written on the pool, the main thread does what does
+      // not need its outcome. A key added to the filter that a failed write
+      // never stored only costs a read later.
+      sizes = this.filterAndMeasure(result.ops);
+      await writing;
     } catch (err) {
       if (group.length > 1 && !(isSyncError(err) && err.code === ErrorCode.StorageUnavailable)) {
         // Isolate the failure: every other message gets its own chance.
@@ -285,40 +291,52 @@ export class Replica implements ReplicaContext {
       return;
     }
     if (result.lastStamp) this.committed = result.lastStamp;
-    const filter = this.filter;
-    if (filter) {
-      for (const op of result.ops) {
-        if (op.type === 'put' && (op.key[0] === NS_COLUMN || op.key[0] === NS_TOMBSTONE)) filter.add(op.key);
-      }
-      if (filter.size > MAX_FILTER_KEYS) this.filter = undefined;
-    }
     for (const [id, stats] of result.counts) {
       if (stats.count === 0) this.tables.delete(id);
       else this.tables.set(id, stats);
     }
-    if (result.lastStamp) this.notifyCommit(result);
+    if (result.lastStamp) this.notifyCommit(result, sizes.logBytes);
     for (let i = 0; i < group.length; i++) {
       const outcome = result.outcomes[i]!;
       log('applied %d, skipped %d, conflicts %d in %d change sets', outcome.applied, outcome.skipped, outcome.conflicts, outcome.transactions);
       group[i]!.resolve(outcome);
     }
-    if (batchBytes(result.ops) > LARGE_BATCH_BYTES) {
+    if (sizes.total > LARGE_BATCH_BYTES) {
       // Stored already: a failure here only delays the flush.
       await this.rotateMemtable().catch((err: unknown) => log('memtable rotation failed: %s', (err as Error).message));
     }
   }
 
-  /** Tells `onCommit` what a stored commit added to the log. */
-  private notifyCommit(result: GroupResult): void {
+  /**
+   * Adds the batch's column-version and tombstone keys to the key filter
+   * (dropping the filter past MAX_FILTER_KEYS) and measures the batch, in one
+   * pass over its ops.
+   */
+  private filterAndMeasure(ops: readonly KvOp[]): BatchSizes {
+    const filter = this.filter;
+    let total = 0;
+    let logBytes = 0;
+    for (const op of ops) {
+      total += op.key.length;
+      if (op.type !== 'put') continue;
+      total += op.value.length;
+      const ns = op.key[0];
+      if (ns === NS_LOG) logBytes += op.value.length;
+      else if (filter && (ns === NS_COLUMN || ns === NS_TOMBSTONE)) filter.add(op.key);
+    }
+    if (filter && filter.size > MAX_FILTER_KEYS) this.filter = undefined;
+    return { total, logBytes };
+  }
+
+  /** Tells `onCommit` what a stored commit added to the log (`logBytes`: bytes of its log entries). */
+  private notifyCommit(result: GroupResult, logBytes: number): void {
     if (!this.onCommit || !result.lastStamp) return;
     let transactions = 0;
     let changes = 0;
-    let logBytes = 0;
     for (const outcome of result.outcomes) {
       transactions += outcome.stamps.length;
       changes += changeCount(outcome.accepted);
     }
-    for (const op of result.ops) if (op.type === 'put' && op.key[0] === NS_LOG) logBytes += op.value.length;
     this.onCommit({ lastStamp: result.lastStamp, transactions, changes, logBytes });
   }
 
@@ -423,15 +441,16 @@ export class Replica implements ReplicaContext {
         const result = await applyGroup(this.applyContext, group, stamps.slice(from, to));
         const last = stamps.slice(from, to).flat().at(-1);
         if (last) result.ops.push({ type: 'put', key: META_LAST_STAMP, value: last });
-        await this.store.write(result.ops, { sync: this.syncWrites });
+        const writing = this.store.write(result.ops, { sync: this.syncWrites });
+        const sizes = this.filterAndMeasure(result.ops);
+        await writing;
         if (last) this.committed = last;
         for (const [id, stats] of result.counts) {
           if (stats.count === 0) this.tables.delete(id);
           else this.tables.set(id, stats);
         }
-        for (const op of result.ops) if (op.type === 'put' && (op.key[0] === NS_COLUMN || op.key[0] === NS_TOMBSTONE)) this.filter?.add(op.key);
         outcomes.push(...result.outcomes);
-        if (result.lastStamp) this.notifyCommit(result);
+        if (result.lastStamp) this.notifyCommit(result, sizes.logBytes);
         from = to;
       }
       // Stamps issued from now on continue above the replayed ones.
@@ -507,11 +526,8 @@ export class Replica implements ReplicaContext {
 }
 
 /** Bytes of keys and values a write carries. */
-function batchBytes(ops: readonly KvOp[]): number {
-  let n = 0;
-  for (const op of ops) n += op.key.length + (op.type === 'put' ? op.value.length : 0);
-  return n;
-}
+/** Bytes of a batch's keys and values, and of its log entries' values. */
+interface BatchSizes { total: number; logBytes: number }
 
 /** The accepted change sets of a group's messages, each `hlc` replaced by its stamp, in stamp order. */
 function stampedSets(outcomes: readonly ApplyOutcome[]): ChangeSet[] {
