@@ -11,6 +11,7 @@
 import { hlcFromSite, hlcToWire, hlcWallTime } from '../protocol/hlc.js';
 import type { ValidChange, ValidChangeSet, ValidMigration } from '../protocol/validate.js';
 import type { ApplyResult, ChangeSet, ColumnChange, DeleteChange } from '../protocol/messages.js';
+import type { WireSqlValue } from '../protocol/values.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
 import {
   LOG_CHANGE, LOG_MIGRATION,
@@ -96,10 +97,15 @@ interface ChangeItem extends Placed {
 }
 interface MigrationItem extends Placed { migration: ValidMigration; applied: boolean }
 
+/*
+ * Ids of the group's record map. A row's is tableId + the pk's JSON, which is
+ * also the key of its tombstone; a cell's is the row's + U+0001 + the column;
+ * a migration's starts with "m". tableId starts with a digit and its length
+ * prefixes fix where the pk's JSON begins, and that JSON never holds a raw
+ * U+0001 (JSON.stringify escapes control characters), so no two of them meet.
+ */
 interface RowPlan {
   id: string;
-  /** Key of the row's tombstone in the group's record map. */
-  recordId: string;
   /** The primary key as canonical JSON. */
   pkKey: string;
   tk: TableKeys;
@@ -108,7 +114,7 @@ interface RowPlan {
   deletes: Candidate<ChangeItem>[];
 }
 
-interface CellPlan { id: string; recordId: string; key: Buffer; row: RowPlan; candidates: Candidate<ChangeItem>[] }
+interface CellPlan { id: string; key: Buffer; row: RowPlan; candidates: Candidate<ChangeItem>[] }
 interface MigrationPlan { id: string; key: Buffer; candidates: Candidate<MigrationItem>[] }
 
 interface MessagePlan {
@@ -149,12 +155,12 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
       if (isOwn(change.hlc, own)) { ownSkipped++; continue; }
       const wire = change.wire;
       const tk = ctx.tableKeys(wire.schema, wire.table);
-      const pkKey = JSON.stringify(wire.pk);
+      const pkKey = sqlValuesJson(wire.pk);
       const rowId = tk.id + pkKey;
       let row = rows.get(rowId);
       if (!row) {
         // Ids are built once: map lookups with freshly concatenated strings re-hash them every time.
-        row = { id: rowId, recordId: `t${rowId}`, pkKey, tk, tombKey: prefixedComponent(tk.tombBase, pkKey), colPrefix: prefixedComponent(tk.colBase, pkKey), deletes: [] };
+        row = { id: rowId, pkKey, tk, tombKey: prefixedComponent(tk.tombBase, pkKey), colPrefix: prefixedComponent(tk.colBase, pkKey), deletes: [] };
         rows.set(rowId, row);
       }
       item.row = row;
@@ -165,7 +171,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
         const cellId = `${rowId}\u0001${wire.column}`;
         let cell = cells.get(cellId);
         if (!cell) {
-          cell = { id: cellId, recordId: `c${cellId}`, key: columnKey(row.colPrefix, wire.column), row, candidates: [] };
+          cell = { id: cellId, key: columnKey(row.colPrefix, wire.column), row, candidates: [] };
           cells.set(cellId, cell);
         }
         cell.candidates.push({ hlc: change.hlc, item });
@@ -212,8 +218,8 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     if (ctx.mightExist(key)) want(id, key);
   };
   for (const plan of plans) {
-    for (const r of plan.rows) wantIfStored(r.recordId, r.tombKey);
-    for (const c of plan.cells) wantIfStored(c.recordId, c.key);
+    for (const r of plan.rows) wantIfStored(r.id, r.tombKey);
+    for (const c of plan.cells) wantIfStored(c.id, c.key);
     for (const m of plan.migrations) want(m.id, m.key);
   }
   if (keys.length > 0) {
@@ -252,7 +258,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     const raised: RowPlan[] = [];
     const raisedBy = new Map<RowPlan, Candidate<ChangeItem>>();
     for (const r of plan.rows) {
-      const stored = records.get(r.recordId);
+      const stored = records.get(r.id);
       const storedHlc = stored ? factHlc(stored) : undefined;
       const out = resolveDeletes(r.deletes, storedHlc);
       applied += out.applied;
@@ -277,7 +283,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
         for (let batch = await it.nextBatch(256); batch.length > 0; batch = await it.nextBatch(256)) {
           for (const [key, value] of batch) {
             const [column] = decodeComponent(key, r.colPrefix.length);
-            const id = `c${r.id}\u0001${column}`;
+            const id = `${r.id}\u0001${column}`;
             // The group's own writes are newer than the store's view.
             if (!records.has(id)) records.set(id, Buffer.from(value));
             candidates.set(id, Buffer.from(key));
@@ -297,7 +303,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
 
     const cellWinners: { cell: CellPlan; stored?: Buffer; winner: Candidate<ChangeItem> }[] = [];
     for (const cell of plan.cells) {
-      const stored = records.get(cell.recordId);
+      const stored = records.get(cell.id);
       const tomb = tombstoneOf.get(cell.row);
       const out = resolveSlot(cell.candidates, stored ? factHlc(stored) : undefined, (hlc) => tombstoneBlocks(tomb, hlc, ctx.allowResurrection));
       applied += out.applied;
@@ -380,7 +386,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       const entry = wire.priorRow === undefined
         ? { pk: wire.pk, hlc: wire.hlc, createdAt: now }
         : { pk: wire.pk, hlc: wire.hlc, createdAt: now, priorRow: wire.priorRow };
-      const stored = records.get(r.recordId);
+      const stored = records.get(r.id);
       if (stored) {
         ops.push({ type: 'del', key: factLogKey(stored) });
         ops.push({ type: 'del', key: tombstoneAgeKey(tombstoneCreatedAt(stored), r.tombKey) });
@@ -388,7 +394,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       const record = encodeFact(winner.hlc, where.stamp, where.idx, JSON.stringify(entry), now);
       ops.push({ type: 'put', key: r.tombKey, value: record });
       ops.push({ type: 'put', key: tombstoneAgeKey(now, r.tombKey), value: Buffer.alloc(0) });
-      if (later) records.set(r.recordId, record);
+      if (later) records.set(r.id, record);
     }
     for (const { cell, stored, winner } of cellWinners) {
       const where = winner.item as Placed & { stamp: Buffer };
@@ -399,11 +405,11 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       const record = encodeFact(winner.hlc, where.stamp, where.idx, entry);
       ops.push({ type: 'put', key: cell.key, value: record });
       if (!later) continue;
-      records.set(cell.recordId, record);
+      records.set(cell.id, record);
       if (p >= lastWithDeletes) continue;
       let touched = rowCells.get(cell.row.id);
       if (!touched) rowCells.set(cell.row.id, (touched = new Map()));
-      touched.set(cell.recordId, cell.key);
+      touched.set(cell.id, cell.key);
     }
     for (const { plan: m, stored, winner } of migrationWinners) {
       const where = winner.item as Placed & { stamp: Buffer };
@@ -426,6 +432,23 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     }
   }
   return { outcomes, ops, counts, lastStamp };
+}
+
+/**
+ * `JSON.stringify(values)` for validated SQL values, the same text: the
+ * primary key's JSON is part of its row's keys on disk. JSON.stringify of
+ * a finite number is its ToString, so numbers (most keys) skip the
+ * serializer, whose setup costs more than the work for a key of one or two
+ * values.
+ */
+export function sqlValuesJson(values: readonly WireSqlValue[]): string {
+  let out = '[';
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (i > 0) out += ',';
+    out += typeof v === 'number' ? String(v) : JSON.stringify(v);
+  }
+  return out + ']';
 }
 
 /**
