@@ -83,3 +83,43 @@ function canonicalBase64(text: string): boolean {
 function invalid(field: string, expected: string, value: unknown): SyncError {
   return new SyncError(ErrorCode.InvalidChangeSet, `${field}: expected ${expected}, got ${describeValue(value)}`);
 }
+
+/** What JSON.stringify escapes in a string: the quote, the backslash, control characters and surrogates (lone ones). */
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
+
+/**
+ * `JSON.stringify(text)`, the same text. A string with nothing to escape
+ * (nearly every name and value) is quoted as is: the serializer's setup
+ * costs more than its work on a short string. Any surrogate, paired or
+ * not, takes the serializer's path.
+ */
+export function jsonString(text: string): string {
+  return NEEDS_ESCAPE.test(text) ? JSON.stringify(text) : `"${text}"`;
+}
+
+/**
+ * `JSON.stringify(value)` for a validated SQL value, the same text (for a
+ * finite number, JSON.stringify writes its ToString). Stored keys and
+ * records hold this text (lib/replica), so it must never differ.
+ */
+export function sqlValueJson(value: WireSqlValue): string {
+  switch (typeof value) {
+    case 'number':
+    case 'boolean':
+      return String(value);
+    case 'string':
+      return jsonString(value);
+    default:
+      return JSON.stringify(value);
+  }
+}
+
+/** `JSON.stringify(values)` for validated SQL values, the same text (see sqlValueJson). */
+export function sqlValuesJson(values: readonly WireSqlValue[]): string {
+  let out = '[';
+  for (let i = 0; i < values.length; i++) {
+    if (i > 0) out += ',';
+    out += sqlValueJson(values[i]!);
+  }
+  return out + ']';
+}

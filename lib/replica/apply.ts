@@ -11,7 +11,7 @@
 import { hlcFromSite, hlcToWire, hlcWallTime } from '../protocol/hlc.js';
 import type { ValidChange, ValidChangeSet, ValidMigration } from '../protocol/validate.js';
 import type { ApplyResult, ChangeSet, ColumnChange, DeleteChange } from '../protocol/messages.js';
-import type { WireSqlValue } from '../protocol/values.js';
+import { jsonString, sqlValueJson, sqlValuesJson } from '../protocol/values.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
 import {
   LOG_CHANGE, LOG_MIGRATION,
@@ -112,6 +112,10 @@ interface RowPlan {
   tombKey: Buffer;
   colPrefix: Buffer;
   deletes: Candidate<ChangeItem>[];
+  /** Once the message's deletes are resolved: the row's tombstone HLC, if it has one. */
+  tomb: Buffer | undefined;
+  /** The delete that raised the tombstone in this message, if one did. */
+  raisedBy: Candidate<ChangeItem> | undefined;
 }
 
 interface CellPlan { id: string; key: Buffer; row: RowPlan; candidates: Candidate<ChangeItem>[] }
@@ -160,7 +164,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
       let row = rows.get(rowId);
       if (!row) {
         // Ids are built once: map lookups with freshly concatenated strings re-hash them every time.
-        row = { id: rowId, pkKey, tk, tombKey: prefixedComponent(tk.tombBase, pkKey), colPrefix: prefixedComponent(tk.colBase, pkKey), deletes: [] };
+        row = { id: rowId, pkKey, tk, tombKey: prefixedComponent(tk.tombBase, pkKey), colPrefix: prefixedComponent(tk.colBase, pkKey), deletes: [], tomb: undefined, raisedBy: undefined };
         rows.set(rowId, row);
       }
       item.row = row;
@@ -254,9 +258,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     let conflicts = 0;
 
     // Tombstones first: a row's final tombstone decides which writes it blocks.
-    const tombstoneOf = new Map<RowPlan, Buffer | undefined>();
     const raised: RowPlan[] = [];
-    const raisedBy = new Map<RowPlan, Candidate<ChangeItem>>();
     for (const r of plan.rows) {
       const stored = records.get(r.id);
       const storedHlc = stored ? factHlc(stored) : undefined;
@@ -266,17 +268,17 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
       if (out.winner) {
         out.winner.item.applied = true;
         raised.push(r);
-        raisedBy.set(r, out.winner);
-        tombstoneOf.set(r, out.winner.hlc);
+        r.raisedBy = out.winner;
+        r.tomb = out.winner.hlc;
       } else {
-        tombstoneOf.set(r, storedHlc);
+        r.tomb = storedHlc;
       }
     }
 
     // A raised tombstone removes the row's column versions it now blocks:
     // those in the store and those written earlier in this group.
     for (const r of raised) {
-      const tomb = tombstoneOf.get(r);
+      const tomb = r.tomb;
       const candidates = new Map<string, Buffer>(rowCells.get(r.id));
       const it = ctx.store.iterator({ gte: r.colPrefix, lt: prefixEnd(r.colPrefix) });
       try {
@@ -304,7 +306,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     const cellWinners: { cell: CellPlan; stored?: Buffer; winner: Candidate<ChangeItem> }[] = [];
     for (const cell of plan.cells) {
       const stored = records.get(cell.id);
-      const tomb = tombstoneOf.get(cell.row);
+      const tomb = cell.row.tomb;
       const out = resolveSlot(cell.candidates, stored ? factHlc(stored) : undefined, (hlc) => tombstoneBlocks(tomb, hlc, ctx.allowResurrection));
       applied += out.applied;
       skipped += out.skipped;
@@ -313,8 +315,8 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
         const item = out.winner.item;
         const wire = item.change.wire as ColumnChange;
         item.applied = true;
-        item.valueJson = JSON.stringify(wire.value);
-        item.columnJson = JSON.stringify(wire.column);
+        item.valueJson = sqlValueJson(wire.value);
+        item.columnJson = jsonString(wire.column);
         cellWinners.push({ cell, stored, winner: out.winner });
       }
     }
@@ -373,11 +375,11 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
         schemaMigrations: mApplied.map((m) => m.migration.wire),
       });
       // Key order of the object above, as JSON.stringify would write it.
-      acceptedJson.push(`{"siteId":${JSON.stringify(set.wire.siteId)},"transactionId":${JSON.stringify(set.wire.transactionId)},"hlc":"${hlcToWire(stamp)}","changes":[${changeTexts.join(',')}],"schemaMigrations":[${migrationTexts.join(',')}]}`);
+      acceptedJson.push(`{"siteId":${jsonString(set.wire.siteId)},"transactionId":${jsonString(set.wire.transactionId)},"hlc":"${hlcToWire(stamp)}","changes":[${changeTexts.join(',')}],"schemaMigrations":[${migrationTexts.join(',')}]}`);
     }
 
     for (const r of raised) {
-      const winner = raisedBy.get(r)!;
+      const winner = r.raisedBy!;
       const where = winner.item as Placed & { stamp: Buffer };
       const wire = winner.item.change.wire as DeleteChange;
       // When the deletion was accepted, by the stamp's clock: the same on every
@@ -435,23 +437,6 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
 }
 
 /**
- * `JSON.stringify(values)` for validated SQL values, the same text: the
- * primary key's JSON is part of its row's keys on disk. JSON.stringify of
- * a finite number is its ToString, so numbers (most keys) skip the
- * serializer, whose setup costs more than the work for a key of one or two
- * values.
- */
-export function sqlValuesJson(values: readonly WireSqlValue[]): string {
-  let out = '[';
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i];
-    if (i > 0) out += ',';
-    out += typeof v === 'number' ? String(v) : JSON.stringify(v);
-  }
-  return out + ']';
-}
-
-/**
  * The canonical wire JSON of an applied change (key order of docs/protocol.md §2),
  * assembled from pieces already serialized for its column record; the same
  * text JSON.stringify would give for the validated wire object.
@@ -460,6 +445,6 @@ function changeJson(item: ChangeItem): string {
   const wire = item.change.wire;
   if (wire.type !== 'column' || item.valueJson === undefined || !item.row) return JSON.stringify(wire);
   const row = item.row;
-  const prior = wire.priorHlc === undefined ? '' : `,"priorValue":${JSON.stringify(wire.priorValue)},"priorHlc":"${wire.priorHlc}"`;
+  const prior = wire.priorHlc === undefined ? '' : `,"priorValue":${sqlValueJson(wire.priorValue!)},"priorHlc":"${wire.priorHlc}"`;
   return `{"type":"column",${row.tk.namesJson},"pk":${row.pkKey},"column":${item.columnJson!},"value":${item.valueJson},"hlc":"${wire.hlc}"${prior}}`;
 }
