@@ -431,7 +431,7 @@ export class Cluster implements WritePath, ReplicaSource {
     }
     fresh.forEach((e, i) => {
       const outcome = outcomes[i]!;
-      this.hub.publishSoon(databaseId, e.site, outcome.accepted, outcome.stamps, outcome.acceptedJson);
+      this.hub.publishSoon(databaseId, e.site, outcome);
       if (e.node !== this.nodeId) return;
       const waiter = entry.waiters.get(e.id);
       if (waiter) {

@@ -1,40 +1,43 @@
-import { compareHlc, hlcToWire } from '../protocol/hlc.js';
+import { compareHlc } from '../protocol/hlc.js';
 import type { ChangeSet } from '../protocol/messages.js';
+
+/**
+ * What one commit accepted, as the write paths hand it to the hub (an
+ * ApplyOutcome is one): `accepted[i]` was stamped `stamps[i]`, in stamp
+ * order, and `acceptedJson[i]` is `accepted[i]` as JSON text with `hlc`
+ * replaced by that stamp, the text the merge built for the log.
+ */
+export interface CommittedSets {
+  readonly accepted: readonly ChangeSet[];
+  readonly stamps: readonly Buffer[];
+  readonly acceptedJson: readonly string[];
+}
 
 /**
  * The change sets one committed message added to the log, ready to push to
  * every other site on the database: each `hlc` is the coordinator's stamp
- * (docs/protocol.md §4, §5), never the origin's. The frame is serialized once, on
- * first use, and shared by every subscriber.
+ * (docs/protocol.md §4, §5), never the origin's. The frame is joined from the
+ * change sets' texts once, on first use, and shared by every subscriber.
  */
 export class Push {
   /** Stamp of each change set (30 bytes), same order. */
   readonly stamps: readonly Buffer[];
+  /** Each change set's JSON text, same order. */
+  private readonly json: readonly string[];
   private text?: string;
   private bytes?: Buffer;
-  private readonly json?: readonly string[];
-  private sets?: readonly ChangeSet[];
-  private readonly accepted: readonly ChangeSet[];
 
   /**
-   * `accepted[i]` was stamped `stamps[i]`; both in stamp order. At least one
-   * change set. `json[i]`, when given, is `accepted[i]` as JSON text with
-   * `hlc` replaced by its stamp (ApplyOutcome.acceptedJson): the frame then
-   * joins these texts instead of serializing the change sets again.
+   * `json[i]` is the change set stamped `stamps[i]` as JSON text, `hlc` being
+   * that stamp (CommittedSets.acceptedJson); both in stamp order.
    * @throws TypeError when the lengths differ or there is no change set.
    */
-  constructor(accepted: readonly ChangeSet[], stamps: readonly Buffer[], json?: readonly string[]) {
-    if (accepted.length === 0 || accepted.length !== stamps.length || (json && json.length !== stamps.length)) {
-      throw new TypeError('Push needs one stamp (and, if given, one JSON text) per change set, and at least one change set');
+  constructor(stamps: readonly Buffer[], json: readonly string[]) {
+    if (stamps.length === 0 || json.length !== stamps.length) {
+      throw new TypeError('Push needs one JSON text per stamp, and at least one change set');
     }
     this.stamps = stamps;
-    this.accepted = accepted;
-    if (json) this.json = json;
-  }
-
-  /** Change sets in stamp order, `hlc` replaced by the stamp. */
-  get changeSets(): readonly ChangeSet[] {
-    return (this.sets ??= this.accepted.map((set, i) => ({ ...set, hlc: hlcToWire(this.stamps[i]!) })));
+    this.json = json;
   }
 
   /** Stamp of the first change set. */
@@ -49,7 +52,7 @@ export class Push {
 
   /** The `push_changes` frame of every change set. */
   frame(): string {
-    return (this.text ??= this.json ? joinedFrame(this.json) : pushFrame(this.changeSets));
+    return (this.text ??= pushFrame(this.json));
   }
 
   /**
@@ -65,16 +68,10 @@ export class Push {
   frameAfter(position: Buffer): string | undefined {
     const from = this.stamps.findIndex((stamp) => compareHlc(stamp, position) > 0);
     if (from === -1) return undefined;
-    if (from === 0) return this.frame();
-    return this.json ? joinedFrame(this.json.slice(from)) : pushFrame(this.changeSets.slice(from));
+    return from === 0 ? this.frame() : pushFrame(this.json.slice(from));
   }
 }
 
-function pushFrame(changeSets: readonly ChangeSet[]): string {
-  return JSON.stringify({ type: 'push_changes', changeSets });
-}
-
-/** The same text as pushFrame, from each change set's JSON. */
-function joinedFrame(json: readonly string[]): string {
+function pushFrame(json: readonly string[]): string {
   return `{"type":"push_changes","changeSets":[${json.join(',')}]}`;
 }

@@ -1,6 +1,6 @@
 import { changeCount, type ChangeSet } from '../protocol/messages.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { Push } from '../delivery/push.js';
+import { Push, type CommittedSets } from '../delivery/push.js';
 
 /** A party that receives pushes for one database (a WebSocket session). */
 export interface Subscriber {
@@ -27,7 +27,7 @@ export interface Subscriber {
  */
 export const COALESCED_PUSH_CHANGES = 1000;
 
-interface QueuedPublish { fromSite: string; accepted: ChangeSet[]; stamps: Buffer[]; json?: string[]; changes: number }
+interface QueuedPublish { fromSite: string; accepted: ChangeSet[]; stamps: Buffer[]; acceptedJson: string[]; changes: number }
 
 /**
  * Told of every commit `publish` sees, right after it was offered:
@@ -85,7 +85,8 @@ export class Hub {
    * per subscriber instead of one per message. Still in stamp order, so a
    * subscriber sees exactly what separate pushes would have given it.
    */
-  publishSoon(databaseId: string, fromSite: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[], json?: readonly string[]): void {
+  publishSoon(databaseId: string, fromSite: string, commit: CommittedSets): void {
+    const { accepted, stamps, acceptedJson } = commit;
     if (accepted.length === 0 || !this.databases.has(databaseId)) return;
     let queue = this.queued.get(databaseId);
     if (!queue) {
@@ -98,19 +99,17 @@ export class Hub {
     if (last && last.fromSite === fromSite && last.changes + changes <= COALESCED_PUSH_CHANGES) {
       last.accepted.push(...accepted);
       last.stamps.push(...stamps);
-      // Texts only when every joined commit has them.
-      if (last.json && json) last.json.push(...json);
-      else last.json = undefined;
+      last.acceptedJson.push(...acceptedJson);
       last.changes += changes;
     } else {
-      queue.push({ fromSite, accepted: [...accepted], stamps: [...stamps], ...(json ? { json: [...json] } : {}), changes });
+      queue.push({ fromSite, accepted: [...accepted], stamps: [...stamps], acceptedJson: [...acceptedJson], changes });
     }
   }
 
   private publishQueued(databaseId: string): void {
     const queue = this.queued.get(databaseId);
     this.queued.delete(databaseId);
-    for (const one of queue ?? []) this.publish(databaseId, one.fromSite, one.accepted, one.stamps, one.json);
+    for (const one of queue ?? []) this.publish(databaseId, one.fromSite, one);
   }
 
   /** Every subscriber, across databases. */
@@ -142,12 +141,12 @@ export class Hub {
 
   /**
    * Offers the change sets one message committed (`accepted[i]` stamped
-   * `stamps[i]`) to every subscriber of the database except those of
-   * `fromSite`. Must be called in commit order, right after the commit.
-   * `json`, when given, is each change set's text as ApplyOutcome.acceptedJson
-   * gives it, so the push frame is joined rather than serialized.
+   * `stamps[i]`, its text `acceptedJson[i]`) to every subscriber of the
+   * database except those of `fromSite`. Must be called in commit order,
+   * right after the commit.
    */
-  publish(databaseId: string, fromSite: string, accepted: readonly ChangeSet[], stamps: readonly Buffer[], json?: readonly string[]): number {
+  publish(databaseId: string, fromSite: string, commit: CommittedSets): number {
+    const { accepted, stamps, acceptedJson } = commit;
     if (accepted.length === 0) return 0;
     const set = this.databases.get(databaseId);
     let delivered = 0;
@@ -155,7 +154,7 @@ export class Hub {
       let push: Push | undefined;
       for (const subscriber of set) {
         if (subscriber.siteId === fromSite) continue;
-        push ??= new Push(accepted, stamps, json);
+        push ??= new Push(stamps, acceptedJson);
         if (subscriber.offer(push)) delivered++;
         else this.metrics.broadcastErrorsTotal.inc();
       }

@@ -92,7 +92,7 @@ export function localWrites(hub: Hub): WritePath {
   return {
     async commit(databaseId, replica, origin, sets) {
       const outcome = await replica.apply(sets);
-      hub.publishSoon(databaseId, origin, outcome.accepted, outcome.stamps, outcome.acceptedJson);
+      hub.publishSoon(databaseId, origin, outcome);
       return outcome;
     },
   };

@@ -26,6 +26,17 @@ describe('replica', () => {
       expect(state.cells['main|notes|[1]|title']!.value).to.equal('hello');
     });
 
+    it('gives each accepted change set the text pushes carry: the coordinator stamp as its hlc, not the origin HLC', async () => {
+      const { replica } = await fixture.create();
+      const set = new TestSite().txn([{ pk: [1], column: 'title', value: 'hello' }]);
+      const outcome = await replica.apply(valid([set]));
+      expect(outcome.stamps).to.have.length(1);
+      const pushed = JSON.parse(outcome.acceptedJson[0]!) as ChangeSet;
+      expect(pushed.hlc).to.equal(hlcToWire(outcome.stamps[0]!));
+      expect(pushed.hlc).to.not.equal(set.hlc);
+      expect(pushed.changes).to.deep.equal(set.changes);
+    });
+
     it('keeps a deleted row deleted whether the late write arrives before or after the delete', async () => {
       const a = new TestSite();
       const b = new TestSite();
