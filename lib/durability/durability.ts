@@ -310,7 +310,7 @@ export class Durability implements ReplicaSource {
       if (shipper && !shipper.complete && !(await shipper.flush(ACK_CATCH_UP_MS))) {
         throw new SyncError(ErrorCode.StorageUnavailable, `the archive of ${databaseId} is behind and cannot catch up now; try again`);
       }
-      const body = await gzip(Buffer.from(JSON.stringify(commit.changeSets), 'utf8'));
+      const body = await gzip(Buffer.from(commit.changeSetsJson, 'utf8'));
       const key = batchKey(databaseId, commit.after, commit.last);
       try {
         await archive.put(key, body, { contentType: 'application/gzip' });

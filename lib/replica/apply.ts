@@ -95,7 +95,12 @@ interface ChangeItem extends Placed {
   columnJson: string | undefined;
   row: RowPlan | undefined;
 }
-interface MigrationItem extends Placed { migration: ValidMigration; applied: boolean }
+interface MigrationItem extends Placed {
+  migration: ValidMigration;
+  applied: boolean;
+  /** Set for an applied migration: its JSON, shared by its log entry and its record. */
+  json: string | undefined;
+}
 
 /*
  * Ids of the group's record map. A row's is tableId + the pk's JSON, which is
@@ -185,7 +190,7 @@ function planMessage(ctx: ApplyContext, sets: ValidChangeSet[]): MessagePlan {
     migrationItems.push(mItems);
     for (let i = 0; i < set.migrations.length; i++) {
       const migration = set.migrations[i]!;
-      const item: MigrationItem = { migration, applied: false, stamp: undefined, idx: 0 };
+      const item: MigrationItem = { migration, applied: false, json: undefined, stamp: undefined, idx: 0 };
       mItems[i] = item;
       if (isOwn(migration.hlc, own)) { ownSkipped++; continue; }
       const key = migrationKey(migration.wire.schema, migration.kind, migration.name, migration.wire.schemaVersion);
@@ -355,7 +360,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
         const m = mApplied[i]!;
         m.stamp = stamp;
         m.idx = idx;
-        const text = JSON.stringify(m.migration.wire);
+        const text = (m.json = JSON.stringify(m.migration.wire));
         migrationTexts[i] = text;
         ops.push({ type: 'put', key: logKey(stamp, idx++), value: encodeLogEntry(set.siteId, set.wire.transactionId, LOG_MIGRATION, text) });
       }
@@ -416,7 +421,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
     for (const { plan: m, stored, winner } of migrationWinners) {
       const where = winner.item as Placed & { stamp: Buffer };
       if (stored) ops.push({ type: 'del', key: factLogKey(stored) });
-      const record = encodeFact(winner.hlc, where.stamp, where.idx, JSON.stringify(winner.item.migration.wire));
+      const record = encodeFact(winner.hlc, where.stamp, where.idx, winner.item.json!);
       ops.push({ type: 'put', key: m.key, value: record });
       if (later) records.set(m.id, record);
     }

@@ -1,7 +1,7 @@
 import { SyncError, ErrorCode, isSyncError } from '../errors.js';
 import { logs } from '../log.js';
-import { compareHlc, hlcToWire } from '../protocol/hlc.js';
-import { changeCount, type ChangeSet } from '../protocol/messages.js';
+import { compareHlc } from '../protocol/hlc.js';
+import { changeCount } from '../protocol/messages.js';
 import { randomSiteId, siteIdToWire } from '../protocol/site-id.js';
 import type { ValidChangeSet } from '../protocol/validate.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
@@ -72,9 +72,14 @@ export interface CommitInfo {
   logBytes: number;
 }
 
-/** A commit as an archive batch: the change sets it accepted, each `hlc` replaced by its stamp. */
+/** A commit as an archive batch. */
 export interface StampedCommit {
-  changeSets: ChangeSet[];
+  /**
+   * The change sets it accepted, in stamp order, each `hlc` replaced by its
+   * stamp, as ONE JSON array text: the texts the merge built for the log
+   * (ApplyOutcome.acceptedJson), joined.
+   */
+  changeSetsJson: string;
   /** The last stamp before this commit (undefined: the first commit). */
   after: Buffer | undefined;
   last: Buffer;
@@ -271,7 +276,7 @@ export class Replica implements ReplicaContext {
         result.ops.push({ type: 'put', key: META_LAST_STAMP, value: result.lastStamp });
         if (this.beforeCommit) {
           // Archived before it is stored, so nothing is stored that was not acknowledged.
-          await this.beforeCommit({ changeSets: stampedSets(result.outcomes), after: this.committed, last: result.lastStamp });
+          await this.beforeCommit({ changeSetsJson: `[${result.outcomes.flatMap((o) => o.acceptedJson).join(',')}]`, after: this.committed, last: result.lastStamp });
           result.ops.push({ type: 'put', key: META_ARCHIVED, value: result.lastStamp });
         }
       }
@@ -525,15 +530,6 @@ export class Replica implements ReplicaContext {
   }
 }
 
-/** Bytes of keys and values a write carries. */
 /** Bytes of a batch's keys and values, and of its log entries' values. */
 interface BatchSizes { total: number; logBytes: number }
 
-/** The accepted change sets of a group's messages, each `hlc` replaced by its stamp, in stamp order. */
-function stampedSets(outcomes: readonly ApplyOutcome[]): ChangeSet[] {
-  const out: ChangeSet[] = [];
-  for (const outcome of outcomes) {
-    outcome.accepted.forEach((set, i) => out.push({ ...set, hlc: hlcToWire(outcome.stamps[i]!) }));
-  }
-  return out;
-}
