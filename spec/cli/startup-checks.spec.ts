@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { SyncClient } from '../../lib/client/sync-client.js';
 import { randomSiteId, siteIdToWire } from '../../lib/protocol/site-id.js';
 import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
-import { buildOnce, LISTENING, lines, ROOT, runToEnd, Runs, type Run } from './harness.js';
+import { buildOnce, CLI, LISTENING, lines, ROOT, runToEnd, Runs, type Run } from './harness.js';
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 /** An unprivileged account for the "not writable" case when the specs run as root, who may write anywhere. */
@@ -194,6 +194,16 @@ describe('cli startup checks', () => {
       expect(lines(result.stderr)).to.have.length(1);
       expect(result.stderr).to.match(/^--debug: unknown namespace "wss" \(expected server, http, ws, /);
     });
+  });
+
+  it('builds no Intl.Segmenter while serving: the break-iterator data of ICU would hold ~2.5 MB of RSS for the life of the process', async () => {
+    // yargs 18's string-width builds one when imported, for the width of help text;
+    // the segmenter-spy preload prints a line for every one built.
+    const run = runs.start(process.execPath, ['--import', join(ROOT, 'spec/helpers/segmenter-spy.mjs'), CLI, ...local('--data-dir', 'data')], { cwd });
+    await listening(run);
+    run.child.kill('SIGTERM');
+    expect((await run.closed).code).to.equal(0);
+    expect(run.output.stderr).to.equal('');
   });
 
   it('prints the version with -v', async () => {
