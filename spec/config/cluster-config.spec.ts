@@ -1,23 +1,12 @@
 import { expect } from 'chai';
-import { loadConfig, parseCliOverrides, type LoadConfigOptions } from '../../lib/config/load-config.js';
-import { parseOptions, type CoordinatorConfig } from '../../lib/config/options.js';
+import { parseCliOverrides } from '../../lib/config/load-config.js';
+import { parseOptions } from '../../lib/config/options.js';
 import { routerOptionsOf } from '../../lib/create-coordinator-server.js';
 import { configError } from '../helpers/config-error.js';
-import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
+import { useConfigDir } from '../helpers/config-dir.js';
 
 describe('cluster configuration', () => {
-  let cwd: string;
-
-  beforeEach(async () => {
-    cwd = await makeTempDir('cluster-config-');
-  });
-  afterEach(async () => {
-    await removeTempDir(cwd);
-  });
-
-  function load(options: LoadConfigOptions = {}): CoordinatorConfig {
-    return loadConfig({ cwd, env: {}, ...options });
-  }
+  const { load } = useConfigDir('cluster-config-');
 
 
   it('stays a single node without a Redis URL', () => {

@@ -1,39 +1,22 @@
 import { expect } from 'chai';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { loadConfig, parseCliOverrides, type LoadConfigOptions } from '../../lib/config/load-config.js';
+import { parseCliOverrides } from '../../lib/config/load-config.js';
 import { SERVER_DEFAULTS, type CoordinatorConfig } from '../../lib/config/options.js';
 import { configError } from '../helpers/config-error.js';
+import { useConfigDir } from '../helpers/config-dir.js';
 import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
 
 
 describe('load-config', () => {
-  let cwd: string;
-
-  beforeEach(async () => {
-    cwd = await makeTempDir('load-config-');
-  });
-
-  afterEach(async () => {
-    await removeTempDir(cwd);
-  });
-
-  async function writeConfig(data: unknown, name = 'sync-coordinator.json'): Promise<string> {
-    const path = join(cwd, name);
-    await writeFile(path, typeof data === 'string' ? data : JSON.stringify(data));
-    return path;
-  }
-
-  /** loadConfig isolated from the real process: explicit env, temp cwd. */
-  function load(options: LoadConfigOptions = {}): CoordinatorConfig {
-    return loadConfig({ cwd, env: {}, ...options });
-  }
+  const dir = useConfigDir('load-config-');
+  const { load, writeConfig } = dir;
 
   describe('#loadConfig', () => {
     describe('defaults', () => {
-      it('returns SERVER_DEFAULTS with dataDir made absolute against cwd when nothing is set', () => {
+      it('returns SERVER_DEFAULTS with dataDir made absolute against dir.cwd when nothing is set', () => {
         const config = load();
-        expect(config).to.deep.equal({ ...SERVER_DEFAULTS, dataDir: join(cwd, '.data') });
+        expect(config).to.deep.equal({ ...SERVER_DEFAULTS, dataDir: join(dir.cwd, '.data') });
       });
 
       it('returns a fresh object each time, detached from the defaults', () => {
@@ -107,7 +90,7 @@ describe('load-config', () => {
           host: '127.0.0.1',
           port: 0,
           basePath: '/api/sync',
-          dataDir: join(cwd, 'var/data'),
+          dataDir: join(dir.cwd, 'var/data'),
           corsOrigin: ['https://a.example.com'],
           authMode: 'token-whitelist',
           authTokens: ['alpha', 'beta'],
@@ -281,21 +264,21 @@ describe('load-config', () => {
     });
 
     describe('config file', () => {
-      it('reads sync-coordinator.json from cwd only when it exists', async () => {
+      it('reads sync-coordinator.json from dir.cwd only when it exists', async () => {
         expect(load().port).to.equal(3000);
         await writeConfig({ port: 4444 });
         expect(load().port).to.equal(4444);
       });
 
-      it('reads an explicit file relative to cwd, or absolute', async () => {
-        await mkdir(join(cwd, 'etc'));
+      it('reads an explicit file relative to dir.cwd, or absolute', async () => {
+        await mkdir(join(dir.cwd, 'etc'));
         const path = await writeConfig({ port: 5555 }, 'etc/custom.json');
         expect(load({ configFile: 'etc/custom.json' }).port).to.equal(5555);
         expect(load({ configFile: path }).port).to.equal(5555);
       });
 
       it('names the explicit file in its errors', async () => {
-        await mkdir(join(cwd, 'etc'));
+        await mkdir(join(dir.cwd, 'etc'));
         await writeConfig({ port: 'x' }, 'etc/custom.json');
         expect(configError(() => load({ configFile: 'etc/custom.json' })).setting).to.equal('etc/custom.json: port');
       });
@@ -305,11 +288,11 @@ describe('load-config', () => {
         expect(err.setting).to.equal('config file');
         expect(err.value).to.equal('missing.json');
         expect(err.message).to.include('"missing.json" not found');
-        expect(err.message).to.include(join(cwd, 'missing.json'));
+        expect(err.message).to.include(join(dir.cwd, 'missing.json'));
       });
 
       it('rejects a directory given as the config file', async () => {
-        await mkdir(join(cwd, 'dir.json'));
+        await mkdir(join(dir.cwd, 'dir.json'));
         expect(configError(() => load({ configFile: 'dir.json' })).message).to.include('is a directory');
       });
 

@@ -1,29 +1,20 @@
 import { expect } from 'chai';
-import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { resolveConfig, type LoadConfigOptions, type ResolvedConfig } from '../../lib/config/load-config.js';
-import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
+import { useConfigDir } from '../helpers/config-dir.js';
 
-describe('load-config', () => {
-  let cwd: string;
-
-  beforeEach(async () => {
-    cwd = await makeTempDir('resolve-config-');
-  });
-
-  afterEach(async () => {
-    await removeTempDir(cwd);
-  });
+describe('resolve-config', () => {
+  const dir = useConfigDir('resolve-config-');
 
   /** A loopback server, so only the warning under test shows up. */
   function resolve(options: LoadConfigOptions = {}): ResolvedConfig {
-    return resolveConfig({ cwd, ...options, env: { SYNC_HOST: '127.0.0.1', ...options.env } });
+    return resolveConfig({ cwd: dir.cwd, ...options, env: { SYNC_HOST: '127.0.0.1', ...options.env } });
   }
 
   describe('#resolveConfig', () => {
     describe('sources', () => {
       it('names where each setting came from the way errors do', async () => {
-        await writeFile(join(cwd, 'sync-coordinator.json'), JSON.stringify({ batchSize: 5 }));
+        await dir.writeConfig({ batchSize: 5 });
         const { sources } = resolve({ env: { SYNC_PORT: '1234' }, overrides: { dataDir: 'd' } });
         expect(sources).to.include({ host: 'SYNC_HOST', port: 'SYNC_PORT', dataDir: '--data-dir', batchSize: 'sync-coordinator.json: batchSize', basePath: 'default' });
       });
@@ -63,24 +54,24 @@ describe('load-config', () => {
         const { warnings, config } = resolve({ env });
         expect(warnings).to.deep.equal([
           'S3_REGION, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3_KEY_PREFIX are set, but S3 stays off without a bucket ' +
-            `(set S3_BUCKET, --s3-bucket or "s3.bucket" in the config file): databases are stored only in ${JSON.stringify(join(cwd, '.data'))}`,
+            `(set S3_BUCKET, --s3-bucket or "s3.bucket" in the config file): databases are stored only in ${JSON.stringify(join(dir.cwd, '.data'))}`,
         ]);
         for (const value of Object.values(env)) expect(warnings[0]).not.to.include(value);
         expect(config.s3).to.equal(undefined);
       });
 
       it('names S3 flags and config file keys without a bucket the way errors do', async () => {
-        await writeFile(join(cwd, 'sync-coordinator.json'), JSON.stringify({ s3: { endpoint: 'http://127.0.0.1:9000' } }));
+        await dir.writeConfig({ s3: { endpoint: 'http://127.0.0.1:9000' } });
         expect(resolve({ overrides: { s3: { region: 'eu-west-1' } } }).warnings).to.deep.equal([
           '--s3-region, sync-coordinator.json: s3.endpoint are set, but S3 stays off without a bucket ' +
-            `(set S3_BUCKET, --s3-bucket or "s3.bucket" in the config file): databases are stored only in ${JSON.stringify(join(cwd, '.data'))}`,
+            `(set S3_BUCKET, --s3-bucket or "s3.bucket" in the config file): databases are stored only in ${JSON.stringify(join(dir.cwd, '.data'))}`,
         ]);
       });
 
       it('gives no S3 warning once a bucket is set, wherever it comes from', async () => {
         expect(resolve({ env: { S3_BUCKET: 'my-bucket', S3_REGION: 'eu-west-1' } }).warnings).to.deep.equal([]);
         expect(resolve({ env: { S3_REGION: 'eu-west-1' }, overrides: { s3: { bucket: 'my-bucket' } } }).warnings).to.deep.equal([]);
-        await writeFile(join(cwd, 'sync-coordinator.json'), JSON.stringify({ s3: { bucket: 'my-bucket' } }));
+        await dir.writeConfig({ s3: { bucket: 'my-bucket' } });
         expect(resolve({ env: { S3_REGION: 'eu-west-1' } }).warnings).to.deep.equal([]);
       });
 
@@ -118,7 +109,7 @@ describe('load-config', () => {
       }
 
       it('warns about the defaults, which serve every interface without authentication', () => {
-        const { warnings } = resolveConfig({ cwd, env: {} });
+        const { warnings } = resolveConfig({ cwd: dir.cwd, env: {} });
         expect(warnings).to.have.length(1);
         expect(warnings[0]).to.match(/^host 0\.0\.0\.0 \(the default\) listens on every interface and authMode is "none" \(the default\): anyone who can reach port 3000 /);
       });

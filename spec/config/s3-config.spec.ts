@@ -1,14 +1,12 @@
 import { expect } from 'chai';
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { format } from 'node:util';
-import { loadConfig, parseCliOverrides, resolveConfig, type LoadConfigOptions } from '../../lib/config/load-config.js';
+import { parseCliOverrides, resolveConfig } from '../../lib/config/load-config.js';
 import { parseOptions, type CoordinatorConfig } from '../../lib/config/options.js';
 import { createCoordinatorServer } from '../../lib/create-coordinator-server.js';
 import { S3Archive } from '../../lib/durability/s3-archive.js';
 import { logs } from '../../lib/log.js';
 import { configError } from '../helpers/config-error.js';
-import { makeTempDir, removeTempDir } from '../helpers/tmp-dir.js';
+import { useConfigDir } from '../helpers/config-dir.js';
 
 
 /** True when `fn` runs without throwing. */
@@ -32,23 +30,8 @@ const ALL_S3_ENV = {
 };
 
 describe('S3 configuration', () => {
-  let cwd: string;
-
-  beforeEach(async () => {
-    cwd = await makeTempDir('s3-config-');
-  });
-
-  afterEach(async () => {
-    await removeTempDir(cwd);
-  });
-
-  function load(options: LoadConfigOptions = {}): CoordinatorConfig {
-    return loadConfig({ cwd, env: {}, ...options });
-  }
-
-  async function writeConfig(data: unknown): Promise<void> {
-    await writeFile(join(cwd, 'sync-coordinator.json'), JSON.stringify(data));
-  }
+  const dir = useConfigDir('s3-config-');
+  const { load, writeConfig } = dir;
 
   describe('defaults', () => {
     it('leaves S3 off, with async durability and eviction after an hour for when it is on', () => {
@@ -144,7 +127,7 @@ describe('S3 configuration', () => {
     it('takes each S3 field from the highest source that sets it: flags > env > file', async () => {
       await writeConfig({ s3: { bucket: 'file-bucket', region: 'eu-central-1', endpoint: 'http://file:9000', keyPrefix: 'file/' } });
       const { config, s3Sources } = resolveConfig({
-        cwd,
+        cwd: dir.cwd,
         env: { S3_BUCKET: 'env-bucket', S3_REGION: 'eu-west-1' },
         overrides: parseCliOverrides({ s3: { region: 'us-west-2', keyPrefix: undefined } }),
       });
@@ -161,7 +144,7 @@ describe('S3 configuration', () => {
       expect(load({ env })).to.include({ s3Durability: 'async', diskEviction: true, diskEvictionIdleMs: 2000 });
       const overrides = parseCliOverrides({ s3Durability: 'ack', diskEviction: 'false', diskEvictionIdleMs: '3000' });
       expect(load({ env, overrides })).to.include({ s3Durability: 'ack', diskEviction: false, diskEvictionIdleMs: 3000 });
-      expect(resolveConfig({ cwd, env, overrides: {} }).sources).to.include({ s3Durability: 'SYNC_S3_DURABILITY', diskEviction: 'DISK_EVICTION_ENABLED', diskEvictionIdleMs: 'DISK_EVICTION_IDLE_MS' });
+      expect(resolveConfig({ cwd: dir.cwd, env, overrides: {} }).sources).to.include({ s3Durability: 'SYNC_S3_DURABILITY', diskEviction: 'DISK_EVICTION_ENABLED', diskEvictionIdleMs: 'DISK_EVICTION_IDLE_MS' });
     });
   });
 
@@ -309,7 +292,7 @@ describe('S3 configuration', () => {
   describe('createCoordinatorServer', () => {
     it('passes s3, s3Durability and the eviction settings to its router', async () => {
       const s3 = { bucket: 'my-bucket', endpoint: 'http://127.0.0.1:9', forcePathStyle: true, accessKeyId: 'a', secretAccessKey: 'b' };
-      const server = createCoordinatorServer({ config: { dataDir: cwd, s3, s3Durability: 'ack', diskEviction: false, diskEvictionIdleMs: 5000, router: { snapshotsKept: 3 } } });
+      const server = createCoordinatorServer({ config: { dataDir: dir.cwd, s3, s3Durability: 'ack', diskEviction: false, diskEvictionIdleMs: 5000, router: { snapshotsKept: 3 } } });
       try {
         expect(server.router.config.s3).to.deep.equal(s3);
         expect(server.router.config).to.include({ s3Durability: 'ack', diskEviction: false, diskEvictionIdleMs: 5000, snapshotsKept: 3 });
@@ -320,7 +303,7 @@ describe('S3 configuration', () => {
     });
 
     it('builds no archive without s3', async () => {
-      const server = createCoordinatorServer({ config: { dataDir: cwd } });
+      const server = createCoordinatorServer({ config: { dataDir: dir.cwd } });
       try {
         expect(server.router.config.s3).to.equal(undefined);
         expect((await server.router.coordinator.status()).archive).to.equal(undefined);
