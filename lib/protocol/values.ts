@@ -114,6 +114,19 @@ export function sqlValueJson(value: WireSqlValue): string {
   }
 }
 
+/**
+ * The JSON text of one change set, from the texts of its parts: `changes`
+ * and `migrations` hold each change's and migration's JSON, `hlc` is a
+ * stamp's wire text (base64, nothing to escape). Keys come in the order of
+ * the ChangeSet interface, so the text is what JSON.stringify writes for
+ * such an object. Pushes (ApplyOutcome.acceptedJson) and change pages
+ * (lib/replica/change-log.ts) both build it here: a client gets the same
+ * text whichever way a change set reaches it.
+ */
+export function changeSetJson(siteId: string, transactionId: string, hlc: string, changes: readonly string[], migrations: readonly string[]): string {
+  return `{"siteId":${jsonString(siteId)},"transactionId":${jsonString(transactionId)},"hlc":"${hlc}","changes":[${changes.join(',')}],"schemaMigrations":[${migrations.join(',')}]}`;
+}
+
 /** `JSON.stringify(values)` for validated SQL values, the same text (see sqlValueJson). */
 export function sqlValuesJson(values: readonly WireSqlValue[]): string {
   let out = '[';

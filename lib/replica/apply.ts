@@ -11,7 +11,7 @@
 import { hlcFromSite, hlcToWire, hlcWallTime } from '../protocol/hlc.js';
 import type { ValidChange, ValidChangeSet, ValidMigration } from '../protocol/validate.js';
 import type { ApplyResult, ChangeSet, ColumnChange, DeleteChange } from '../protocol/messages.js';
-import { jsonString, sqlValueJson, sqlValuesJson } from '../protocol/values.js';
+import { changeSetJson, jsonString, sqlValueJson, sqlValuesJson } from '../protocol/values.js';
 import type { KvOp, KvStore } from '../storage/kv.js';
 import {
   LOG_CHANGE, LOG_MIGRATION,
@@ -379,8 +379,7 @@ export async function applyGroup(ctx: ApplyContext, messages: ValidChangeSet[][]
         changes: cApplied.map((c) => c.change.wire),
         schemaMigrations: mApplied.map((m) => m.migration.wire),
       });
-      // Key order of the object above, as JSON.stringify would write it.
-      acceptedJson.push(`{"siteId":${jsonString(set.wire.siteId)},"transactionId":${jsonString(set.wire.transactionId)},"hlc":"${hlcToWire(stamp)}","changes":[${changeTexts.join(',')}],"schemaMigrations":[${migrationTexts.join(',')}]}`);
+      acceptedJson.push(changeSetJson(set.wire.siteId, set.wire.transactionId, hlcToWire(stamp), changeTexts, migrationTexts));
     }
 
     for (const r of raised) {

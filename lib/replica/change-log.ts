@@ -2,6 +2,7 @@ import { SyncError, ErrorCode } from '../errors.js';
 import { compareHlc, hlcToWire } from '../protocol/hlc.js';
 import type { ChangeSet } from '../protocol/messages.js';
 import { siteIdToWire } from '../protocol/site-id.js';
+import { changeSetJson } from '../protocol/values.js';
 import { META_FLOOR, NS_LOG, LOG_MIGRATION, logKeyAfter, logEntryFrom, logEntryOrigin, logEntryPayload, logKeyStamp, logKeyHasStamp } from './keys.js';
 import type { ReplicaContext } from './context.js';
 
@@ -61,14 +62,15 @@ export async function readChangesSince(
     let bytes = 0;
     let hasMore = false;
     let stampOf: Buffer | undefined;
-    let head = '';
+    let siteIdOf = '';
+    let transactionIdOf = '';
     let lastHlc: string | undefined;
     let lastStamp: Buffer | undefined;
     let firstStamp: Buffer | undefined;
     let changes: string[] = [];
     let migrations: string[] = [];
     const finish = (): void => {
-      const text = `${head}"changes":[${changes.join(',')}],"schemaMigrations":[${migrations.join(',')}]}`;
+      const text = changeSetJson(siteIdOf, transactionIdOf, lastHlc!, changes, migrations);
       sets.push(text);
       bytes += text.length;
       count += changes.length + migrations.length;
@@ -78,18 +80,18 @@ export async function readChangesSince(
         if (askingSite && logEntryFrom(value, askingSite)) continue;
         const { kind, json } = logEntryPayload(value);
         if (!stampOf || !logKeyHasStamp(key, stampOf)) {
-          const previousHlc = lastHlc;
           if (stampOf) {
             finish();
             lastStamp = stampOf;
             // Whole transactions only; a page of huge values also stops at the byte budget.
-            if (count >= batchSize || bytes >= maxBytes) { hasMore = true; stampOf = undefined; lastHlc = previousHlc; break scan; }
+            if (count >= batchSize || bytes >= maxBytes) { hasMore = true; stampOf = undefined; break scan; }
           }
           stampOf = Buffer.from(logKeyStamp(key));
           firstStamp ??= stampOf;
           lastHlc = hlcToWire(stampOf);
           const { siteId, transactionId } = logEntryOrigin(value);
-          head = `{"siteId":"${siteIdToWire(siteId)}","transactionId":${JSON.stringify(transactionId)},"hlc":"${lastHlc}",`;
+          siteIdOf = siteIdToWire(siteId);
+          transactionIdOf = transactionId;
           changes = [];
           migrations = [];
         }
