@@ -280,12 +280,7 @@ export class Replica implements ReplicaContext {
           result.ops.push({ type: 'put', key: META_ARCHIVED, value: result.lastStamp });
         }
       }
-      const writing = this.store.write(result.ops, { sync: this.syncWrites });
-      // While the batch is written on the pool, the main thread does what does
-      // not need its outcome. A key added to the filter that a failed write
-      // never stored only costs a read later.
-      sizes = this.filterAndMeasure(result.ops);
-      await writing;
+      sizes = await this.writeGroup(result.ops);
     } catch (err) {
       if (group.length > 1 && !(isSyncError(err) && err.code === ErrorCode.StorageUnavailable)) {
         // Isolate the failure: every other message gets its own chance.
@@ -296,10 +291,7 @@ export class Replica implements ReplicaContext {
       return;
     }
     if (result.lastStamp) this.committed = result.lastStamp;
-    for (const [id, stats] of result.counts) {
-      if (stats.count === 0) this.tables.delete(id);
-      else this.tables.set(id, stats);
-    }
+    this.adoptCounts(result.counts);
     if (result.lastStamp) this.notifyCommit(result, sizes.logBytes);
     for (let i = 0; i < group.length; i++) {
       const outcome = result.outcomes[i]!;
@@ -309,6 +301,27 @@ export class Replica implements ReplicaContext {
     if (sizes.total > LARGE_BATCH_BYTES) {
       // Stored already: a failure here only delays the flush.
       await this.rotateMemtable().catch((err: unknown) => log('memtable rotation failed: %s', (err as Error).message));
+    }
+  }
+
+  /**
+   * Writes a group's batch. While LevelDB writes it on the pool, the main
+   * thread does what does not need its outcome: the key filter and the
+   * batch's sizes (filterAndMeasure). A key added to the filter that a failed
+   * write never stored only costs a read later.
+   */
+  private async writeGroup(ops: KvOp[]): Promise<BatchSizes> {
+    const writing = this.store.write(ops, { sync: this.syncWrites });
+    const sizes = this.filterAndMeasure(ops);
+    await writing;
+    return sizes;
+  }
+
+  /** Takes a stored group's live column-version counts per table (GroupResult.counts); a table left with none is dropped. */
+  private adoptCounts(counts: GroupResult['counts']): void {
+    for (const [id, stats] of counts) {
+      if (stats.count === 0) this.tables.delete(id);
+      else this.tables.set(id, stats);
     }
   }
 
@@ -446,14 +459,9 @@ export class Replica implements ReplicaContext {
         const result = await applyGroup(this.applyContext, group, stamps.slice(from, to));
         const last = stamps.slice(from, to).flat().at(-1);
         if (last) result.ops.push({ type: 'put', key: META_LAST_STAMP, value: last });
-        const writing = this.store.write(result.ops, { sync: this.syncWrites });
-        const sizes = this.filterAndMeasure(result.ops);
-        await writing;
+        const sizes = await this.writeGroup(result.ops);
         if (last) this.committed = last;
-        for (const [id, stats] of result.counts) {
-          if (stats.count === 0) this.tables.delete(id);
-          else this.tables.set(id, stats);
-        }
+        this.adoptCounts(result.counts);
         outcomes.push(...result.outcomes);
         if (result.lastStamp) this.notifyCommit(result, sizes.logBytes);
         from = to;
