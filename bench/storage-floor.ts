@@ -10,8 +10,11 @@
  * A server that stores through LevelDB this way cannot answer a serial
  * message sooner than the transport's round trip plus this floor, so the bench
  * prints the ratio to the relay the floor leaves room for (round trip /
- * (round trip + floor)) beside the ratio reached. Figures only, never pass/fail.
+ * (round trip + floor)) beside the ratio reached, and what a bare round trip
+ * through libuv's pool costs on the machine. Figures only, never pass/fail.
  */
+import { fstat } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { randomSiteId } from '../lib/protocol/site-id.js';
 import { validateChangeSets } from '../lib/protocol/validate.js';
 import { DEFAULTS } from '../lib/config/options.js';
@@ -32,6 +35,29 @@ export interface StorageFloor {
    * so the call that submits the write lasts as long as much of the write.
    */
   totalUs: number;
+  /**
+   * A bare round trip through libuv's thread pool (an `fs.fstat` of an open
+   * file and its callback), µs (mean of POOL_ROUND_TRIPS after a warm-up):
+   * the hand-off every write above pays once, and the relay never.
+   */
+  poolRoundTripUs: number;
+}
+
+/** Round trips timed for poolRoundTripUs (and a tenth as many before, not timed). */
+const POOL_ROUND_TRIPS = 5000;
+
+/** Mean µs of one `fs.fstat` through libuv's pool and back to its callback, one at a time. */
+async function poolRoundTripUs(file: string): Promise<number> {
+  const handle = await open(file, 'r');
+  try {
+    const once = (): Promise<void> => new Promise((resolve, reject) => fstat(handle.fd, (err) => (err ? reject(err) : resolve())));
+    for (let i = 0; i < POOL_ROUND_TRIPS / 10; i++) await once();
+    const started = performance.now();
+    for (let i = 0; i < POOL_ROUND_TRIPS; i++) await once();
+    return ((performance.now() - started) / POOL_ROUND_TRIPS) * 1000;
+  } finally {
+    await handle.close();
+  }
 }
 
 /** A store that records a copy of every batch written through it. */
@@ -79,5 +105,10 @@ export async function storageFloor(dir: string, perMessage: number, messages: nu
   } finally {
     await target.close();
   }
-  return { perMessage, opsPerMessage: load[0]?.length ?? 0, totalUs: (total / Math.max(1, load.length - skip)) * 1000 };
+  return {
+    perMessage,
+    opsPerMessage: load[0]?.length ?? 0,
+    totalUs: (total / Math.max(1, load.length - skip)) * 1000,
+    poolRoundTripUs: await poolRoundTripUs(`${dir}/replayed/CURRENT`),
+  };
 }

@@ -29,7 +29,9 @@ describe('bench', function () {
       expect(Object.keys(report.storageFloor)).to.deep.equal(['50/msg serial', '1/msg serial']);
       expect(report.storageFloor['50/msg serial'].opsPerMessage).to.equal(50 * 2 + 2);
       expect(report.storageFloor['1/msg serial'].opsPerMessage).to.equal(1 * 2 + 2);
+      expect(report.storageFloor['1/msg serial'].poolRoundTripUs).to.be.greaterThan(0);
       expect(stdout).to.contain('storage floor, 50/msg serial');
+      expect(stdout).to.contain("a bare round trip through libuv's pool");
       expect(report.catchup).to.have.property('2000');
       expect(report.memory.idleRssMb).to.be.greaterThan(0);
       // --quick runs the serial loads with S3 in both modes, and a small restore.
