@@ -291,8 +291,19 @@ class Budget implements InboundBudget {
     return best;
   }
 
+  /**
+   * Whether held members may be stalled behind others: usage at or over the
+   * limit. At exactly the limit no socket is held (evaluate() releases them
+   * all), but a body waits there (bodies are granted only under the limit),
+   * so bodies granted up to exactly the limit that then stall must not hold
+   * it forever.
+   */
+  private congested(): boolean {
+    return this.held.size > 0 && this.used >= this.limit;
+  }
+
   private armWatchdog(): void {
-    const needed = this.held.size > 0 && this.used > this.limit;
+    const needed = this.congested();
     if (!needed) {
       clearTimeout(this.watchdog);
       this.watchdog = undefined;
@@ -306,7 +317,7 @@ class Budget implements InboundBudget {
 
   private onWatchdog(): void {
     this.watchdog = undefined;
-    if (this.progress === this.progressSeen && this.held.size > 0 && this.used > this.limit) {
+    if (this.progress === this.progressSeen && this.congested()) {
       let next: Member | undefined;
       for (const member of this.held) {
         if (member.partial > 0 && (!next || member.partial > next.partial)) next = member;

@@ -334,6 +334,22 @@ describe('ws/inbound', () => {
       expect(budget.paused).to.equal(0);
     });
 
+    it('lets a waiting body read after stallMs when stalled bodies hold the budget at exactly its limit', async () => {
+      // Two bodies of unknown length each claim maxMessageBytes and then send nothing more:
+      // usage sits exactly at the limit, where no new body is granted.
+      const budget = createInboundBudget({ limitBytes: 100, maxMessageBytes: 50, stallMs: 30 });
+      const stalled = [budget.reserve(50), budget.reserve(50)];
+      expect(await Promise.all(stalled.map((s) => s.ready))).to.deep.equal([true, true]);
+      expect(budget.used).to.equal(budget.limit);
+      const waiting = budget.reserve(10);
+      let granted = false;
+      void waiting.ready.then((ok) => { granted = ok; });
+      expect(await eventually(() => granted), 'granted once nothing progressed for stallMs').to.equal(true);
+      for (const body of [...stalled, waiting]) body.close();
+      expect(budget.used).to.equal(0);
+      expect(budget.paused).to.equal(0);
+    });
+
     it('answers false to a body whose request ended while it waited', async () => {
       const budget = createInboundBudget({ limitBytes: 100, maxMessageBytes: 100 });
       const held = budget.reserve(100);
