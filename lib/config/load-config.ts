@@ -311,6 +311,19 @@ const S3_FIELDS: { readonly [K in S3SettingKey]-?: S3FieldSpec } = {
 
 const S3_KEYS = Object.keys(S3_FIELDS) as S3SettingKey[];
 
+/**
+ * The spec of setting `key` (of an `s3` field), or undefined when `key` is
+ * not one. Only own keys count: "toString", "constructor" or "__proto__" in
+ * a file or in overrides are unknown keys, not members of Object.prototype.
+ */
+function settingSpec(key: string): SettingSpec<ConfigSettingKey> | undefined {
+  return Object.hasOwn(SETTINGS, key) ? (SETTINGS as Record<string, SettingSpec<ConfigSettingKey>>)[key] : undefined;
+}
+
+function s3FieldSpec(key: string): S3FieldSpec | undefined {
+  return Object.hasOwn(S3_FIELDS, key) ? (S3_FIELDS as Record<string, S3FieldSpec>)[key] : undefined;
+}
+
 /** A valid bucket name that only stands in while one field is checked on its own. */
 const PROBE_BUCKET = 'probe-bucket';
 
@@ -479,7 +492,7 @@ function s3ObjectLayer(value: unknown, name: (key: string) => string): S3Layer {
   const layer: S3Layer = {};
   for (const [key, item] of Object.entries(value)) {
     if (item === undefined) continue;
-    const spec = (S3_FIELDS as Record<string, S3FieldSpec>)[key];
+    const spec = s3FieldSpec(key);
     if (!spec) throw new ConfigError(name(key), item, `unknown S3 setting "${key}"${hintFor(key, S3_KEYS)}; s3 takes ${S3_KEYS.join(', ')}`);
     const field = key as S3SettingKey;
     setS3Layer(layer, field, named(name(key), item, () => checkS3Field(field, item), spec.secret), name(key));
@@ -504,14 +517,14 @@ export function parseCliOverrides(texts: ConfigText): ConfigOverrides {
       const s3: Record<string, unknown> = {};
       for (const [field, fieldText] of Object.entries(text as Partial<Record<string, string>>)) {
         if (fieldText === undefined) continue;
-        const fieldSpec = (S3_FIELDS as Record<string, S3FieldSpec>)[field];
+        const fieldSpec = s3FieldSpec(field);
         if (!fieldSpec) throw new ConfigError(`s3.${field}`, fieldText, `unknown S3 setting${hintFor(field, S3_KEYS)}`);
         s3[field] = named(fieldSpec.flag, fieldText, () => checkS3Field(field as S3SettingKey, fieldSpec.fromText(fieldText)), fieldSpec.secret);
       }
       if (Object.keys(s3).length > 0) overrides.s3 = s3;
       continue;
     }
-    const spec = (SETTINGS as Record<string, SettingSpec<ConfigSettingKey>>)[key];
+    const spec = settingSpec(key);
     if (!spec || typeof text !== 'string') throw new ConfigError(key, text, `unknown setting${hintFor(key, SETTING_KEYS)}`);
     overrides[key] = named(spec.flag, text, () => spec.fromText(text), spec.secret);
   }
@@ -537,10 +550,10 @@ function overridesLayer(overrides: ConfigOverrides): Layers {
     }
     if (key === 's3') {
       // Overrides are the CLI's: each field is named by its flag.
-      s3 = s3ObjectLayer(value, (k) => (k ? (S3_FIELDS as Record<string, S3FieldSpec>)[k]?.flag ?? `s3.${k}` : 's3'));
+      s3 = s3ObjectLayer(value, (k) => (k ? s3FieldSpec(k)?.flag ?? `s3.${k}` : 's3'));
       continue;
     }
-    const spec = (SETTINGS as Record<string, SettingSpec<ConfigSettingKey>>)[key];
+    const spec = settingSpec(key);
     if (!spec) throw new ConfigError(`overrides.${key}`, value, `unknown setting${hintFor(key, [...SETTING_KEYS, 'router'])}`);
     setLayer(layer, key as ConfigSettingKey, named(spec.flag, value, () => spec.fromValue(value), spec.secret), spec.flag);
   }
@@ -621,7 +634,7 @@ function fileLayer(file: { label: string; data: Record<string, unknown> }): Laye
       s3 = s3ObjectLayer(value, (k) => `${file.label}: s3${k ? `.${k}` : ''}`);
       continue;
     }
-    const spec = (SETTINGS as Record<string, SettingSpec<ConfigSettingKey>>)[key];
+    const spec = settingSpec(key);
     if (!spec) throw new ConfigError(setting, value, `unknown key "${key}"${hintFor(key, [...SETTING_KEYS, 's3', 'router'])}`);
     setLayer(layer, key as ConfigSettingKey, named(setting, value, () => spec.fromValue(value), spec.secret), setting);
   }

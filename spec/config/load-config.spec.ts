@@ -305,6 +305,18 @@ describe('load-config', () => {
         expect(configError(() => load()).message).to.equal('sync-coordinator.json: colour: unknown key "colour"');
       });
 
+      it('rejects keys that are names of Object.prototype as unknown keys, in the file, its s3 object and overrides', async () => {
+        for (const key of ['toString', 'constructor', 'hasOwnProperty', '__proto__']) {
+          // Written as text: an object literal's __proto__ would set the prototype, not a key.
+          await writeConfig(`{"port": 1, ${JSON.stringify(key)}: 1}`);
+          expect(configError(() => load()).message, key).to.equal(`sync-coordinator.json: ${key}: unknown key "${key}"`);
+          await writeConfig(`{"s3": {"bucket": "b-1", ${JSON.stringify(key)}: 1}}`);
+          expect(configError(() => load()).message, `s3.${key}`).to.match(new RegExp(`^sync-coordinator\\.json: s3\\.${key}: unknown S3 setting "${key}"`));
+          await writeConfig({});
+          expect(configError(() => load({ overrides: JSON.parse(`{${JSON.stringify(key)}: 1}`) })).message, `overrides.${key}`).to.equal(`overrides.${key}: unknown setting`);
+        }
+      });
+
       it('rejects invalid JSON, naming the file', async () => {
         await writeConfig('{ "port": 3000, }');
         const err = configError(() => load());
