@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { RawData, WebSocket } from 'ws';
-import { SyncError, ErrorCode, CloseCode, dispositionOf, isSyncError, messageOf } from '../errors.js';
+import { SyncError, ErrorCode, CloseCode, describeValue, dispositionOf, isSyncError, messageOf } from '../errors.js';
 import type { Config } from '../config/options.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { logs } from '../log.js';
@@ -225,7 +225,7 @@ export class Session implements Subscriber, OutboundOwner {
     if (this.state === 'closed') return;
     if (type === 'handshake') return this.onHandshake(message);
     if (!isKnownType(type)) {
-      this.sendError(ErrorCode.UnknownMessage, `Unknown message type: ${typeof type === 'string' ? type.slice(0, 64) : String(type)}`, false);
+      this.sendError(ErrorCode.UnknownMessage, `Unknown message type: ${typeof type === 'string' ? type.slice(0, 64) : describeValue(type)}`, false);
       return;
     }
     if (this.state !== 'open' || !this.connection) {
@@ -263,7 +263,9 @@ export class Session implements Subscriber, OutboundOwner {
     // Version first, before anything that depends on the protocol's shapes.
     const version = message.protocolVersion;
     if (version !== PROTOCOL_VERSION) {
-      const client = version === undefined ? 'client sent none (pre-versioning client)' : `client speaks v${String(version).slice(0, 32)}`;
+      const client = version === undefined ? 'client sent none (pre-versioning client)'
+        : typeof version === 'number' ? `client speaks v${String(version).slice(0, 32)}`
+        : `client sent protocolVersion ${describeValue(version)}`;
       this.fail(new SyncError(ErrorCode.ProtocolVersionMismatch, `Sync protocol version mismatch: server speaks v${PROTOCOL_VERSION}, ${client}`, { fatal: true }));
       return;
     }

@@ -67,6 +67,18 @@ describe('ws session', () => {
       expect(none.code).to.equal(4003);
     });
 
+    it('refuses a version that is not a number with 4003, naming what was sent', async () => {
+      const text = await refused({ protocolVersion: '1' });
+      expect(text.error).to.include({ code: 'PROTOCOL_VERSION_MISMATCH', fatal: true });
+      expect(text.error.message).to.contain('client sent protocolVersion "1"');
+      expect(text.code).to.equal(4003);
+      // An object whose toString is not a function cannot be turned into text by String().
+      const object = await refused({ protocolVersion: { toString: 1 } });
+      expect(object.error).to.include({ code: 'PROTOCOL_VERSION_MISMATCH', fatal: true });
+      expect(object.error.message).to.contain('client sent protocolVersion object');
+      expect(object.code).to.equal(4003);
+    });
+
     it('closes with 4002 without a databaseId and 4001 for a bad database or site id', async () => {
       const missing = await refused({ databaseId: undefined });
       expect(missing.error).to.include({ code: 'MISSING_DATABASE_ID', fatal: true });
@@ -120,6 +132,7 @@ describe('ws session', () => {
       expect(await client.expect('error')).to.include({ code: 'MESSAGE_ERROR', fatal: false });
       expect(await client.request('error', { type: 'frobnicate' })).to.deep.include({ code: 'UNKNOWN_MESSAGE', message: 'Unknown message type: frobnicate' });
       expect(await client.request('error', { hello: 'world' })).to.deep.include({ code: 'UNKNOWN_MESSAGE', message: 'Unknown message type: undefined' });
+      expect(await client.request('error', { type: { toString: 1 } })).to.deep.include({ code: 'UNKNOWN_MESSAGE', message: 'Unknown message type: object', fatal: false });
       expect(await client.request('error', { type: 'get_changes', sinceHLC: 'not-an-hlc' })).to.include({ code: 'INVALID_HLC', fatal: false });
       const good = site.txn([{ pk: [1], value: 'ok' }]);
       const bad = site.txn([{ pk: [2], value: 'x' }]);
