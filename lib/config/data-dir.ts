@@ -1,7 +1,7 @@
 import { constants } from 'node:fs';
 import { access, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { ConfigError } from './load-config.js';
 import { openLevelStore } from '../storage/leveldb.js';
@@ -37,6 +37,7 @@ const ERRNO_TEXT: Readonly<Record<string, string>> = {
   ENOSPC: 'no space left on device',
   ELOOP: 'too many symbolic links',
   ENAMETOOLONG: 'name too long',
+  ENOENT: 'the file system refuses to create it there',
 };
 
 function errnoText(err: unknown): string {
@@ -64,6 +65,35 @@ function inUseError(dir: string, owner: DataDirOwner | undefined, cause?: unknow
 }
 
 /**
+ * `mkdir -p` made of single mkdirs, from the nearest existing ancestor down.
+ * Node's `mkdir(dir, { recursive: true })` never settles where the file
+ * system answers ENOENT although the parent exists (procfs: `/proc/x` spins a
+ * pool thread forever); one component at a time, that answer is an error.
+ * Throws the failing call's errno error.
+ */
+async function makeDirectory(dir: string): Promise<void> {
+  const missing: string[] = [];
+  for (let at = resolve(dir); ; at = dirname(at)) {
+    try {
+      await stat(at);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    missing.push(at);
+    if (dirname(at) === at) break;
+  }
+  for (const path of missing.reverse()) {
+    try {
+      await mkdir(path);
+    } catch (err) {
+      // Made meanwhile by someone else: as good as made here.
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+}
+
+/**
  * Makes `dir` ready for one server and takes it: creates it (with parents)
  * when missing, checks that it is a writable directory, and takes an
  * exclusive lock so that a second server on the same directory fails here
@@ -82,9 +112,9 @@ function inUseError(dir: string, owner: DataDirOwner | undefined, cause?: unknow
  */
 export async function claimDataDir(dir: string): Promise<DataDirLock> {
   try {
-    await mkdir(dir, { recursive: true });
+    await makeDirectory(dir);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw dataDirError(dir, `cannot create directory ${JSON.stringify(dir)} (${errnoText(err)})`, err);
+    throw dataDirError(dir, `cannot create directory ${JSON.stringify(dir)} (${errnoText(err)})`, err);
   }
   let info;
   try {

@@ -76,6 +76,17 @@ describe('create-coordinator-server: data directory', () => {
     expect(s.server.listening).to.equal(false);
   });
 
+  it('rejects a directory the file system refuses to create (procfs), instead of waiting forever', async function () {
+    // Node's recursive mkdir never settles on /proc/<new name>: procfs answers ENOENT with the parent there.
+    if (process.platform !== 'linux') this.skip();
+    const dataDir = '/proc/sync-coordinator-spec/data';
+    const s = server(dataDir);
+    const err = await startError(s);
+    expect(err).to.be.instanceOf(ConfigError);
+    expect(err.message).to.equal(`dataDir: cannot create directory ${JSON.stringify(dataDir)} (ENOENT: the file system refuses to create it there)`);
+    expect(s.server.listening).to.equal(false);
+  });
+
   it('releases the directory when listening fails', async () => {
     const dataDir = join(dir, 'data');
     const holder = server(join(dir, 'other'));
