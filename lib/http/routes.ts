@@ -259,6 +259,10 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
     } else if (bodyError?.type === 'entity.too.large') {
       code = ErrorCode.PayloadTooLarge;
       message = `body: larger than the limit of ${config.maxMessageBytes} bytes`;
+    } else if (err instanceof URIError && bodyError?.status === 400) {
+      // The router could not percent-decode a path parameter; :databaseId is the only one.
+      code = ErrorCode.InvalidDatabaseId;
+      message = `databaseId: not valid percent-encoding, got ${describeValue(req.path.split('/')[1] ?? '')}`;
     } else if (bodyError?.type === 'entity.parse.failed') {
       code = ErrorCode.InvalidBody;
       message = `body: not valid JSON (${messageOf(err)})`;

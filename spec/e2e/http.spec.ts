@@ -64,6 +64,7 @@ describe('http routes', () => {
         [request(server.app).get(`/sync${PATH}/changes`), 401, 'AUTH_FAILED'],
         [request(server.app).get(`/sync${PATH}/changes`).set('X-Site-Id', 'short'), 400, 'INVALID_SITE_ID'],
         [request(server.app).get('/sync/bad%20id/changes').set('X-Site-Id', reader.wire), 400, 'INVALID_DATABASE_ID'],
+        [request(server.app).get('/sync/%ZZ/changes').set('X-Site-Id', reader.wire), 400, 'INVALID_DATABASE_ID'],
         [request(server.app).get(`/sync${PATH}/changes`).query({ sinceHLC: 'nope' }).set('X-Site-Id', reader.wire), 400, 'INVALID_HLC'],
         [request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).send({ nope: 1 }), 400, 'INVALID_BODY'],
         [request(server.app).post(`/sync${PATH}/changes`).set('X-Site-Id', site.wire).set('content-type', 'application/json').send('{"changes": ['), 400, 'INVALID_BODY'],
@@ -78,6 +79,8 @@ describe('http routes', () => {
         expect(res.body.error.code).to.equal(code);
         expect(res.body.error.message).to.be.a('string').and.not.equal('');
       }
+      const undecodable = await request(server.app).get('/sync/%ZZ/snapshot').set('X-Site-Id', reader.wire);
+      expect(undecodable.body.error).to.deep.equal({ code: 'INVALID_DATABASE_ID', message: 'databaseId: not valid percent-encoding, got "%ZZ"' });
     });
 
     it('keeps names and pks that differ only by a lone surrogate vs U+FFFD apart, end to end', async () => {
