@@ -113,7 +113,10 @@ function checkHost(value: unknown): string {
   if (isIP(host) !== 0) return host;
   // Underscores are tolerated because container service names use them.
   const label = /^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
-  if (host.length > 253 || !host.split('.').every((part) => label.test(part))) fail(HOST_EXPECTED, value);
+  const labels = host.split('.');
+  if (host.length > 253 || !labels.every((part) => label.test(part))) fail(HOST_EXPECTED, value);
+  // No top-level domain is all digits (RFC 3696 §2): "999.1.1.1" is a mistyped IPv4 address, not a name to look up.
+  if (/^[0-9]+$/.test(labels[labels.length - 1]!)) fail(HOST_EXPECTED, value);
   return host;
 }
 

@@ -54,7 +54,7 @@ export interface SyncRouterOptions<I = unknown> {
    * Largest accepted WebSocket frame or HTTP body, in bytes; a larger frame
    * closes the socket with 1009, a larger body gets 413. A real client's
    * batch is 1,000 changes whatever their size (docs/protocol.md §8) and it cannot
-   * split a refused one, so this must hold its biggest batch.
+   * split a refused one, so this must hold its biggest batch. 1 KiB to 1 GiB.
    * @default 67108864 (64 MiB)
    */
   maxMessageBytes?: number;
@@ -312,7 +312,9 @@ export const OPTION_SPECS: { readonly [K in PlainOptionKey]-?: OptionSpec<NonNul
   maxOpenStores: int(100, 1),
   storeIdleMs: timer(5 * 60 * 1000),
   storeWriteBufferBytes: int(4 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024, ' (bytes)'),
-  maxMessageBytes: int(64 * 1024 * 1024, 1024),
+  // At most 1 GiB: twice it (the default maxInboundBytes) must stay an exact integer, and no frame
+  // near it could be decoded anyway (V8 strings stop at 2^29 - 24 characters).
+  maxMessageBytes: int(64 * 1024 * 1024, 1024, 1024 * 1024 * 1024, ' (bytes)'),
   // Derived from maxMessageBytes when not given (see parseOptions); this is the value with the default.
   maxInboundBytes: int(2 * 64 * 1024 * 1024, 1024),
   handshakeTimeoutMs: timer(10_000),

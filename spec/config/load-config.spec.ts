@@ -115,6 +115,12 @@ describe('load-config', () => {
         expect(load({ env: { SYNC_HOST: 'localhost' } }).host).to.equal('localhost');
         expect(load({ env: { SYNC_HOST: '::1' } }).host).to.equal('::1');
         expect(load({ env: { SYNC_HOST: 'sync_server.internal' } }).host).to.equal('sync_server.internal');
+        expect(load({ env: { SYNC_HOST: '10-0-0-1.pod.local' } }).host).to.equal('10-0-0-1.pod.local');
+      });
+
+      it('refuses a mistyped IPv4 address as SYNC_HOST instead of looking it up as a name', () => {
+        expect(configError(() => load({ env: { SYNC_HOST: '999.1.1.1' } })).message).to.equal('SYNC_HOST: expected an IP address or a host name, got "999.1.1.1"');
+        expect(configError(() => load({ env: { SYNC_HOST: '127.0.0' } })).message).to.equal('SYNC_HOST: expected an IP address or a host name, got "127.0.0"');
       });
 
       it('accepts "/" as a base path', () => {
@@ -222,7 +228,10 @@ describe('load-config', () => {
 
       it('rejects bad router options in the config file', async () => {
         await writeConfig({ router: { maxMessageBytes: 10 } });
-        expect(configError(() => load()).message).to.equal('sync-coordinator.json: router.maxMessageBytes: expected an integer >= 1024, got 10');
+        expect(configError(() => load()).message).to.equal('sync-coordinator.json: router.maxMessageBytes: expected an integer from 1024 to 1073741824 (bytes), got 10');
+        // Past 1 GiB, twice the value (the default maxInboundBytes) would no longer be an exact integer.
+        await writeConfig({ router: { maxMessageBytes: Number.MAX_SAFE_INTEGER } });
+        expect(configError(() => load()).message).to.equal(`sync-coordinator.json: router.maxMessageBytes: expected an integer from 1024 to 1073741824 (bytes), got ${Number.MAX_SAFE_INTEGER}`);
         await writeConfig({ router: { syncWrites: 'yes' } });
         expect(configError(() => load()).setting).to.equal('sync-coordinator.json: router.syncWrites');
         await writeConfig({ router: { path: '/x' } });
