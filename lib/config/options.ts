@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { Registry } from 'prom-client';
 import type { CoordinatorHooks, DashboardAuth } from './hooks.js';
 import { archiveKeyProblem, type Archive } from '../durability/archive.js';
+import { describeValue } from '../errors.js';
 
 /** How clients prove who they are. */
 export type AuthMode = 'none' | 'token-whitelist';
@@ -247,6 +248,8 @@ export interface OptionSpec<T> {
   readonly check: (value: unknown) => T | undefined;
   /** The lowest accepted value of an integer option (the CLI states it in its messages). */
   readonly min?: number;
+  /** Holds secrets: a refusal describes the value's shape, never its text. */
+  readonly secret?: boolean;
 }
 
 /** setTimeout fires at once for delays beyond 2^31-1 ms, so longer ones are refused. */
@@ -272,10 +275,14 @@ function text(fallback: string): OptionSpec<string> {
   return { default: fallback, expected: 'a non-empty string', check: (v) => (typeof v === 'string' && v.length > 0 ? v : undefined) };
 }
 
+/**
+ * A list of tokens. One with whitespace at either end could never be
+ * presented over HTTP, where `Authorization: Bearer` is read trimmed.
+ */
 function tokens(): OptionSpec<string[]> {
   return {
-    default: [], expected: 'an array of non-empty strings',
-    check: (v) => (Array.isArray(v) && v.every((t) => typeof t === 'string' && t.length > 0) ? Object.freeze([...v]) as string[] : undefined),
+    default: [], expected: 'an array of non-empty strings without whitespace at either end', secret: true,
+    check: (v) => (Array.isArray(v) && v.every((t) => typeof t === 'string' && t.length > 0 && t.trim() === t) ? Object.freeze([...v]) as string[] : undefined),
   };
 }
 
@@ -389,7 +396,7 @@ export function parseOptions<I>(options: SyncRouterOptions<I> = {}): Config {
       continue;
     }
     const value = spec.check(raw);
-    if (value === undefined) throw new TypeError(`Option "${key}" must be ${spec.expected}, got ${JSON.stringify(raw) ?? String(raw)}`);
+    if (value === undefined) throw new TypeError(`Option "${key}" must be ${spec.expected}, got ${spec.secret ? describeValue(raw) : JSON.stringify(raw) ?? String(raw)}`);
     plain[key] = value;
   }
   const maxMessageBytes = plain.maxMessageBytes as number;

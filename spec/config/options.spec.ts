@@ -47,6 +47,22 @@ describe('config/options', () => {
       expect(loadConfig({ env: ENV, overrides: { router: { statusTokens: ['s3cret'] } } }).router?.statusTokens).to.deep.equal(['s3cret']);
     });
 
+    it('refuses tokens with whitespace at either end (Bearer tokens are read trimmed), never printing a token', () => {
+      for (const key of ['authTokens', 'statusTokens'] as const) {
+        for (const tokens of [[' lead', 'good-one'], ['trail\n'], ['']]) {
+          let message = '';
+          try {
+            parseOptions({ [key]: tokens, authMode: 'none' });
+          } catch (err) {
+            message = (err as Error).message;
+          }
+          expect(message, `${key} ${JSON.stringify(tokens)}`).to.equal(`Option "${key}" must be an array of non-empty strings without whitespace at either end, got array(${tokens.length})`);
+        }
+      }
+      expect(() => loadConfig({ env: ENV, overrides: { router: { statusTokens: ['ok', 'trail '] } } })).to.throw(ConfigError, 'router.statusTokens: expected an array of non-empty strings without whitespace at either end, got array(2)');
+      expect(parseOptions({ statusTokens: ['in side'] }).statusTokens, 'inner whitespace can be presented').to.deep.equal(['in side']);
+    });
+
     it('must describe every plain option: a table without one does not compile (npm run typecheck)', () => {
       const { batchSize: _forgotten, ...rest } = OPTION_SPECS;
       // @ts-expect-error batchSize is missing: a forgotten option is a type error, not a silent default.
