@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { once } from 'node:events';
-import { createWriteStream, rmSync } from 'node:fs';
+import { createWriteStream, rmSync, statSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { resolve as resolvePath } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -331,6 +331,11 @@ async function runArchiveCommand(command: 'restore' | 'export', argv: Args): Pro
   let databaseId: string;
   let resolved: ResolvedConfig;
   let replicaOptions: ReplicaOptions;
+  if (command === 'export' && argv.out !== undefined && argv.out !== '-') {
+    // Before anything is read or written: the file is replaced once complete, so these would fail only at the end.
+    if (argv.out === '') die(EXIT_USAGE, `${label}: --out: expected a file path, or - for stdout, got ""`);
+    if (statSync(resolvePath(argv.out), { throwIfNoEntry: false })?.isDirectory()) die(EXIT_USAGE, `${label}: --out: ${JSON.stringify(resolvePath(argv.out))} is a directory, not a file`);
+  }
   try {
     databaseId = validateDatabaseId(argv.db, '<db>');
     resolved = resolveConfig({ overrides: parseCliOverrides(flagTexts(argv)), configFile: argv.config, serving: false });

@@ -353,6 +353,19 @@ describe('cli restore and export', function () {
   });
 
   describe('export', () => {
+    it('exits 2 naming --out when it is empty or a directory, before reading the store or writing anything', async () => {
+      await seed(join(cwd, 'data'));
+      const empty = await run(['export', DB, '--data-dir', 'data', '--out', ''], {});
+      expect(empty.code, empty.stderr).to.equal(2);
+      expect(lines(empty.stderr)).to.deep.equal(['sync-coordinator export: --out: expected a file path, or - for stdout, got ""']);
+      await mkdir(join(cwd, 'out'));
+      const directory = await run(['export', DB, '--data-dir', 'data', '--out', 'out'], {});
+      expect(directory.code, directory.stderr).to.equal(2);
+      expect(lines(directory.stderr)).to.deep.equal([`sync-coordinator export: --out: ${JSON.stringify(join(cwd, 'out'))} is a directory, not a file`]);
+      expect(await readdir(cwd)).to.have.members(['data', 'out']);
+      expect(await readdir(join(cwd, 'out'))).to.deep.equal([]);
+    });
+
     it('writes the NDJSON that GET /:db/snapshot of the live server answered, from the store on disk', async () => {
       const served = await seed(join(cwd, 'data'));
       // No archive configured: a database on disk needs none.
