@@ -1,4 +1,4 @@
-import { compareHlc, hlcToWire } from '../protocol/hlc.js';
+import { compareHlc, hlcFromWire, hlcToWire } from '../protocol/hlc.js';
 import { ErrorCode } from '../errors.js';
 
 /**
@@ -33,9 +33,9 @@ export interface RefusedWritesOptions {
 
 /**
  * Gets a real client's refused writes back once writes work again
- * (docs/protocol.md §9). A real client told STORAGE_UNAVAILABLE does not retry
- * (§8): its changes would stay on the device until its next local commit or
- * reconnect. So after such a refusal this waits (1 s, doubling with each
+ * (docs/protocol.md §9). A real client told STORAGE_UNAVAILABLE (or
+ * RATE_LIMITED, or STORE_CLOSED) does not retry (§8): its changes would stay
+ * on the device until its next local commit or reconnect. So after such a refusal this waits (1 s, doubling with each
  * further refusal up to 30 s, and then for as long as `writable()` says no,
  * looking again every 1 s), then sends `request_changes` {server site id, an HLC just below the refused
  * message's smallest change-set HLC}; the client answers with an
@@ -116,6 +116,32 @@ export class RefusedWrites {
     this.since = undefined;
     this.options.send(JSON.stringify({ type: 'request_changes', siteId: this.options.serverSiteId, sinceHLC: hlcToWire(since) }));
   }
+}
+
+/**
+ * The smallest change-set HLC of a parsed `apply_changes` message, for a
+ * write refused before it was validated (RATE_LIMITED): what
+ * {@link RefusedWrites.refused} takes. Undefined when `message` is not an
+ * `apply_changes` or none of its change sets has a valid `hlc`; change sets
+ * with an invalid one are passed over (nothing of such a message is pulled
+ * that the client could not resend anyway).
+ */
+export function refusedApplyHlc(message: unknown): Buffer | undefined {
+  if (typeof message !== 'object' || message === null) return undefined;
+  const { type, changes } = message as { type?: unknown; changes?: unknown };
+  if (type !== 'apply_changes' || !Array.isArray(changes)) return undefined;
+  let first: Buffer | undefined;
+  for (const set of changes as unknown[]) {
+    const wire = typeof set === 'object' && set !== null ? (set as { hlc?: unknown }).hlc : undefined;
+    let hlc: Buffer;
+    try {
+      hlc = hlcFromWire(wire);
+    } catch {
+      continue;
+    }
+    if (!first || compareHlc(hlc, first) < 0) first = hlc;
+  }
+  return first;
 }
 
 /** The HLC right before `hlc` in the bytewise order of docs/protocol.md §1 (itself when it is all zeros). */

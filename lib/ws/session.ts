@@ -11,7 +11,7 @@ import type { Subscriber } from '../hub/hub.js';
 import type { Push } from '../delivery/push.js';
 import { DeliveryStream } from '../delivery/stream.js';
 import { backlogRequest } from '../delivery/backlog.js';
-import { RefusedWrites, isRetryableRefusal } from '../delivery/refused-writes.js';
+import { RefusedWrites, isRetryableRefusal, refusedApplyHlc } from '../delivery/refused-writes.js';
 import type { Caller, Connection, Coordinator, SubmittedChanges } from '../service/coordinator.js';
 import type { ClientInfo } from '../config/hooks.js';
 import { TokenBucket, exceedsJsonDepth, type Limits } from '../service/limits.js';
@@ -198,6 +198,7 @@ export class Session implements Subscriber, OutboundOwner {
     if (this.state === 'closed') return;
     if (refusal !== undefined) {
       this.sendError(ErrorCode.RateLimited, refusal, false);
+      if (!isBinary) this.pullRateLimited(bytes);
       return;
     }
     if (isBinary) {
@@ -375,6 +376,28 @@ export class Session implements Subscriber, OutboundOwner {
         if (--this.appliesInFlight === 0) this.applyTail = undefined;
       }
     });
+  }
+
+  /**
+   * A real client does not resend a write refused with RATE_LIMITED either
+   * (§8): when the refused frame is an `apply_changes` of an open session,
+   * its change sets are pulled later like those of any refused write (§9).
+   * While a pull is already waiting the frame is not even parsed: a real
+   * client's next push starts where its last acknowledged one ended, so it
+   * holds nothing older than what the pull asks for.
+   */
+  private pullRateLimited(bytes: Buffer): void {
+    if (this.state !== 'open' || this.refusedWrites?.pending) return;
+    const { maxJsonDepth } = this.deps.config;
+    if (exceedsJsonDepth(bytes, maxJsonDepth)) return;
+    let message: unknown;
+    try {
+      message = JSON.parse(bytes.toString('utf8'));
+    } catch {
+      return;
+    }
+    const first = refusedApplyHlc(message);
+    if (first) this.pullsOfRefused().refused(first);
   }
 
   /** The socket's RefusedWrites, made at its first transient refusal (most sockets never meet one). */

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
-import { RefusedWrites, hlcJustBefore, isRetryableRefusal } from '../../lib/delivery/refused-writes.js';
-import { compareHlc, encodeHlc, hlcFromWire } from '../../lib/protocol/hlc.js';
+import { RefusedWrites, hlcJustBefore, isRetryableRefusal, refusedApplyHlc } from '../../lib/delivery/refused-writes.js';
+import { compareHlc, encodeHlc, hlcFromWire, hlcToWire } from '../../lib/protocol/hlc.js';
 
 const SERVER = 'c2VydmVyLXNpdGUtaWQtMQ';
 const site = Buffer.alloc(16, 7);
@@ -19,6 +19,16 @@ describe('delivery/refused-writes', () => {
     expect(isRetryableRefusal('STORAGE_UNAVAILABLE')).to.equal(true);
     expect(isRetryableRefusal('STORE_CLOSED')).to.equal(true);
     for (const code of ['INVALID_CHANGESET', 'CLOCK_DRIFT', 'FORBIDDEN', 'PAYLOAD_TOO_LARGE']) expect(isRetryableRefusal(code), code).to.equal(false);
+  });
+
+  it('refusedApplyHlc finds the smallest valid change-set HLC of an apply_changes, and nothing in anything else', () => {
+    const [a, b, c] = [hlc(1_700_000_000_300), hlc(1_700_000_000_100), hlc(1_700_000_000_200)];
+    const message = { type: 'apply_changes', changes: [{ hlc: hlcToWire(a) }, { hlc: 'not an hlc' }, null, { hlc: hlcToWire(b) }, { hlc: hlcToWire(c) }] };
+    expect(refusedApplyHlc(message)!.equals(b)).to.equal(true);
+    expect(refusedApplyHlc({ type: 'apply_changes', changes: [{ hlc: 7 }] })).to.equal(undefined);
+    expect(refusedApplyHlc({ type: 'apply_changes', changes: 'x' })).to.equal(undefined);
+    expect(refusedApplyHlc({ type: 'get_changes', changes: [{ hlc: hlcToWire(a) }] })).to.equal(undefined);
+    for (const other of [null, 'apply_changes', [message]]) expect(refusedApplyHlc(other)).to.equal(undefined);
   });
 
   it('hlcJustBefore gives the HLC right below, borrowing across bytes', () => {

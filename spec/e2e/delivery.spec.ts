@@ -6,6 +6,8 @@ import { dirname } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
 import { RawSocket, type Received } from '../helpers/raw-socket.js';
+import { ReferenceClient } from '../helpers/reference-client.js';
+import { eventually } from '../helpers/coordinator-process.js';
 import { compareHlc, hlcFromWire } from '../../lib/protocol/hlc.js';
 import { databaseDirectory } from '../../lib/storage/database-id.js';
 import type { ChangeSet } from '../../lib/protocol/messages.js';
@@ -153,5 +155,35 @@ describe('delivery over WebSocket (docs/protocol.md §9)', () => {
     const http = await fetch(`${server.baseUrl}/${DB}/changes`, { headers: { 'x-site-id': new TestSite().wire } });
     expect(http.status).to.equal(500);
     expect(await http.text()).to.not.contain(server.dataDir);
+  });
+});
+
+describe('writes refused by a rate limit (docs/protocol.md §9)', () => {
+  it('pulls back the writes it refused with RATE_LIMITED from a real client that then went quiet', async () => {
+    // Two messages a second: the handshake, get_changes and the first push take the burst.
+    const server = await startTestServer({ messagesPerSecond: 2, messageBurst: 3, messagesPerSecondPerIp: 0 });
+    const client = new ReferenceClient({ url: server.wsUrl, databaseId: DB, debounceMs: 0 });
+    try {
+      client.start();
+      await client.whenReady();
+      for (let i = 0; i < 8; i++) {
+        client.write({ pk: [i], values: { v: `row ${i}` } });
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      // A real client pushes again only on its next commit or reconnect (§8); there is none:
+      // the server holds every row only if it asks for the refused ones.
+      const reader = new TestSite().wire;
+      const storedRows = async (): Promise<unknown[]> => {
+        const res = await fetch(`${server.baseUrl}/${DB}/changes`, { headers: { 'x-site-id': reader } });
+        const sets = ((await res.json()) as { data: { changes: ChangeSet[] } }).data.changes;
+        return [...new Set(sets.flatMap((set) => set.changes.map((c) => (c as { pk: unknown[] }).pk[0])))].sort();
+      };
+      expect(client.errors.map((e) => e.code), 'the load was over the limit').to.include('RATE_LIMITED');
+      expect(await eventually(async () => (await storedRows()).length === 8, 300, 100), `stored: ${JSON.stringify(await storedRows())}`).to.equal(true);
+      expect(await storedRows()).to.deep.equal([0, 1, 2, 3, 4, 5, 6, 7]);
+    } finally {
+      await client.stop();
+      await server.close();
+    }
   });
 });
