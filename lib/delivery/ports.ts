@@ -31,6 +31,8 @@ export interface LogPage {
   readonly transactionCount: number;
   /** Stamp of the page's last transaction (30 bytes); absent for an empty page. */
   readonly lastStamp?: Buffer;
+  /** The retention floor when the page was read; absent while nothing was ever swept. */
+  readonly floor?: Buffer;
 }
 
 /** Reads the change log of one database for one site (never that site's own transactions). */
@@ -39,8 +41,10 @@ export interface LogReader {
    * The page after `cursor` (a stamp; undefined: from the beginning).
    * `maxBytes` lowers the reader's own page budget (bytes of change-set
    * JSON; a page still holds at least one whole transaction). Rejects with
-   * SNAPSHOT_REQUIRED when retention has passed the cursor, or with the
-   * store's failure.
+   * SNAPSHOT_REQUIRED when retention has passed the cursor, unless
+   * `floorSeen` lets the read go on: a floor a page returned (the read is
+   * refused only if the floor has risen past it since) or `'any'`. Rejects
+   * with the store's failure.
    */
-  read(cursor: Buffer | undefined, maxBytes?: number): Promise<LogPage>;
+  read(cursor: Buffer | undefined, maxBytes?: number, floorSeen?: Buffer | 'any'): Promise<LogPage>;
 }

@@ -1,3 +1,4 @@
+import { ErrorCode, isSyncError } from '../errors.js';
 import { compareHlc } from '../protocol/hlc.js';
 import type { DeliverySink, LogPage, LogReader } from './ports.js';
 import type { Push } from './push.js';
@@ -32,6 +33,14 @@ export interface DeliveryOptions {
   onFailure(err: unknown): void;
   /** Called each time the socket falls behind and recovery from the log begins (for metrics). */
   onLag?(): void;
+  /**
+   * The client's cursor is older than the retention floor (`err`:
+   * SNAPSHOT_REQUIRED). The transport tells the client, and the stream then
+   * sends what the log still holds after the cursor all the same (a real
+   * client does not act on the error, docs/protocol.md §8). Without it, the
+   * catch-up is refused with the error, as for a client that pages itself.
+   */
+  onCursorExpired?(err: unknown): void;
 }
 
 /**
@@ -69,6 +78,12 @@ export class DeliveryStream {
   private position: Buffer | undefined;
   /** A commit was offered while catching up: the log must be read again before going live. */
   private missed = false;
+  /**
+   * The retention floor as the last catch-up's first page found it: the
+   * stream's own later reads go on below it (their positions come from
+   * pages, not from the client) unless it rises meanwhile.
+   */
+  private floorSeen?: Buffer;
   /** Bumped by every restart and by close, so a superseded read loop stops. */
   private generation = 0;
   private closed = false;
@@ -93,9 +108,10 @@ export class DeliveryStream {
    * Answers `get_changes` from `cursor`: sends the first page (empty if the
    * client is up to date) before resolving, then, unless the client pages by
    * itself, the rest in the background until it is live. Rejects, with
-   * nothing sent, when the first page cannot be read (SNAPSHOT_REQUIRED for
-   * a cursor older than the retention horizon): the transport replies with
-   * the error and the stream carries on as before.
+   * nothing sent, when the first page cannot be read: the transport replies
+   * with the error and the stream carries on as before. A cursor older than
+   * the retention horizon is such a failure (SNAPSHOT_REQUIRED) for a client
+   * that pages itself; for the others, see `onCursorExpired`.
    */
   async catchUp(cursor: Buffer | undefined): Promise<void> {
     if (this.options.clientPaging) {
@@ -110,7 +126,7 @@ export class DeliveryStream {
     this.missed = false;
     let page: LogPage;
     try {
-      page = await this.reader.read(cursor);
+      page = await this.readFirstPage(cursor);
     } catch (err) {
       if (generation === this.generation) {
         this.position = before.position;
@@ -121,10 +137,28 @@ export class DeliveryStream {
       throw err;
     }
     if (this.stale(generation)) return;
+    this.floorSeen = page.floor;
     this.position = cursor && ownStamp(cursor);
     this.sendPage(page, 'changes');
     if (page.hasMore || this.missed) void this.pump(generation, page.hasMore ? 'changes' : 'push_changes');
     else this.mode = 'live';
+  }
+
+  /**
+   * The first page of a server-driven catch-up. The log refuses a cursor
+   * older than its retention floor (SNAPSHOT_REQUIRED) and a real client
+   * ignores that error: told through `onCursorExpired`, it is then sent
+   * everything the log holds after its cursor, which is every live change;
+   * only deletions that retention removed meanwhile cannot reach it.
+   */
+  private async readFirstPage(cursor: Buffer | undefined): Promise<LogPage> {
+    try {
+      return await this.reader.read(cursor);
+    } catch (err) {
+      if (!this.options.onCursorExpired || !isSyncError(err) || err.code !== ErrorCode.SnapshotRequired) throw err;
+      this.options.onCursorExpired(err);
+      return this.reader.read(cursor, undefined, 'any');
+    }
   }
 
   /**
@@ -177,7 +211,7 @@ export class DeliveryStream {
     try {
       for (;;) {
         this.missed = false;
-        const reading = this.reader.read(this.position, kind === 'push_changes' ? RECOVERY_PAGE_BYTES : undefined);
+        const reading = this.reader.read(this.position, kind === 'push_changes' ? RECOVERY_PAGE_BYTES : undefined, this.floorSeen);
         // Handled below; without this a failure during the wait would count as unhandled.
         reading.catch(() => undefined);
         await this.sink.flushed();

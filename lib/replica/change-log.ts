@@ -27,7 +27,22 @@ export interface ChangesPage {
   readonly lastStamp?: Buffer;
   /** Stamp of the first change set (30 bytes). */
   readonly firstStamp?: Buffer;
+  /** The retention floor when the page was read (absent: nothing was ever swept); see `FloorSeen`. */
+  readonly floor?: Buffer;
 }
+
+/**
+ * What a reader already knows of the retention floor, for a read from a
+ * cursor below it (docs/protocol.md §5):
+ * - absent: nothing; such a read is refused with SNAPSHOT_REQUIRED;
+ * - a floor (as a page returned it): the read goes on unless the floor has
+ *   risen past it since, i.e. unless a tombstone after that floor was swept
+ *   while the reader went through the log (a stream continuing its own
+ *   catch-up: its positions come from pages, not from a client);
+ * - `'any'`: the read goes on whatever the floor (a client was told
+ *   SNAPSHOT_REQUIRED and is sent what the log still holds all the same).
+ */
+export type FloorSeen = Buffer | 'any';
 
 /**
  * Reads the change log after `cursor` (docs/protocol.md §5). Transactions are
@@ -43,18 +58,17 @@ export async function readChangesSince(
   askingSite: Buffer | undefined,
   batchSize: number,
   maxBytes = Infinity,
+  floorSeen?: FloorSeen,
 ): Promise<ChangesPage> {
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new TypeError(`batchSize must be a positive integer, got ${batchSize}`);
   if (!(maxBytes > 0)) throw new TypeError(`maxBytes must be positive, got ${maxBytes}`);
   const it = replica.store.iterator({ gt: cursor ? logKeyAfter(cursor) : Buffer.of(NS_LOG), lt: Buffer.of(NS_LOG + 1), readAhead: PAGE_READ_AHEAD });
   try {
-    if (cursor) {
-      // Read the floor through a point get: it only ever rises, and a floor
-      // raised after the iterator opened only removes entries it cannot see.
-      const floor = await replica.store.get(META_FLOOR);
-      if (floor && compareHlc(cursor, floor) < 0) {
-        throw new SyncError(ErrorCode.SnapshotRequired, `sinceHLC: cursor ${hlcToWire(cursor)} is older than the retention horizon; bootstrap from a snapshot`);
-      }
+    // Read the floor through a point get: it only ever rises, and a floor
+    // raised after the iterator opened only removes entries it cannot see.
+    const floor = await replica.store.get(META_FLOOR);
+    if (cursor && floor && compareHlc(cursor, floor) < 0 && !floorAccepted(floor, floorSeen)) {
+      throw new SyncError(ErrorCode.SnapshotRequired, `sinceHLC: cursor ${hlcToWire(cursor)} is older than the retention horizon; bootstrap from a snapshot`);
     }
     const sets: string[] = [];
     let count = 0;
@@ -108,8 +122,15 @@ export async function readChangesSince(
     return {
       get changeSets() { return (parsed ??= JSON.parse(json) as ChangeSet[]); },
       json, hasMore, changeCount: count, transactionCount: sets.length, ...(lastHlc ? { lastHlc, lastStamp, firstStamp } : {}),
+      ...(floor ? { floor: Buffer.from(floor) } : {}),
     };
   } finally {
     await it.close();
   }
+}
+
+/** Whether a read below `floor` may go on for a reader that has seen `seen` (see FloorSeen). */
+function floorAccepted(floor: Buffer, seen: FloorSeen | undefined): boolean {
+  if (seen === undefined) return false;
+  return seen === 'any' || compareHlc(floor, seen) <= 0;
 }

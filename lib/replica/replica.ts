@@ -11,7 +11,7 @@ import { applyGroup, makeTableKeys, type ApplyContext, type ApplyOutcome, type G
 export type { ApplyOutcome };
 import { KeyFilter } from './key-filter.js';
 import { localStampSource, type StampSource, type StampSourceFactory } from './stamps.js';
-import { readChangesSince, type ChangesPage } from './change-log.js';
+import { readChangesSince, type ChangesPage, type FloorSeen } from './change-log.js';
 import { streamSnapshot, type SnapshotOptions } from './snapshot.js';
 import { sweepTombstones, type SweepResult } from './retention.js';
 import type { ReplicaContext } from './context.js';
@@ -392,10 +392,11 @@ export class Replica implements ReplicaContext {
   /**
    * Whole transactions accepted after `cursor`, current values only, never
    * those of `askingSite` (docs/protocol.md §5). SNAPSHOT_REQUIRED if retention
-   * has swept facts the cursor would need.
+   * has swept facts the cursor would need, unless `floorSeen` says the reader
+   * goes on past that (see FloorSeen).
    */
-  changesSince(cursor: Buffer | undefined, askingSite: Buffer | undefined, batchSize = DEFAULT_BATCH_SIZE, maxBytes = Infinity): Promise<ChangesPage> {
-    return readChangesSince(this, cursor, askingSite, batchSize, maxBytes);
+  changesSince(cursor: Buffer | undefined, askingSite: Buffer | undefined, batchSize = DEFAULT_BATCH_SIZE, maxBytes = Infinity, floorSeen?: FloorSeen): Promise<ChangesPage> {
+    return readChangesSince(this, cursor, askingSite, batchSize, maxBytes, floorSeen);
   }
 
   /** Snapshot chunks as JSON text, in the order of §6, from one consistent view. */

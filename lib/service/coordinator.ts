@@ -8,7 +8,7 @@ import { validateChangeSets, validateCursor, type ValidChangeSet } from '../prot
 import { siteIdFromWire } from '../protocol/site-id.js';
 import type { ApplyResult, ChangeSet } from '../protocol/messages.js';
 import type { ApplyOutcome, Replica } from '../replica/replica.js';
-import type { ChangesPage } from '../replica/change-log.js';
+import type { ChangesPage, FloorSeen } from '../replica/change-log.js';
 import { validateDatabaseId } from '../storage/database-id.js';
 import { ReplicaPool, type Lease } from '../storage/replica-pool.js';
 import type { LogReader } from '../delivery/ports.js';
@@ -142,7 +142,7 @@ export interface SubmittedChanges {
 
 /** A caller's reader of its database's change log (the delivery stream's log port). */
 export interface ChangeFeed extends LogReader {
-  read(cursor: Buffer | undefined, maxBytes?: number): Promise<ChangesPage>;
+  read(cursor: Buffer | undefined, maxBytes?: number, floorSeen?: FloorSeen): Promise<ChangesPage>;
 }
 
 /**
@@ -159,8 +159,8 @@ class CallerFeed implements ChangeFeed {
     this.caller = caller;
   }
 
-  read(cursor: Buffer | undefined, maxBytes?: number): Promise<ChangesPage> {
-    return this.coordinator.readChanges(this.caller, cursor, maxBytes);
+  read(cursor: Buffer | undefined, maxBytes?: number, floorSeen?: FloorSeen): Promise<ChangesPage> {
+    return this.coordinator.readChanges(this.caller, cursor, maxBytes, floorSeen);
   }
 }
 
@@ -509,17 +509,18 @@ export class Coordinator {
    * The page of the caller's change log after `cursor` (a stamp; undefined:
    * from the beginning), of at most `maxBytes` of change sets when given
    * (see `ChangeFeed.read`): the read behind every change feed.
-   * SNAPSHOT_REQUIRED for a cursor older than the retention horizon.
+   * SNAPSHOT_REQUIRED for a cursor older than the retention horizon, unless
+   * `floorSeen` lets the read go on (see FloorSeen).
    * @internal use `changeFeed(caller).read()`.
    */
-  readChanges(caller: Caller, cursor: Buffer | undefined, maxBytes?: number): Promise<ChangesPage> {
+  readChanges(caller: Caller, cursor: Buffer | undefined, maxBytes?: number, floorSeen?: FloorSeen): Promise<ChangesPage> {
     return this.track(async () => {
       const timer = this.metrics.getChangesDuration.startTimer();
       const { batchSize, maxMessageBytes } = this.config;
       const pageBytes = Math.min(PAGE_BYTES, maxMessageBytes / 2);
       const budget = maxBytes === undefined ? pageBytes : Math.min(pageBytes, maxBytes);
       const site = siteIdFromWire(caller.siteId);
-      const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, batchSize, budget));
+      const page = await this.pool.use(caller.databaseId, (replica) => replica.changesSince(cursor, site, batchSize, budget, floorSeen));
       timer();
       return page;
     });

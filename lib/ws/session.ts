@@ -457,6 +457,16 @@ export class Session implements Subscriber, OutboundOwner {
     this.out.send(JSON.stringify({ type: 'error', code, message, fatal }));
   }
 
+  /**
+   * The cursor of this session's `get_changes` is older than the retention
+   * horizon: the client is told (SNAPSHOT_REQUIRED, not fatal) before its
+   * delivery stream sends what the log still holds after that cursor.
+   */
+  cursorExpired(err: unknown): void {
+    log('session %s: cursor older than the retention floor; sending the log after it all the same', this.connectionId);
+    this.replyError(err, ErrorCode.GetChangesError);
+  }
+
   /** Replies with the SyncError's own code, or `fallback` for anything else. */
   private replyError(err: unknown, fallback: string): void {
     if (isSyncError(err) && err.code !== ErrorCode.Internal) {
@@ -546,6 +556,10 @@ class DeliveryEvents implements DeliveryOptions {
   onFailure(err: unknown): void {
     log('session %s: delivery from the log failed: %s', this.session.connectionId, messageOf(err));
     this.session.close(dispositionOf(isSyncError(err) ? err.code : ErrorCode.Internal).close ?? CloseCode.InternalError, 'Delivery failed; reconnect');
+  }
+
+  onCursorExpired(err: unknown): void {
+    this.session.cursorExpired(err);
   }
 
   onLag(): void {

@@ -50,16 +50,23 @@ class FakeLog implements LogReader {
   failNext = false;
   /** The `maxBytes` of every read, in order. */
   readonly budgets: (number | undefined)[] = [];
-  constructor(private readonly r: Random, private readonly site: string, private readonly floor = 0) {}
+  /** The retention floor as a stamp number (0: nothing swept); a test raises it to stand for a sweep. */
+  floor: number;
+  constructor(private readonly r: Random, private readonly site: string, floor = 0) {
+    this.floor = floor;
+  }
 
-  async read(cursor: Buffer | undefined, maxBytes?: number): Promise<LogPage> {
+  async read(cursor: Buffer | undefined, maxBytes?: number, floorSeen?: Buffer | 'any'): Promise<LogPage> {
     this.budgets.push(maxBytes);
     const after = cursor ? numberOf(hlcToWire(cursor)) : 0;
     if (this.failNext) {
       this.failNext = false;
       throw new SyncError(ErrorCode.Internal, 'store failed');
     }
-    if (after < this.floor) throw new SyncError(ErrorCode.SnapshotRequired, 'too old');
+    // As the store's log: a cursor under the floor is refused unless the reader accepted that floor (FloorSeen).
+    const accepted = floorSeen === 'any' || (floorSeen !== undefined && this.floor <= numberOf(hlcToWire(floorSeen)));
+    if (cursor && after < this.floor && !accepted) throw new SyncError(ErrorCode.SnapshotRequired, 'too old');
+    const floor = this.floor > 0 ? { floor: stamp(this.floor) } : {};
     const view = this.txns.filter((t) => t.n > after && t.site !== this.site);
     await jitter(this.r);
     const size = 1 + this.r.int(4);
@@ -69,6 +76,7 @@ class FakeLog implements LogReader {
       hasMore: view.length > size,
       transactionCount: page.length,
       ...(page.length > 0 ? { lastStamp: stamp(page.at(-1)!.n) } : {}),
+      ...floor,
     };
   }
 }
@@ -168,6 +176,62 @@ describe('delivery', () => {
       log.txns.push({ n: 13, site: OTHERS[0]! });
       expect(stream.offer(pushOf([changeSet(log.txns[0]!)], [stamp(13)]))).to.equal(true);
       expect(received(sink.frames)).to.deep.equal([13]);
+    });
+
+    it('tells the transport of a cursor older than the retention floor, then sends the log after it all the same', async () => {
+      const r = new Random(41);
+      const log = new FakeLog(r, ME, 10);
+      for (let n = 1; n <= 20; n++) log.txns.push({ n, site: OTHERS[n % 2]! });
+      const sink = new FakeSink();
+      const expired: unknown[] = [];
+      const stream = new DeliveryStream(sink, log, options({ onCursorExpired: (err) => expired.push(err) }), stamp(20));
+      await stream.catchUp(stamp(3));
+      expect(expired.map((err) => (err as SyncError).code)).to.deep.equal(['SNAPSHOT_REQUIRED']);
+      while (stream.catchingUp) {
+        sink.flush();
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      // Everything the log holds after the cursor, in order, as the answer to get_changes; then live.
+      expect(received(sink.frames)).to.deep.equal(Array.from({ length: 17 }, (_, i) => i + 4));
+      expect(sink.frames.map((f) => f.hasMore)).to.deep.equal([...Array(sink.frames.length - 1).fill(true), false]);
+      sink.flush();
+      log.txns.push({ n: 21, site: OTHERS[0]! });
+      expect(stream.offer(pushOf([changeSet(log.txns.at(-1)!)], [stamp(21)])), 'live').to.equal(true);
+    });
+
+    it('goes on past the retention floor through its own pages of a catch-up from the beginning', async () => {
+      const r = new Random(42);
+      const log = new FakeLog(r, ME, 15);
+      for (let n = 1; n <= 30; n++) log.txns.push({ n, site: OTHERS[n % 2]! });
+      const sink = new FakeSink();
+      let failure: unknown;
+      const expired: unknown[] = [];
+      const stream = new DeliveryStream(sink, log, options({ onFailure: (err) => { failure = err; }, onCursorExpired: (err) => expired.push(err) }), stamp(30));
+      await stream.catchUp(undefined);
+      while (stream.catchingUp && failure === undefined) {
+        sink.flush();
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      expect(failure).to.equal(undefined);
+      expect(expired, 'no cursor came from the client').to.deep.equal([]);
+      expect(received(sink.frames)).to.deep.equal(Array.from({ length: 30 }, (_, i) => i + 1));
+    });
+
+    it('asks the transport to close when the floor rises past its position during a catch-up (a deletion it has not sent was swept)', async () => {
+      const r = new Random(43);
+      const log = new FakeLog(r, ME);
+      for (let n = 1; n <= 30; n++) log.txns.push({ n, site: OTHERS[0]! });
+      const sink = new FakeSink();
+      let failure: unknown;
+      const stream = new DeliveryStream(sink, log, options({ onFailure: (err) => { failure = err; }, onCursorExpired: () => undefined }), stamp(30));
+      await stream.catchUp(undefined);
+      // The first page holds at most 4 transactions: a sweep now passes its position.
+      log.floor = 25;
+      while (stream.catchingUp && failure === undefined) {
+        sink.flush();
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      expect((failure as SyncError).code).to.equal('SNAPSHOT_REQUIRED');
     });
 
     it('asks the transport to close when a read fails while recovering', async () => {

@@ -6,7 +6,7 @@ import { dirname } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
 import { RawSocket, type Received } from '../helpers/raw-socket.js';
-import { ReferenceClient } from '../helpers/reference-client.js';
+import { ReferenceClient, readServerState, settle } from '../helpers/reference-client.js';
 import { eventually } from '../helpers/coordinator-process.js';
 import { compareHlc, hlcFromWire } from '../../lib/protocol/hlc.js';
 import { databaseDirectory } from '../../lib/storage/database-id.js';
@@ -185,5 +185,64 @@ describe('writes refused by a rate limit (docs/protocol.md §9)', () => {
       await client.stop();
       await server.close();
     }
+  });
+});
+
+describe('real clients on a database past its retention floor (docs/protocol.md §5, §9)', () => {
+  let server: TestServer;
+  const clients: ReferenceClient[] = [];
+  const writer = new TestSite();
+  beforeEach(async () => {
+    // Pages of 10 changes; every tombstone is swept at once.
+    server = await startTestServer({ retentionHorizonMs: 1, sweepIntervalMs: 50, batchSize: 10 });
+  });
+  afterEach(async () => {
+    for (const c of clients.splice(0)) await c.stop();
+    await server.close();
+  });
+
+  /** 30 rows, row 0 deleted and its tombstone swept (the floor then stands above the first 30 stamps), 10 more rows. */
+  async function historyPastTheFloor(): Promise<void> {
+    await write(server, writer, 30, 1);
+    const first = ((await (await fetch(`${server.baseUrl}/${DB}/changes`, { headers: { 'x-site-id': new TestSite().wire } })).json()) as { data: { changes: ChangeSet[] } }).data.changes[0]!.hlc;
+    const res = await fetch(`${server.baseUrl}/${DB}/changes`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-site-id': writer.wire }, body: JSON.stringify({ changes: [writer.txn([{ pk: [0], delete: true }])] }),
+    });
+    expect(res.status).to.equal(200);
+    const expired = async (): Promise<boolean> => (await fetch(`${server.baseUrl}/${DB}/changes?sinceHLC=${encodeURIComponent(first)}`, { headers: { 'x-site-id': new TestSite().wire } })).status === 410;
+    expect(await eventually(expired), 'the sweep raised the floor past the first stamps').to.equal(true);
+    await write(server, writer, 10, 1, 30);
+  }
+
+  function client(options: { offline?: boolean } = {}): ReferenceClient {
+    const c = new ReferenceClient({ url: server.wsUrl, databaseId: DB, reconnectDelayMs: 20, ...options });
+    clients.push(c);
+    return c;
+  }
+
+  it('brings a device whose first get_changes has no watermark (local rows, no snapshot) every change, however many pages', async () => {
+    await historyPastTheFloor();
+    const device = client({ offline: true });
+    device.start();
+    device.write({ pk: [1000], values: { v: 'written offline' } });
+    device.goOnline();
+    const { model } = await readServerState(server.baseUrl, DB);
+    expect(await settle([device], async () => device.model.sameAs((await readServerState(server.baseUrl, DB)).model), { quietMs: 500, maxMs: 20_000 }), `${device.errorSummary()}`).to.equal(true);
+    expect(device.errors.map((e) => e.code)).to.deep.equal([]);
+    expect(model.rows.size).to.be.greaterThan(30);
+  });
+
+  it('sends a device whose watermark is older than the floor SNAPSHOT_REQUIRED, then every live change after it', async () => {
+    // A row first, so that the device's replica is not empty: it then asks for changes from its watermark, not for a snapshot.
+    await write(server, writer, 1, 1, 500);
+    const device = client();
+    device.start();
+    await device.whenReady();
+    expect(await settle([device], () => device.model.rows.size === 1, { quietMs: 500, maxMs: 20_000 })).to.equal(true);
+    device.goOffline();
+    await historyPastTheFloor();
+    device.goOnline();
+    expect(await settle([device], async () => device.model.sameAs((await readServerState(server.baseUrl, DB)).model), { quietMs: 500, maxMs: 20_000 }), `${device.errorSummary()}`).to.equal(true);
+    expect(device.errors.map((e) => e.code), 'told, for a client that would bootstrap again').to.include('SNAPSHOT_REQUIRED');
   });
 });
