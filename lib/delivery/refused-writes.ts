@@ -34,11 +34,12 @@ export interface RefusedWritesOptions {
 /**
  * Gets a real client's refused writes back once writes work again
  * (docs/protocol.md §9). A real client told STORAGE_UNAVAILABLE (or
- * RATE_LIMITED, or STORE_CLOSED) does not retry (§8): its changes would stay
- * on the device until its next local commit or reconnect. So after such a refusal this waits (1 s, doubling with each
- * further refusal up to 30 s, and then for as long as `writable()` says no,
- * looking again every 1 s), then sends `request_changes` {server site id, an HLC just below the refused
- * message's smallest change-set HLC}; the client answers with an
+ * STORE_CLOSED, or RATE_LIMITED) does not retry (§8): its changes would stay
+ * on the device until its next local commit or reconnect. So after such a
+ * refusal this waits (1 s, doubling with each further refusal up to 30 s,
+ * and then for as long as `writable()` says no, looking again every 1 s),
+ * then sends `request_changes` {server site id, an HLC just below the
+ * refused message's smallest change-set HLC}; the client answers with an
  * `apply_changes` holding those change sets again. A later accepted message
  * that covers them (the client sent them itself) cancels the pull.
  * One per socket; `close()` stops its timer.
