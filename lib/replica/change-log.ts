@@ -122,7 +122,7 @@ export async function readChangesSince(
     return {
       get changeSets() { return (parsed ??= JSON.parse(json) as ChangeSet[]); },
       json, hasMore, changeCount: count, transactionCount: sets.length, ...(lastHlc ? { lastHlc, lastStamp, firstStamp } : {}),
-      ...(floor ? { floor: Buffer.from(floor) } : {}),
+      ...(floor ? { floor } : {}),
     };
   } finally {
     await it.close();
