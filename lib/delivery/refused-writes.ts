@@ -1,5 +1,6 @@
 import { compareHlc, hlcFromWire, hlcToWire } from '../protocol/hlc.js';
 import { ErrorCode } from '../errors.js';
+import { smallestHlc } from './backlog.js';
 
 /**
  * Error codes of a refused write that a later attempt may cure: the shared
@@ -131,18 +132,15 @@ export function refusedApplyHlc(message: unknown): Buffer | undefined {
   if (typeof message !== 'object' || message === null) return undefined;
   const { type, changes } = message as { type?: unknown; changes?: unknown };
   if (type !== 'apply_changes' || !Array.isArray(changes)) return undefined;
-  let first: Buffer | undefined;
+  const hlcs: Buffer[] = [];
   for (const set of changes as unknown[]) {
-    const wire = typeof set === 'object' && set !== null ? (set as { hlc?: unknown }).hlc : undefined;
-    let hlc: Buffer;
     try {
-      hlc = hlcFromWire(wire);
+      hlcs.push(hlcFromWire(typeof set === 'object' && set !== null ? (set as { hlc?: unknown }).hlc : undefined));
     } catch {
-      continue;
+      // Not an HLC: passed over.
     }
-    if (!first || compareHlc(hlc, first) < 0) first = hlc;
   }
-  return first;
+  return smallestHlc(hlcs);
 }
 
 /** The HLC right before `hlc` in the bytewise order of docs/protocol.md §1 (itself when it is all zeros). */
