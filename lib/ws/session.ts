@@ -205,19 +205,13 @@ export class Session implements Subscriber, OutboundOwner {
       this.sendError(ErrorCode.InvalidMessage, 'frames must be JSON text, got a binary frame', false);
       return;
     }
-    const { maxJsonDepth } = this.deps.config;
-    if (exceedsJsonDepth(bytes, maxJsonDepth)) {
-      this.deps.limits.refused('json_depth');
-      this.sendError(ErrorCode.InvalidMessage, `message: JSON nested deeper than ${maxJsonDepth} levels (maxJsonDepth)`, false);
+    const parsed = parseFrame(bytes, this.deps.config.maxJsonDepth);
+    if ('error' in parsed) {
+      if (parsed.error.code === ErrorCode.InvalidMessage) this.deps.limits.refused('json_depth');
+      this.sendError(parsed.error.code, parsed.error.message, false);
       return;
     }
-    let message: unknown;
-    try {
-      message = JSON.parse(bytes.toString('utf8'));
-    } catch (err) {
-      this.sendError(ErrorCode.MessageError, messageOf(err), false);
-      return;
-    }
+    const { message } = parsed;
     const type = typeof message === 'object' && message !== null && !Array.isArray(message) ? (message as { type?: unknown }).type : undefined;
     await this.dispatch(type, message as Record<string, unknown>);
   }
@@ -388,15 +382,8 @@ export class Session implements Subscriber, OutboundOwner {
    */
   private pullRateLimited(bytes: Buffer): void {
     if (this.state !== 'open' || this.refusedWrites?.pending) return;
-    const { maxJsonDepth } = this.deps.config;
-    if (exceedsJsonDepth(bytes, maxJsonDepth)) return;
-    let message: unknown;
-    try {
-      message = JSON.parse(bytes.toString('utf8'));
-    } catch {
-      return;
-    }
-    const first = refusedApplyHlc(message);
+    const parsed = parseFrame(bytes, this.deps.config.maxJsonDepth);
+    const first = 'message' in parsed ? refusedApplyHlc(parsed.message) : undefined;
     if (first) this.pullsOfRefused().refused(first);
   }
 
@@ -565,6 +552,22 @@ class DeliveryEvents implements DeliveryOptions {
   onLag(): void {
     this.limits.lagged();
     log('session %s lags (%d bytes queued); it gets what it misses from the log once it drains', this.session.connectionId, this.session.bufferedBytes);
+  }
+}
+
+/**
+ * A text frame as JSON, or the error it is answered with: INVALID_MESSAGE
+ * when nested deeper than `maxJsonDepth` (checked before parsing, since
+ * JSON.parse takes any depth), MESSAGE_ERROR when it is not JSON.
+ */
+function parseFrame(bytes: Buffer, maxJsonDepth: number): { message: unknown } | { error: SyncError } {
+  if (exceedsJsonDepth(bytes, maxJsonDepth)) {
+    return { error: new SyncError(ErrorCode.InvalidMessage, `message: JSON nested deeper than ${maxJsonDepth} levels (maxJsonDepth)`) };
+  }
+  try {
+    return { message: JSON.parse(bytes.toString('utf8')) as unknown };
+  } catch (err) {
+    return { error: new SyncError(ErrorCode.MessageError, messageOf(err)) };
   }
 }
 
