@@ -18,6 +18,7 @@ import { TokenBucket, exceedsJsonDepth, type Limits } from '../service/limits.js
 import type { DeliveryOptions } from '../delivery/stream.js';
 import { FrameGate, type InboundMeter } from './inbound.js';
 import { Outbound, type OutboundOwner } from './outbound.js';
+import { MAX_DELAYED_FRAME_BYTES, RateWait, delayedOverRate } from './rate-wait.js';
 
 const log = logs.ws;
 
@@ -86,6 +87,8 @@ export class Session implements Subscriber, OutboundOwner {
   private handshakeTimer?: NodeJS.Timeout;
   private closeTimer?: NodeJS.Timeout;
   private readonly bucket?: TokenBucket;
+  /** The wait of a frame delayed by the rate limits, made at the first (most sockets never meet one). */
+  private rateWait?: RateWait;
   private readonly deps: SessionDeps;
   /** The upgrade request's headers, for the handshake's hooks only: dropped when the handshake starts, so an idle socket keeps nothing of its request. */
   private headers?: IncomingMessage['headers'];
@@ -179,28 +182,24 @@ export class Session implements Subscriber, OutboundOwner {
       });
   }
 
-  /** Why this frame is refused by a rate limit (the text of RATE_LIMITED), or undefined. */
-  private rateRefusal(): string | undefined {
+  /** Why this frame is over a rate limit (the text of RATE_LIMITED and the ms until a token), or undefined. */
+  private rateRefusal(): RateRefusal | undefined {
     const { config, limits } = this.deps;
     const now = limits.now();
-    const wait = this.bucket?.take(now) ?? 0;
-    if (wait > 0) {
+    const waitMs = this.bucket?.take(now) ?? 0;
+    if (waitMs > 0) {
       limits.refused('rate_connection');
-      return `too many messages on this connection (limit ${config.messagesPerSecond}/s, burst ${config.messageBurst}); retry in ${wait} ms`;
+      return { waitMs, message: `too many messages on this connection (limit ${config.messagesPerSecond}/s, burst ${config.messageBurst}); retry in ${waitMs} ms` };
     }
-    return limits.takeAddress(this.remoteAddress, 'messages')?.message;
+    return limits.takeAddress(this.remoteAddress, 'messages');
   }
 
-  private async handleFrame(bytes: Buffer, isBinary: boolean, refusal: string | undefined): Promise<void> {
+  private async handleFrame(bytes: Buffer, isBinary: boolean, refusal: RateRefusal | undefined): Promise<void> {
     // A reply waits while the client has not read earlier ones, so a client
     // that never reads cannot make the server buffer replies without limit.
     await this.out.writable();
     if (this.state === 'closed') return;
-    if (refusal !== undefined) {
-      this.sendError(ErrorCode.RateLimited, refusal, false);
-      if (!isBinary) this.pullRateLimited(bytes);
-      return;
-    }
+    if (refusal !== undefined) return this.overRate(bytes, isBinary, refusal);
     if (isBinary) {
       this.sendError(ErrorCode.InvalidMessage, 'frames must be JSON text, got a binary frame', false);
       return;
@@ -212,8 +211,31 @@ export class Session implements Subscriber, OutboundOwner {
       return;
     }
     const { message } = parsed;
-    const type = typeof message === 'object' && message !== null && !Array.isArray(message) ? (message as { type?: unknown }).type : undefined;
-    await this.dispatch(type, message as Record<string, unknown>);
+    await this.dispatch(typeOf(message), message as Record<string, unknown>);
+  }
+
+  /**
+   * A frame over the rate. The frames a real client sends once per
+   * connection (rate-wait.ts) wait for a token and are then handled as if
+   * they had come in time; frames after them wait their turn. Any other is
+   * answered RATE_LIMITED and dropped, and a dropped `apply_changes` of an
+   * open session is pulled again later (pullRateLimited).
+   */
+  private async overRate(bytes: Buffer, isBinary: boolean, refusal: RateRefusal): Promise<void> {
+    let message: unknown;
+    if (!isBinary && bytes.length <= MAX_DELAYED_FRAME_BYTES) {
+      const parsed = parseFrame(bytes, this.deps.config.maxJsonDepth);
+      if ('message' in parsed) message = parsed.message;
+      const type = typeOf(message);
+      if (delayedOverRate(type)) {
+        this.rateWait ??= new RateWait();
+        const granted = await this.rateWait.until(refusal.waitMs, () => this.rateRefusal()?.waitMs ?? 0);
+        if (granted && this.state !== 'closed') await this.dispatch(type, message as Record<string, unknown>);
+        return;
+      }
+    }
+    this.sendError(ErrorCode.RateLimited, refusal.message, false);
+    if (!isBinary) this.pullRateLimited(bytes, message);
   }
 
   private async dispatch(type: unknown, message: Record<string, unknown>): Promise<void> {
@@ -376,14 +398,20 @@ export class Session implements Subscriber, OutboundOwner {
    * A real client does not resend a write refused with RATE_LIMITED either
    * (§8): when the refused frame is an `apply_changes` of an open session,
    * its change sets are pulled later like those of any refused write (§9).
-   * While a pull is already waiting the frame is not even parsed: a real
-   * client's next push starts where its last acknowledged one ended, so it
-   * holds nothing older than what the pull asks for.
+   * `parsedAlready` is the frame as overRate parsed it (undefined when it
+   * did not). While a pull is already waiting, a frame not yet parsed is not
+   * parsed at all: a real client's next push starts where its last
+   * acknowledged one ended, so it holds nothing older than what the pull
+   * asks for.
    */
-  private pullRateLimited(bytes: Buffer): void {
+  private pullRateLimited(bytes: Buffer, parsedAlready: unknown): void {
     if (this.state !== 'open' || this.refusedWrites?.pending) return;
-    const parsed = parseFrame(bytes, this.deps.config.maxJsonDepth);
-    const first = 'message' in parsed ? refusedApplyHlc(parsed.message) : undefined;
+    let message = parsedAlready;
+    if (message === undefined) {
+      const parsed = parseFrame(bytes, this.deps.config.maxJsonDepth);
+      if ('message' in parsed) message = parsed.message;
+    }
+    const first = message !== undefined ? refusedApplyHlc(message) : undefined;
     if (first) this.pullsOfRefused().refused(first);
   }
 
@@ -506,6 +534,7 @@ export class Session implements Subscriber, OutboundOwner {
     this.out.end();
     this.delivery?.close();
     this.refusedWrites?.close();
+    this.rateWait?.cancel();
     this.deps.metrics.wsConnectionsActive.dec();
     this.deps.coordinator.hub.leave(this);
     // Let the message in progress finish before the database may close.
@@ -569,6 +598,17 @@ function parseFrame(bytes: Buffer, maxJsonDepth: number): { message: unknown } |
   } catch (err) {
     return { error: new SyncError(ErrorCode.MessageError, messageOf(err)) };
   }
+}
+
+/** The `type` of a parsed frame when it is an object, else undefined. */
+function typeOf(message: unknown): unknown {
+  return typeof message === 'object' && message !== null && !Array.isArray(message) ? (message as { type?: unknown }).type : undefined;
+}
+
+/** A frame over a rate limit: the RATE_LIMITED text, and the ms until the limit would take it. */
+interface RateRefusal {
+  waitMs: number;
+  message: string;
 }
 
 const KNOWN_TYPES = new Set(['ping', 'get_changes', 'apply_changes', 'get_snapshot', 'resume_snapshot']);

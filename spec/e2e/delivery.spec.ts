@@ -6,7 +6,7 @@ import { dirname } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
 import { RawSocket, type Received } from '../helpers/raw-socket.js';
-import { ReferenceClient, readServerState, settle } from '../helpers/reference-client.js';
+import { ReferenceClient, countRows, readServerState, settle } from '../helpers/reference-client.js';
 import { eventually } from '../helpers/coordinator-process.js';
 import { compareHlc, hlcFromWire } from '../../lib/protocol/hlc.js';
 import { databaseDirectory } from '../../lib/storage/database-id.js';
@@ -183,6 +183,67 @@ describe('writes refused by a rate limit (docs/protocol.md §9)', () => {
       expect(await storedRows()).to.deep.equal([0, 1, 2, 3, 4, 5, 6, 7]);
     } finally {
       await client.stop();
+      await server.close();
+    }
+  });
+});
+
+describe('reads over a rate limit (docs/protocol.md §4, limits)', () => {
+  /** POSTs rows `from`..`from + n - 1` in one request, again after a 429 (the per-address limit covers HTTP too). */
+  async function writeRows(server: TestServer, site: TestSite, n: number, from: number): Promise<void> {
+    const body = JSON.stringify({ changes: Array.from({ length: n }, (_, k) => site.txn([{ pk: [from + k], column: 'v', value: `row ${from + k}` }])) });
+    const stored = await eventually(async () => (await fetch(`${server.baseUrl}/${DB}/changes`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-site-id': site.wire }, body,
+    })).status === 200, 100, 100);
+    expect(stored, 'the write went through').to.equal(true);
+  }
+
+  /** Rows 0..n-1 of the writer, as the device holds them. */
+  function rowsOf(device: ReferenceClient, n: number): number {
+    return countRows(device.model, Array.from({ length: n }, (_, i) => [i]), 'notes');
+  }
+
+  // Per socket one message a second with a burst of one: the handshake takes it, so the one
+  // get_changes of a device with local rows (no snapshot) comes over the rate.
+  it('delays, and does not drop, the one get_changes of a real client that came over the per-socket rate', async () => {
+    const server = await startTestServer({ messagesPerSecond: 1, messageBurst: 1, messagesPerSecondPerIp: 0 });
+    const writer = new TestSite();
+    const device = new ReferenceClient({ url: server.wsUrl, databaseId: DB, reconnectDelayMs: 20, record: true, offline: true });
+    try {
+      await writeRows(server, writer, 5, 0);
+      device.start();
+      device.write({ pk: [1000], values: { v: 'written offline' } });
+      device.goOnline();
+      await device.whenReady();
+      await writeRows(server, writer, 5, 5);
+      expect(await settle([device], () => rowsOf(device, 10) === 10, { quietMs: 3000, maxMs: 20_000 }), `holds ${rowsOf(device, 10)} of 10 rows (${device.errorSummary()})`).to.equal(true);
+      expect(device.sent().map((m) => m.type).filter((t) => t !== 'apply_changes'), 'a real client asks once').to.deep.equal(['handshake', 'get_changes']);
+      // Its push may still be refused (and pulled later): only writes are.
+      expect(device.errors.filter((e) => e.code !== 'RATE_LIMITED'), 'no other error').to.deep.equal([]);
+      expect(device.connections, 'on its first connection').to.equal(1);
+    } finally {
+      await device.stop();
+      await server.close();
+    }
+  });
+
+  // Per address two a second with a burst of one: the upgrade takes it, so the
+  // handshake, get_snapshot and get_changes all come over the rate.
+  it('delays the handshake, get_snapshot and get_changes of a real client over the per-address rate', async () => {
+    const server = await startTestServer({ messagesPerSecond: 0, messagesPerSecondPerIp: 2, messageBurstPerIp: 1 });
+    const writer = new TestSite();
+    const device = new ReferenceClient({ url: server.wsUrl, databaseId: DB, reconnectDelayMs: 20 });
+    try {
+      await writeRows(server, writer, 5, 0);
+      device.start();
+      await device.whenReady();
+      await writeRows(server, writer, 5, 5);
+      expect(await settle([device], () => rowsOf(device, 10) === 10, { quietMs: 3000, maxMs: 20_000 }), `holds ${rowsOf(device, 10)} of 10 rows (${device.errorSummary()})`).to.equal(true);
+      // Its push of what the snapshot brought may still be refused (and pulled later): only writes are.
+      expect(device.errors.filter((e) => e.code !== 'RATE_LIMITED'), 'no other error').to.deep.equal([]);
+      expect(device.connections, 'on its first connection').to.equal(1);
+    } finally {
+      await device.stop();
       await server.close();
     }
   });

@@ -71,6 +71,29 @@ describe('hardening: limits (against a coordinator process)', function () {
       await socket.close();
     });
 
+    it('delays get_changes over the per-connection rate instead of refusing it (a real client asks once), in order with the frames after it', async () => {
+      const { socket, reply } = await RawSocket.handshake(proc.wsUrl, DB, reader.wire, { clientPaging: true });
+      expect(reply.type).to.equal('handshake_ack');
+      // The handshake took one of the burst of 5: four of these come over the rate.
+      for (let i = 0; i < 8; i++) socket.send('{"type":"get_changes"}');
+      socket.send('{"type":"ping"}');
+      const replies: Received[] = [];
+      for (let i = 0; i < 9; i++) replies.push(await socket.next());
+      expect(replies.map((m) => m.type)).to.deep.equal([...Array<string>(8).fill('changes'), 'error']);
+      expect(errorOf(replies[8]!).code, 'a ping over the rate is still refused').to.equal('RATE_LIMITED');
+      expect(await pongs(socket)).to.equal(true);
+      await socket.close();
+    });
+
+    it('ends the wait of a delayed get_changes when its socket closes, and keeps serving', async () => {
+      const { socket } = await RawSocket.handshake(proc.wsUrl, DB, reader.wire, { clientPaging: true });
+      for (let i = 0; i < 40; i++) socket.send('{"type":"get_changes"}');
+      await socket.close();
+      const again = await connect();
+      expect(await pongs(again)).to.equal(true);
+      await again.close();
+    });
+
     it('closes a frame over maxMessageBytes with 1009, and the process keeps serving', async () => {
       const socket = await connect();
       socket.send(JSON.stringify({ type: 'apply_changes', changes: [site.txn([{ pk: [1], value: 'x'.repeat(70 * 1024) }])] }));
