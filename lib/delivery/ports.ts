@@ -33,6 +33,10 @@ export interface LogPage {
   readonly lastStamp?: Buffer;
   /** The retention floor when the page was read; absent while nothing was ever swept. */
   readonly floor?: Buffer;
+  /** True when the cursor was above every stamp committed when the read began (see `ChangesPage.cursorAhead`). */
+  readonly cursorAhead?: true;
+  /** With `cursorAhead`: the last stamp committed then (absent: none yet). */
+  readonly logEnd?: Buffer;
 }
 
 /** Reads the change log of one database for one site (never that site's own transactions). */

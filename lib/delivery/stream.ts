@@ -138,7 +138,10 @@ export class DeliveryStream {
     }
     if (this.stale(generation)) return;
     this.floorSeen = page.floor && ownStamp(page.floor);
-    this.position = cursor && ownStamp(cursor);
+    // A cursor above every stamp of the log would hold back every later
+    // commit stamped below it: the stream goes on from the log's end instead.
+    const from = page.cursorAhead ? page.logEnd : cursor;
+    this.position = from && ownStamp(from);
     this.sendPage(page, 'changes');
     if (page.hasMore || this.missed) void this.pump(generation, page.hasMore ? 'changes' : 'push_changes');
     else this.mode = 'live';

@@ -29,6 +29,15 @@ export interface ChangesPage {
   readonly firstStamp?: Buffer;
   /** The retention floor when the page was read (absent: nothing was ever swept); see `FloorSeen`. */
   readonly floor?: Buffer;
+  /**
+   * True when the cursor was above every stamp committed when the read
+   * began: a cursor no stamp of this log ever reached (a buggy client's, or
+   * one from a copy of the database that got further). `logEnd` is then
+   * that last committed stamp (absent when nothing was committed yet), the
+   * point from which later commits are new to such a reader.
+   */
+  readonly cursorAhead?: true;
+  readonly logEnd?: Buffer;
 }
 
 /**
@@ -62,6 +71,9 @@ export async function readChangesSince(
 ): Promise<ChangesPage> {
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new TypeError(`batchSize must be a positive integer, got ${batchSize}`);
   if (!(maxBytes > 0)) throw new TypeError(`maxBytes must be positive, got ${maxBytes}`);
+  // Taken before the iterator's view: every later commit is stamped above it.
+  const end = replica.committedStamp;
+  const cursorAhead = cursor !== undefined && (end === undefined || compareHlc(cursor, end) > 0);
   const it = replica.store.iterator({ gt: cursor ? logKeyAfter(cursor) : Buffer.of(NS_LOG), lt: Buffer.of(NS_LOG + 1), readAhead: PAGE_READ_AHEAD });
   try {
     // Read the floor through a point get: it only ever rises, and a floor
@@ -123,6 +135,7 @@ export async function readChangesSince(
       get changeSets() { return (parsed ??= JSON.parse(json) as ChangeSet[]); },
       json, hasMore, changeCount: count, transactionCount: sets.length, ...(lastHlc ? { lastHlc, lastStamp, firstStamp } : {}),
       ...(floor ? { floor } : {}),
+      ...(cursorAhead ? { cursorAhead, ...(end ? { logEnd: end } : {}) } : {}),
     };
   } finally {
     await it.close();

@@ -12,4 +12,6 @@ export interface ReplicaContext {
   readonly retentionHorizonMs: number;
   readonly snapshotChunkSize: number;
   readonly syncWrites: boolean;
+  /** The stamp of the last committed transaction (undefined: none yet); see `Replica.committedStamp`. */
+  readonly committedStamp: Buffer | undefined;
 }

@@ -8,7 +8,7 @@ import { TestSite } from '../helpers/changes.js';
 import { RawSocket, type Received } from '../helpers/raw-socket.js';
 import { ReferenceClient, countRows, readServerState, settle } from '../helpers/reference-client.js';
 import { eventually } from '../helpers/coordinator-process.js';
-import { compareHlc, hlcFromWire } from '../../lib/protocol/hlc.js';
+import { compareHlc, encodeHlc, hlcFromWire, hlcToWire } from '../../lib/protocol/hlc.js';
 import { databaseDirectory } from '../../lib/storage/database-id.js';
 import type { ChangeSet } from '../../lib/protocol/messages.js';
 
@@ -70,6 +70,26 @@ describe('delivery over WebSocket (docs/protocol.md §9)', () => {
     const push = await socket.next() as Frame;
     expect(push.type).to.equal('push_changes');
     expect(push.changeSets!.map((s) => s.transactionId)).to.deep.equal([more[0]!.transactionId]);
+  });
+
+  it('sends later writes to a socket whose get_changes cursor is ahead of every stamp of the log (a watermark from the future)', async () => {
+    const writer = new TestSite();
+    await write(server, writer, 3, 1);
+    const { socket } = await connect(new TestSite());
+    // Ten years ahead: no stamp of this server reaches it for a decade.
+    const ahead = hlcToWire(encodeHlc({ wallTime: Date.now() + 10 * 365 * 86_400_000, counter: 0, siteId: Buffer.alloc(16, 7), opSeq: 0 }));
+    socket.send(JSON.stringify({ type: 'get_changes', sinceHLC: ahead }));
+    const first = await socket.next() as Frame;
+    expect(first.type).to.equal('changes');
+    expect(first.changeSets).to.deep.equal([]);
+    const more = await write(server, writer, 2, 1, 10);
+    const pushed: ChangeSet[] = [];
+    while (pushed.length < 2) {
+      const frame = await socket.next(5000) as Frame;
+      expect(frame.type, JSON.stringify(frame).slice(0, 200)).to.equal('push_changes');
+      pushed.push(...frame.changeSets!);
+    }
+    expect(pushed.map((set) => set.transactionId)).to.deep.equal(more.map((set) => set.transactionId));
   });
 
   it('gives a client that says clientPaging one page per get_changes', async () => {
