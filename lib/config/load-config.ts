@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import { describeValue } from '../errors.js';
 import { logs } from '../log.js';
 import {
-  MOUNT_PATH_EXPECTED, OPTION_SPECS, SERVER_DEFAULTS, checkMountPath, checkNodeId, checkRedisUrl, checkS3,
+  DEFAULTS, MOUNT_PATH_EXPECTED, OPTION_SPECS, SERVER_DEFAULTS, checkMountPath, checkNodeId, checkRedisUrl, checkS3,
   type AuthMode, type CoordinatorConfig, type CorsOrigin, type OptionSpec, type PlainOptionKey, type S3Options,
 } from './options.js';
 
@@ -466,6 +466,21 @@ function checkRouter(value: unknown, name: (key: string) => string, allowObjects
   return router as RouterConfig;
 }
 
+/**
+ * The router's rules that join two options (options.ts, parseOptions), at
+ * load time, so that a refusal names the file or flag the value came from
+ * like every other bad setting, not only the option.
+ */
+function checkRouterCombination(router: RouterConfig, authTokens: readonly string[], name: (key: string) => string): void {
+  const maxMessageBytes = router.maxMessageBytes ?? DEFAULTS.maxMessageBytes;
+  if (router.maxInboundBytes !== undefined && router.maxInboundBytes < maxMessageBytes) {
+    throw new ConfigError(name('maxInboundBytes'), router.maxInboundBytes, `expected at least maxMessageBytes (${maxMessageBytes}) so that one largest message fits, got ${router.maxInboundBytes}`);
+  }
+  if (router.dashboardAuth === 'token' && authTokens.length === 0 && (router.statusTokens ?? []).length === 0) {
+    throw new ConfigError(name('dashboardAuth'), 'token', 'no token could open the dashboard: authTokens and statusTokens are empty; list tokens in router.statusTokens, or use "off"');
+  }
+}
+
 /** Runs a checker and names the source in its failure. */
 function named<T>(setting: string, value: unknown, check: () => T, secret = false): T {
   try {
@@ -539,16 +554,19 @@ interface Layers {
   layer: Layer;
   s3: S3Layer;
   router?: RouterConfig;
+  /** How this source names one of its router options in an error. */
+  routerName?: (key: string) => string;
 }
 
 function overridesLayer(overrides: ConfigOverrides): Layers {
+  const routerName = (k: string): string => (k ? `router.${k}` : 'router');
   const layer: Layer = {};
   let s3: S3Layer = {};
   let router: RouterConfig | undefined;
   for (const [key, value] of Object.entries(overrides)) {
     if (value === undefined) continue;
     if (key === 'router') {
-      router = checkRouter(value, (k) => (k ? `router.${k}` : 'router'), true);
+      router = checkRouter(value, routerName, true);
       continue;
     }
     if (key === 's3') {
@@ -560,7 +578,7 @@ function overridesLayer(overrides: ConfigOverrides): Layers {
     if (!spec) throw new ConfigError(`overrides.${key}`, value, `unknown setting${hintFor(key, [...SETTING_KEYS, 'router'])}`);
     setLayer(layer, key as ConfigSettingKey, named(spec.flag, value, () => spec.fromValue(value), spec.secret), spec.flag);
   }
-  return { layer, s3, router };
+  return { layer, s3, router, routerName };
 }
 
 function envLayer(env: Record<string, string | undefined>, warnings: string[]): Layers {
@@ -624,13 +642,14 @@ function readConfigFile(cwd: string, configFile: string | undefined): { label: s
 }
 
 function fileLayer(file: { label: string; data: Record<string, unknown> }): Layers {
+  const routerName = (k: string): string => `${file.label}: router${k ? `.${k}` : ''}`;
   const layer: Layer = {};
   let s3: S3Layer = {};
   let router: RouterConfig | undefined;
   for (const [key, value] of Object.entries(file.data)) {
     const setting = `${file.label}: ${key}`;
     if (key === 'router') {
-      router = checkRouter(value, (k) => `${file.label}: router${k ? `.${k}` : ''}`, false);
+      router = checkRouter(value, routerName, false);
       continue;
     }
     if (key === 's3') {
@@ -641,7 +660,7 @@ function fileLayer(file: { label: string; data: Record<string, unknown> }): Laye
     if (!spec) throw new ConfigError(setting, value, `unknown key "${key}"${hintFor(key, [...SETTING_KEYS, 's3', 'router'])}`);
     setLayer(layer, key as ConfigSettingKey, named(setting, value, () => spec.fromValue(value), spec.secret), setting);
   }
-  return { layer, s3, router };
+  return { layer, s3, router, routerName };
 }
 
 /** What `resolveConfig` returns. */
@@ -736,7 +755,14 @@ export function resolveConfig(options: LoadConfigOptions = {}): ResolvedConfig {
   if (redisUrl !== undefined) config.redisUrl = redisUrl;
   const nodeId = pick('nodeId').value;
   if (nodeId !== undefined) config.nodeId = nodeId;
-  if (fromFile.router || fromOverrides.router) config.router = { ...fromFile.router, ...fromOverrides.router };
+  if (fromFile.router || fromOverrides.router) {
+    config.router = { ...fromFile.router, ...fromOverrides.router };
+    const routerName = (key: string): string => {
+      const layer = fromOverrides.router?.[key as keyof RouterConfig] !== undefined ? fromOverrides : fromFile;
+      return layer.routerName?.(key) ?? `router.${key}`;
+    };
+    checkRouterCombination(config.router, config.authTokens, routerName);
+  }
 
   const s3 = pickS3([fromOverrides.s3, fromEnv.s3, fromFile.s3]);
   if (s3.options) config.s3 = s3.options;

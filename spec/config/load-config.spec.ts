@@ -242,6 +242,22 @@ describe('load-config', () => {
         expect(configError(() => load()).setting).to.equal('sync-coordinator.json: router');
       });
 
+      it('names the file or flag in the router rules that join two options', async () => {
+        await writeConfig({ router: { maxMessageBytes: 4096, maxInboundBytes: 2048 } });
+        expect(configError(() => load()).message).to.equal('sync-coordinator.json: router.maxInboundBytes: expected at least maxMessageBytes (4096) so that one largest message fits, got 2048');
+        await writeConfig({ router: { maxInboundBytes: 2048 } });
+        expect(configError(() => load()).message, 'against the default maxMessageBytes').to.include('router.maxInboundBytes: expected at least maxMessageBytes (67108864)');
+        expect(configError(() => load({ overrides: { router: { maxInboundBytes: 1024 } } })).setting, 'the override wins, and is named').to.equal('router.maxInboundBytes');
+        await writeConfig({ router: { dashboardAuth: 'token' } });
+        const dashboard = configError(() => load());
+        expect(dashboard.setting).to.equal('sync-coordinator.json: router.dashboardAuth');
+        expect(dashboard.message).to.include('no token could open the dashboard');
+        await writeConfig({ authTokens: ['t'], router: { dashboardAuth: 'token' } });
+        expect(load().router).to.deep.equal({ dashboardAuth: 'token' });
+        await writeConfig({ router: { dashboardAuth: 'token', statusTokens: ['s'] } });
+        expect(load().router).to.deep.equal({ dashboardAuth: 'token', statusTokens: ['s'] });
+      });
+
       it('names overrides by their CLI flag', () => {
         const err = configError(() => load({ overrides: { port: 1.5 } }));
         expect(err.message).to.equal('--port: expected an integer 0-65535, got 1.5');
