@@ -267,8 +267,9 @@ export function mountRoutes(router: Router, { config, coordinator, metrics, limi
       code = ErrorCode.InvalidBody;
       message = `body: not valid JSON (${messageOf(err)})`;
     } else if (bodyError?.status && bodyError.status >= 400 && bodyError.status < 500) {
+      // The body parser's other refusals: a corrupt gzip or deflate body, an unknown Content-Encoding, an aborted upload.
       code = ErrorCode.InvalidBody;
-      message = messageOf(err);
+      message = `body: ${messageOf(err)}`;
     } else {
       code = ErrorCode.Internal;
       message = 'internal error';

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import request from 'supertest';
+import { gzipSync } from 'node:zlib';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
 import type { SnapshotChunk } from '../../lib/protocol/messages.js';
@@ -81,6 +82,25 @@ describe('http routes', () => {
       }
       const undecodable = await request(server.app).get('/sync/%ZZ/snapshot').set('X-Site-Id', reader.wire);
       expect(undecodable.body.error).to.deep.equal({ code: 'INVALID_DATABASE_ID', message: 'databaseId: not valid percent-encoding, got "%ZZ"' });
+    });
+
+    it('takes a gzip body, and answers a corrupt one or an unknown Content-Encoding with INVALID_BODY naming the body', async () => {
+      const row = { changes: [site.txn([{ pk: [77], value: 'zipped' }])] };
+      // Raw bytes through fetch: supertest would serialize a Buffer as JSON.
+      const post = async (body: Buffer, encoding: string): Promise<{ status: number; body: { error?: { code: string; message: string } } }> => {
+        const res = await fetch(`${server.baseUrl}${PATH}/changes`, {
+          method: 'POST', headers: { 'x-site-id': site.wire, 'content-type': 'application/json', 'content-encoding': encoding }, body,
+        });
+        return { status: res.status, body: await res.json() as { error?: { code: string; message: string } } };
+      };
+      const zipped = await post(gzipSync(JSON.stringify(row)), 'gzip');
+      expect(zipped.status, JSON.stringify(zipped.body)).to.equal(200);
+      for (const [body, encoding] of [[Buffer.from('not gzip at all'), 'gzip'], [Buffer.from('{}'), 'br-ish']] as const) {
+        const res = await post(body, encoding);
+        expect(res.status, encoding).to.equal(400);
+        expect(res.body.error?.code, encoding).to.equal('INVALID_BODY');
+        expect(res.body.error?.message, encoding).to.match(/^body: /);
+      }
     });
 
     it('keeps names and pks that differ only by a lone surrogate vs U+FFFD apart, end to end', async () => {
