@@ -1,10 +1,10 @@
 /**
  * Frames a real client sends once per connection and never again, whatever
- * it is answered (PROTOCOL.md §8): the `handshake`, then `resume_snapshot` or
- * `get_snapshot`, then one `get_changes`. Answering one of them with
+ * it is answered: the `handshake`, then `resume_snapshot` or `get_snapshot`,
+ * then one `get_changes` (docs/protocol.md §8). Answering one of them with
  * RATE_LIMITED would leave the client without a session, a snapshot or its
  * changes until it reconnects, so over the rate they are delayed instead
- * (docs/protocol.md §4, limits).
+ * (docs/protocol.md §4, limits, and §9).
  */
 const ONCE_PER_CONNECTION = new Set(['handshake', 'get_changes', 'get_snapshot', 'resume_snapshot']);
 
