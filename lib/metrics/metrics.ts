@@ -152,7 +152,7 @@ export function createMetrics(registry: Registry, inbound?: InboundFigures): Met
     applyChangesDuration: new Histogram({ name: 'sync_apply_changes_duration_seconds', help: 'Time to validate and apply one message', buckets: durations, registers }),
     getChangesDuration: new Histogram({ name: 'sync_get_changes_duration_seconds', help: 'Time to read one page of changes', buckets: durations, registers }),
     changeBatchSize: new Histogram({ name: 'sync_change_batch_size', help: 'Changes per applied message', buckets: [1, 5, 10, 50, 100, 500, 1000, 5000], registers }),
-    limitRefusalsTotal: new Counter({ name: 'sync_limit_refusals_total', help: 'Messages, requests and connections refused by a limit', labelNames: ['limit'] as const, registers }),
+    limitRefusalsTotal: new Counter({ name: 'sync_limit_refusals_total', help: 'Messages, requests and connections refused by a limit (and frames it delayed, once each)', labelNames: ['limit'] as const, registers }),
     laggingSessionsTotal: new Counter({ name: 'sync_lagging_sessions_total', help: 'Times a session stopped getting pushes because it read too slowly', registers }),
     errorsTotal: new Counter({ name: 'sync_errors_total', help: 'Errors sent to clients (HTTP error replies and WebSocket error messages), by code', labelNames: ['code'] as const, registers }),
     inboundBytes: new Gauge({

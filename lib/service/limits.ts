@@ -246,10 +246,11 @@ export interface Limits {
   /**
    * Takes one token of the per-address rate (WebSocket frames, upgrades and
    * HTTP requests share it). When the address has none left, counts the
-   * refusal and returns how long to wait and the RATE_LIMITED text naming
-   * `what` was refused; undefined when allowed or when the limit is off.
+   * refusal (unless `counted` is false: a delayed frame asking again) and
+   * returns how long to wait and the RATE_LIMITED text naming `what` was
+   * refused; undefined when allowed or when the limit is off.
    */
-  takeAddress(address: string, what: 'messages' | 'requests'): { waitMs: number; message: string } | undefined;
+  takeAddress(address: string, what: 'messages' | 'requests', counted?: boolean): { waitMs: number; message: string } | undefined;
   /** Open WebSocket connections. */
   readonly connections: ConnectionCounter;
   /** Counts a refusal by one of the limits. */
@@ -298,10 +299,10 @@ export function createLimits(config: Config, metrics: Metrics, now: () => number
   const addressRate = config.messagesPerSecondPerIp > 0 ? new AddressRateLimiter(config.messagesPerSecondPerIp, config.messageBurstPerIp) : undefined;
   const connections = new ConnectionCounter(config.maxConnections, config.maxConnectionsPerIp);
   return {
-    takeAddress(address, what) {
+    takeAddress(address, what, counted = true) {
       const waitMs = addressRate?.take(address, now()) ?? 0;
       if (waitMs === 0) return undefined;
-      refusals.inc({ limit: 'rate_address' });
+      if (counted) refusals.inc({ limit: 'rate_address' });
       return { waitMs, message: `too many ${what} from this address (limit ${config.messagesPerSecondPerIp}/s, burst ${config.messageBurstPerIp}); retry in ${waitMs} ms` };
     },
     connections,

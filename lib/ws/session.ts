@@ -182,16 +182,20 @@ export class Session implements Subscriber, OutboundOwner {
       });
   }
 
-  /** Why this frame is over a rate limit (the text of RATE_LIMITED and the ms until a token), or undefined. */
-  private rateRefusal(): RateRefusal | undefined {
+  /**
+   * Why this frame is over a rate limit (the text of RATE_LIMITED and the ms
+   * until a token), or undefined. Counted in sync_limit_refusals_total unless
+   * `counted` is false (a delayed frame asking again: it counted once).
+   */
+  private rateRefusal(counted = true): RateRefusal | undefined {
     const { config, limits } = this.deps;
     const now = limits.now();
     const waitMs = this.bucket?.take(now) ?? 0;
     if (waitMs > 0) {
-      limits.refused('rate_connection');
+      if (counted) limits.refused('rate_connection');
       return { waitMs, message: `too many messages on this connection (limit ${config.messagesPerSecond}/s, burst ${config.messageBurst}); retry in ${waitMs} ms` };
     }
-    return limits.takeAddress(this.remoteAddress, 'messages');
+    return limits.takeAddress(this.remoteAddress, 'messages', counted);
   }
 
   private async handleFrame(bytes: Buffer, isBinary: boolean, refusal: RateRefusal | undefined): Promise<void> {
@@ -222,20 +226,20 @@ export class Session implements Subscriber, OutboundOwner {
    * open session is pulled again later (pullRateLimited).
    */
   private async overRate(bytes: Buffer, isBinary: boolean, refusal: RateRefusal): Promise<void> {
-    let message: unknown;
+    let parsed: ParsedFrame | undefined;
     if (!isBinary && bytes.length <= MAX_DELAYED_FRAME_BYTES) {
-      const parsed = parseFrame(bytes, this.deps.config.maxJsonDepth);
-      if ('message' in parsed) message = parsed.message;
+      parsed = parseFrame(bytes, this.deps.config.maxJsonDepth);
+      const message = 'message' in parsed ? parsed.message : undefined;
       const type = typeOf(message);
       if (delayedOverRate(type)) {
         this.rateWait ??= new RateWait();
-        const granted = await this.rateWait.until(refusal.waitMs, () => this.rateRefusal()?.waitMs ?? 0);
+        const granted = await this.rateWait.until(refusal.waitMs, () => this.rateRefusal(false)?.waitMs ?? 0);
         if (granted && this.state !== 'closed') await this.dispatch(type, message as Record<string, unknown>);
         return;
       }
     }
     this.sendError(ErrorCode.RateLimited, refusal.message, false);
-    if (!isBinary) this.pullRateLimited(bytes, message);
+    if (!isBinary) this.pullRateLimited(bytes, parsed);
   }
 
   private async dispatch(type: unknown, message: Record<string, unknown>): Promise<void> {
@@ -398,20 +402,15 @@ export class Session implements Subscriber, OutboundOwner {
    * A real client does not resend a write refused with RATE_LIMITED either
    * (§8): when the refused frame is an `apply_changes` of an open session,
    * its change sets are pulled later like those of any refused write (§9).
-   * `parsedAlready` is the frame as overRate parsed it (undefined when it
-   * did not). While a pull is already waiting, a frame not yet parsed is not
-   * parsed at all: a real client's next push starts where its last
-   * acknowledged one ended, so it holds nothing older than what the pull
-   * asks for.
+   * `parsed` is the frame as overRate parsed it, if it did. While a pull is
+   * already waiting, a frame not yet parsed is not parsed at all: a real
+   * client's next push starts where its last acknowledged one ended, so it
+   * holds nothing older than what the pull asks for.
    */
-  private pullRateLimited(bytes: Buffer, parsedAlready: unknown): void {
+  private pullRateLimited(bytes: Buffer, parsed: ParsedFrame | undefined): void {
     if (this.state !== 'open' || this.refusedWrites?.pending) return;
-    let message = parsedAlready;
-    if (message === undefined) {
-      const parsed = parseFrame(bytes, this.deps.config.maxJsonDepth);
-      if ('message' in parsed) message = parsed.message;
-    }
-    const first = message !== undefined ? refusedApplyHlc(message) : undefined;
+    parsed ??= parseFrame(bytes, this.deps.config.maxJsonDepth);
+    const first = 'message' in parsed ? refusedApplyHlc(parsed.message) : undefined;
     if (first) this.pullsOfRefused().refused(first);
   }
 
@@ -584,12 +583,15 @@ class DeliveryEvents implements DeliveryOptions {
   }
 }
 
+/** A text frame as JSON, or the error it is answered with. */
+type ParsedFrame = { message: unknown } | { error: SyncError };
+
 /**
  * A text frame as JSON, or the error it is answered with: INVALID_MESSAGE
  * when nested deeper than `maxJsonDepth` (checked before parsing, since
  * JSON.parse takes any depth), MESSAGE_ERROR when it is not JSON.
  */
-function parseFrame(bytes: Buffer, maxJsonDepth: number): { message: unknown } | { error: SyncError } {
+function parseFrame(bytes: Buffer, maxJsonDepth: number): ParsedFrame {
   if (exceedsJsonDepth(bytes, maxJsonDepth)) {
     return { error: new SyncError(ErrorCode.InvalidMessage, `message: JSON nested deeper than ${maxJsonDepth} levels (maxJsonDepth)`) };
   }
