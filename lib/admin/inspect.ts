@@ -137,6 +137,9 @@ export async function inspectDatabase(options: InspectOptions): Promise<Database
       const there = ids.length === 0 ? 'it holds no database' : `it holds ${ids.map((id) => JSON.stringify(id)).join(', ')}${more ? ' and more' : ''}`;
       throw new InspectError('NOT_FOUND', `database ${JSON.stringify(databaseId)} is not in ${JSON.stringify(dataDir)} (no directory ${JSON.stringify(directory)}; ${there})`);
     }
+    if (!(await stat(directory)).isDirectory()) {
+      throw new InspectError('NOT_A_STORE', `${JSON.stringify(directory)} (database ${JSON.stringify(databaseId)}) is a file, not a database directory`);
+    }
     // Measured before the store opens: LevelDB may rewrite its log into a table file on open.
     const size = await directorySize(directory);
     const store = await openStore(databaseId, directory);

@@ -5,9 +5,9 @@
  * itself served (its change feed holds one entry per live fact, stamped).
  */
 import { expect } from 'chai';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { readdir, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { DatabaseInspection } from '../../lib/admin/inspect.js';
 import type { ChangeSet } from '../../lib/protocol/messages.js';
 import { databaseDirectory } from '../../lib/storage/database-id.js';
@@ -234,6 +234,15 @@ describe('cli inspect', function () {
     expect(line).to.include('inspect reads a stopped server\'s data (ask a running one with "sync-coordinator stats")');
     expect((await proc.get('/status')).status, 'the server still answers').to.equal(200);
     await post(proc, DB, site, [site.txn([{ pk: [2], value: 'y' }])]);
+  });
+
+  it('fails with one line naming the path when the database\'s directory is a file', async () => {
+    const path = databaseDirectory(dataDir, 'acme:file');
+    mkdirSync(dirname(path), { recursive: true });
+    writeFileSync(path, 'not a store');
+    const result = await runToEnd(runs, ['inspect', 'acme:file', '--data-dir', dataDir], { cwd });
+    expect(result.code).to.equal(1);
+    expect(lines(result.stderr)).to.deep.equal([`sync-coordinator inspect: "${path}" (database "acme:file") is a file, not a database directory`]);
   });
 
   it('fails with one line for a data directory that does not exist, and creates none', async () => {
