@@ -30,8 +30,11 @@ describe('bench', function () {
       expect(report.storageFloor['50/msg serial'].opsPerMessage).to.equal(50 * 2 + 2);
       expect(report.storageFloor['1/msg serial'].opsPerMessage).to.equal(1 * 2 + 2);
       expect(report.storageFloor['1/msg serial'].poolRoundTripUs).to.be.greaterThan(0);
+      expect(report.storageFloor['1/msg serial'].poolRoundTripAfterWorkUs).to.be.greaterThan(0);
+      expect(report.storageFloor['50/msg serial'].totalAfterWorkUs).to.be.greaterThan(0);
       expect(stdout).to.contain('storage floor, 50/msg serial');
       expect(stdout).to.contain("a bare round trip through libuv's pool");
+      expect(stdout).to.contain('µs of main-thread work as a server does');
       expect(report.catchup).to.have.property('2000');
       expect(report.memory.idleRssMb).to.be.greaterThan(0);
       // --quick runs the serial loads with S3 in both modes, and a small restore.
