@@ -1,4 +1,5 @@
 import { compareHlc, hlcToWire } from '../protocol/hlc.js';
+import type { ValidChangeSet } from '../protocol/validate.js';
 
 /**
  * A real client pushes at most about this many changes per `apply_changes`
@@ -32,5 +33,23 @@ export function largestHlc(hlcs: Iterable<Buffer>): Buffer | undefined {
 export function smallestHlc(hlcs: Iterable<Buffer>): Buffer | undefined {
   let min: Buffer | undefined;
   for (const hlc of hlcs) if (!min || compareHlc(hlc, min) < 0) min = hlc;
+  return min;
+}
+
+/**
+ * The smallest HLC anywhere in `sets`: of a change set, a change or a
+ * migration. A real client answers `request_changes` with its facts whose
+ * own HLC is after `sinceHLC`, fact by fact (docs/protocol.md §8), and a
+ * change set's `hlc` is not below its changes' HLCs, so pulling a whole
+ * refused message again needs `sinceHLC` below this, not below its
+ * change-set HLCs.
+ */
+export function smallestFactHlc(sets: readonly ValidChangeSet[]): Buffer | undefined {
+  let min: Buffer | undefined;
+  for (const set of sets) {
+    if (!min || compareHlc(set.hlc, min) < 0) min = set.hlc;
+    for (const change of set.changes) if (compareHlc(change.hlc, min) < 0) min = change.hlc;
+    for (const migration of set.migrations) if (compareHlc(migration.hlc, min) < 0) min = migration.hlc;
+  }
   return min;
 }

@@ -40,8 +40,12 @@ export interface RefusedWritesOptions {
  * refusal this waits (1 s, doubling with each further refusal up to 30 s,
  * and then for as long as `writable()` says no, looking again every 1 s),
  * then sends `request_changes` {server site id, an HLC just below the
- * refused message's smallest change-set HLC}; the client answers with an
- * `apply_changes` holding those change sets again. A later accepted message
+ * smallest HLC in the refused message, of a change set, a change or a
+ * migration}; the client answers with an `apply_changes` holding its facts
+ * after that HLC, which are those change sets again. (Just below the
+ * smallest change-set HLC would leave out every fact of a transaction but
+ * its last: the client picks facts by their own HLC, and a change set's
+ * `hlc` is its largest.) A later accepted message
  * that covers them (the client sent them itself) cancels the pull.
  * One per socket; `close()` stops its timer.
  */
@@ -49,7 +53,7 @@ export class RefusedWrites {
   private readonly options: RefusedWritesOptions;
   private readonly initialDelayMs: number;
   private readonly maxDelayMs: number;
-  /** The smallest change-set HLC refused and not yet resent, if any. */
+  /** The smallest HLC refused and not yet resent, if any. */
   private since?: Buffer;
   private delayMs: number;
   private timer?: NodeJS.Timeout;
@@ -67,14 +71,14 @@ export class RefusedWrites {
     return this.since !== undefined;
   }
 
-  /** A message whose smallest change-set HLC is `firstHlc` was refused with a retryable code. */
+  /** A message whose smallest HLC (smallestFactHlc) is `firstHlc` was refused with a retryable code. */
   refused(firstHlc: Buffer): void {
     if (this.closed) return;
     if (!this.since || compareHlc(firstHlc, this.since) < 0) this.since = firstHlc;
     this.schedule();
   }
 
-  /** A message whose smallest change-set HLC is `firstHlc` was accepted. */
+  /** A message whose smallest HLC (smallestFactHlc) is `firstHlc` was accepted. */
   accepted(firstHlc: Buffer | undefined): void {
     this.delayMs = this.initialDelayMs;
     // The client resent from at or before the refused point: nothing to pull.
@@ -121,24 +125,32 @@ export class RefusedWrites {
 }
 
 /**
- * The smallest change-set HLC of a parsed `apply_changes` message, for a
- * write refused before it was validated (RATE_LIMITED): what
+ * The smallest HLC of a parsed `apply_changes` message, of a change set, a
+ * change or a migration (as smallestFactHlc in backlog.ts), for a write
+ * refused before it was validated (RATE_LIMITED): what
  * {@link RefusedWrites.refused} takes. Undefined when `message` is not an
- * `apply_changes` or none of its change sets has a valid `hlc`; change sets
- * with an invalid one are passed over (nothing of such a message is pulled
- * that the client could not resend anyway).
+ * `apply_changes` or holds no valid HLC; invalid ones are passed over
+ * (nothing of such a message is pulled that the client could not resend
+ * anyway).
  */
 export function refusedApplyHlc(message: unknown): Buffer | undefined {
   if (typeof message !== 'object' || message === null) return undefined;
   const { type, changes } = message as { type?: unknown; changes?: unknown };
   if (type !== 'apply_changes' || !Array.isArray(changes)) return undefined;
   const hlcs: Buffer[] = [];
-  for (const set of changes as unknown[]) {
+  const take = (item: unknown): void => {
     try {
-      hlcs.push(hlcFromWire(typeof set === 'object' && set !== null ? (set as { hlc?: unknown }).hlc : undefined));
+      hlcs.push(hlcFromWire(typeof item === 'object' && item !== null ? (item as { hlc?: unknown }).hlc : undefined));
     } catch {
       // Not an HLC: passed over.
     }
+  };
+  for (const set of changes as unknown[]) {
+    take(set);
+    if (typeof set !== 'object' || set === null) continue;
+    const { changes: facts, schemaMigrations } = set as { changes?: unknown; schemaMigrations?: unknown };
+    if (Array.isArray(facts)) for (const fact of facts as unknown[]) take(fact);
+    if (Array.isArray(schemaMigrations)) for (const migration of schemaMigrations as unknown[]) take(migration);
   }
   return smallestHlc(hlcs);
 }

@@ -12,7 +12,7 @@ import type { ChangesPage, FloorSeen } from '../replica/change-log.js';
 import { validateDatabaseId } from '../storage/database-id.js';
 import { ReplicaPool, type Lease } from '../storage/replica-pool.js';
 import type { LogReader } from '../delivery/ports.js';
-import { largestHlc, smallestHlc } from '../delivery/backlog.js';
+import { largestHlc, smallestFactHlc } from '../delivery/backlog.js';
 import type { AuthenticateContext, ClientInfo, Identity, Operation } from '../config/hooks.js';
 import type { Limits } from './limits.js';
 import { TokenList } from './tokens.js';
@@ -136,8 +136,12 @@ export interface SubmittedChanges {
   changeCount: number;
   /** The largest change-set HLC of the message (the client's own, not a stamp). */
   lastHlc?: Buffer;
-  /** The smallest change-set HLC of the message (the client's own). */
-  firstHlc?: Buffer;
+  /**
+   * The smallest HLC anywhere in the message as the client sent it (of a
+   * change set, a change or a migration; see smallestFactHlc), computed on
+   * first read: what pulls it again after a refusal.
+   */
+  readonly firstHlc: Buffer | undefined;
 }
 
 /** A caller's reader of its database's change log (the delivery stream's log port). */
@@ -383,9 +387,8 @@ export class Coordinator {
         throw err;
       }
       const received = factsIn(sets);
-      const hlcs = sets.map((set) => set.hlc);
-      const lastHlc = largestHlc(hlcs);
-      const firstHlc = smallestHlc(hlcs);
+      const sent = sets;
+      const lastHlc = largestHlc(sets.map((set) => set.hlc));
       this.metrics.changesReceivedTotal.inc(received);
       let rejected: ApplyResult['rejected'];
       const hook = this.config.hooks.onBeforeApplyChanges;
@@ -454,7 +457,11 @@ export class Coordinator {
       this.inflight.add(done);
       const settle = (): void => { this.inflight.delete(done); };
       done.then(settle, settle);
-      return { done, changeCount: received, ...(lastHlc ? { lastHlc } : {}), ...(firstHlc ? { firstHlc } : {}) };
+      let firstHlc: Buffer | undefined | null = null;
+      return {
+        done, changeCount: received, ...(lastHlc ? { lastHlc } : {}),
+        get firstHlc() { return firstHlc === null ? (firstHlc = smallestFactHlc(sent)) : firstHlc; },
+      };
     });
   }
 

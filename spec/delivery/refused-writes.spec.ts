@@ -31,6 +31,14 @@ describe('delivery/refused-writes', () => {
     for (const other of [null, 'apply_changes', [message]]) expect(refusedApplyHlc(other)).to.equal(undefined);
   });
 
+  it('refusedApplyHlc looks at the HLCs of the changes and migrations too: a change set\'s own hlc is its last fact\'s', () => {
+    const [first, second, last, migration] = [hlc(1_700_000_000_100), hlc(1_700_000_000_110), hlc(1_700_000_000_120), hlc(1_700_000_000_050)];
+    const set = { hlc: hlcToWire(last), changes: [{ hlc: hlcToWire(first) }, { hlc: 'bad' }, { hlc: hlcToWire(second) }] };
+    expect(refusedApplyHlc({ type: 'apply_changes', changes: [set] })!.equals(first)).to.equal(true);
+    const withMigration = { ...set, schemaMigrations: [{ hlc: hlcToWire(migration) }] };
+    expect(refusedApplyHlc({ type: 'apply_changes', changes: [withMigration] })!.equals(migration)).to.equal(true);
+  });
+
   it('hlcJustBefore gives the HLC right below, borrowing across bytes', () => {
     const a = hlc(1_700_000_000_000, 5);
     const before = hlcJustBefore(a);

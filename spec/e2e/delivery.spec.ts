@@ -6,7 +6,7 @@ import { dirname } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { TestSite } from '../helpers/changes.js';
 import { RawSocket, type Received } from '../helpers/raw-socket.js';
-import { ReferenceClient, countRows, readServerState, settle } from '../helpers/reference-client.js';
+import { ReferenceClient, countRows, expectedState, readServerState, settle } from '../helpers/reference-client.js';
 import { eventually } from '../helpers/coordinator-process.js';
 import { compareHlc, encodeHlc, hlcFromWire, hlcToWire } from '../../lib/protocol/hlc.js';
 import { databaseDirectory } from '../../lib/storage/database-id.js';
@@ -201,6 +201,26 @@ describe('writes refused by a rate limit (docs/protocol.md §9)', () => {
       expect(client.errors.map((e) => e.code), 'the load was over the limit').to.include('RATE_LIMITED');
       expect(await eventually(async () => (await storedRows()).length === 8, 300, 100), `stored: ${JSON.stringify(await storedRows())}`).to.equal(true);
       expect(await storedRows()).to.deep.equal([0, 1, 2, 3, 4, 5, 6, 7]);
+    } finally {
+      await client.stop();
+      await server.close();
+    }
+  });
+});
+
+describe('a refused transaction of several facts, pulled back (docs/protocol.md §8, §9)', () => {
+  it('gets every fact of a refused multi-column transaction back from a real client, not only its last', async () => {
+    // The handshake and get_changes take the burst: the client's first push is refused with RATE_LIMITED.
+    const server = await startTestServer({ messagesPerSecond: 1, messageBurst: 2, messagesPerSecondPerIp: 0 });
+    const client = new ReferenceClient({ url: server.wsUrl, databaseId: DB, debounceMs: 0 });
+    try {
+      client.write({ table: 'items', pk: [1], values: { a: 'A', b: 'B', c: 'C' } });
+      client.start();
+      await client.whenReady();
+      const expected = expectedState([client]);
+      const held = async (): Promise<boolean> => (await readServerState(server.baseUrl, DB)).model.sameAs(expected);
+      expect(await eventually(held, 100, 100), `server: ${JSON.stringify((await readServerState(server.baseUrl, DB)).model.diff(expected))}`).to.equal(true);
+      expect(client.errors.map((e) => e.code), 'the push was refused').to.include('RATE_LIMITED');
     } finally {
       await client.stop();
       await server.close();
