@@ -35,8 +35,6 @@ export interface LogPage {
   readonly floor?: Buffer;
   /** True when the cursor was above every stamp committed when the read began (see `ChangesPage.cursorAhead`). */
   readonly cursorAhead?: true;
-  /** With `cursorAhead`: the last stamp committed then (absent: none yet). */
-  readonly logEnd?: Buffer;
 }
 
 /** Reads the change log of one database for one site (never that site's own transactions). */

@@ -125,8 +125,17 @@ export class DeliveryStream {
     this.mode = 'catching-up';
     this.missed = false;
     let page: LogPage;
+    let from = cursor;
     try {
       page = await this.readFirstPage(cursor);
+      if (page.cursorAhead && !this.stale(generation)) {
+        // A cursor above every stamp of the log would hold back every later
+        // commit stamped below it. The stream answers from where it stood
+        // instead: everything after that is in the log or still to be
+        // offered (a commit stored but not yet offered is in the log).
+        from = before.position;
+        page = await this.reader.read(from, undefined, page.floor);
+      }
     } catch (err) {
       if (generation === this.generation) {
         this.position = before.position;
@@ -138,9 +147,6 @@ export class DeliveryStream {
     }
     if (this.stale(generation)) return;
     this.floorSeen = page.floor && ownStamp(page.floor);
-    // A cursor above every stamp of the log would hold back every later
-    // commit stamped below it: the stream goes on from the log's end instead.
-    const from = page.cursorAhead ? page.logEnd : cursor;
     this.position = from && ownStamp(from);
     this.sendPage(page, 'changes');
     if (page.hasMore || this.missed) void this.pump(generation, page.hasMore ? 'changes' : 'push_changes');

@@ -32,12 +32,11 @@ export interface ChangesPage {
   /**
    * True when the cursor was above every stamp committed when the read
    * began: a cursor no stamp of this log ever reached (a buggy client's, or
-   * one from a copy of the database that got further). `logEnd` is then
-   * that last committed stamp (absent when nothing was committed yet), the
-   * point from which later commits are new to such a reader.
+   * one from a copy of the database that got further). The page is then
+   * empty, or nearly; a reader that follows the log live goes on from its
+   * own position instead.
    */
   readonly cursorAhead?: true;
-  readonly logEnd?: Buffer;
 }
 
 /**
@@ -135,7 +134,7 @@ export async function readChangesSince(
       get changeSets() { return (parsed ??= JSON.parse(json) as ChangeSet[]); },
       json, hasMore, changeCount: count, transactionCount: sets.length, ...(lastHlc ? { lastHlc, lastStamp, firstStamp } : {}),
       ...(floor ? { floor } : {}),
-      ...(cursorAhead ? { cursorAhead, ...(end ? { logEnd: end } : {}) } : {}),
+      ...(cursorAhead ? { cursorAhead } : {}),
     };
   } finally {
     await it.close();

@@ -92,6 +92,53 @@ describe('delivery over WebSocket (docs/protocol.md §9)', () => {
     expect(pushed.map((set) => set.transactionId)).to.deep.equal(more.map((set) => set.transactionId));
   });
 
+  it('misses no write committed around a get_changes whose cursor is ahead of the log, under concurrent writes', async () => {
+    const writers = [new TestSite(), new TestSite()];
+    let stop = false;
+    let next = 100;
+    // Single-row transactions, two writers with two requests in flight each, until stopped.
+    const writing = writers.flatMap((site) => [0, 1].map(async () => {
+      while (!stop) await write(server, site, 1, 1, next++);
+    }));
+    const ahead = hlcToWire(encodeHlc({ wallTime: Date.now() + 10 * 365 * 86_400_000, counter: 0, siteId: Buffer.alloc(16, 7), opSeq: 0 }));
+    const received: string[][] = [];
+    try {
+      for (let i = 0; i < 12; i++) {
+        const { socket } = await connect(new TestSite());
+        socket.send(JSON.stringify({ type: 'get_changes', sinceHLC: ahead }));
+        const stamps: string[] = [];
+        const until = Date.now() + 150;
+        while (Date.now() < until) {
+          const frame = await socket.next(1000).catch(() => undefined) as Frame | undefined;
+          if (frame?.changeSets) stamps.push(...frame.changeSets.map((set) => set.hlc));
+        }
+        received.push(stamps);
+      }
+    } finally {
+      stop = true;
+      await Promise.all(writing);
+    }
+    // The whole log, page by page.
+    const all: string[] = [];
+    for (let hasMore = true; hasMore;) {
+      const query = all.length > 0 ? `?sinceHLC=${encodeURIComponent(all.at(-1)!)}` : '';
+      const res = await fetch(`${server.baseUrl}/${DB}/changes${query}`, { headers: { 'x-site-id': new TestSite().wire } });
+      const page = ((await res.json()) as { data: { changes: ChangeSet[]; hasMore: boolean } }).data;
+      all.push(...page.changes.map((set) => set.hlc));
+      hasMore = page.hasMore;
+    }
+    const gaps: string[] = [];
+    for (const [i, stamps] of received.entries()) {
+      if (stamps.length === 0) continue;
+      const got = new Set(stamps);
+      const from = all.indexOf(stamps[0]!);
+      const to = all.indexOf(stamps.at(-1)!);
+      for (let k = from; k <= to; k++) if (!got.has(all[k]!)) gaps.push(`socket ${i}: log entry ${k}`);
+    }
+    expect(received.some((stamps) => stamps.length > 0), 'the sockets got writes').to.equal(true);
+    expect(gaps, 'every write between the first and the last one a socket got reached it').to.deep.equal([]);
+  });
+
   it('gives a client that says clientPaging one page per get_changes', async () => {
     await write(server, new TestSite(), 250);
     const { socket } = await connect(new TestSite(), { clientPaging: true });

@@ -173,23 +173,18 @@ describe('replica', () => {
       expect(next.changeSets[0]!.hlc).not.to.equal(old.hlc);
     });
 
-    it('marks a cursor above every committed stamp as ahead and names the log end; a cursor within the log is not', async () => {
+    it('marks a cursor above every committed stamp as ahead; a cursor within the log is not', async () => {
       const { replica } = await fixture.create();
       const reader = new TestSite();
       const ahead = encodeHlc({ wallTime: Date.now() + 86_400_000, counter: 0, siteId: reader.id, opSeq: 0 });
-      const empty = await replica.changesSince(ahead, reader.id);
-      expect(empty.cursorAhead, 'ahead of an empty log').to.equal(true);
-      expect(empty.logEnd, 'nothing committed yet').to.equal(undefined);
+      expect((await replica.changesSince(ahead, reader.id)).cursorAhead, 'ahead of an empty log').to.equal(true);
       await replica.apply(valid([new TestSite().txn([{ pk: [1], value: 'a' }])]));
       const end = hlcFromWire((await replica.changesSince(undefined, reader.id)).changeSets[0]!.hlc);
       const page = await replica.changesSince(ahead, reader.id);
       expect(page.transactionCount).to.equal(0);
       expect(page.cursorAhead).to.equal(true);
-      expect(compareHlc(page.logEnd!, end)).to.equal(0);
       for (const cursor of [undefined, end]) {
-        const within = await replica.changesSince(cursor, reader.id);
-        expect(within.cursorAhead, cursor ? 'at the end' : 'from the beginning').to.equal(undefined);
-        expect(within.logEnd).to.equal(undefined);
+        expect((await replica.changesSince(cursor, reader.id)).cursorAhead, cursor ? 'at the end' : 'from the beginning').to.equal(undefined);
       }
     });
 
