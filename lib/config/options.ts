@@ -68,7 +68,7 @@ export interface SyncRouterOptions<I = unknown> {
    * @default 2 × maxMessageBytes (128 MiB with the default): one largest message being handled while the next is read
    */
   maxInboundBytes?: number;
-  /** Close sockets that have not completed a handshake within this time, in ms. @default 10000 */
+  /** Close sockets that have not completed a handshake within this time, in ms; a handshake sent in time that waits for a rate limit is not closed. @default 10000 */
   handshakeTimeoutMs?: number;
   /** Interval of server WebSocket pings; a socket that misses one is terminated. 0 disables. @default 30000 */
   heartbeatIntervalMs?: number;

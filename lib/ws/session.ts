@@ -232,6 +232,11 @@ export class Session implements Subscriber, OutboundOwner {
       const message = 'message' in parsed ? parsed.message : undefined;
       const type = typeOf(message);
       if (delayedOverRate(type)) {
+        if (type === 'handshake' && this.state === 'handshake') {
+          // It came in time; only the limit holds it, so the handshake timeout no longer applies.
+          clearTimeout(this.handshakeTimer);
+          this.handshakeTimer = undefined;
+        }
         this.rateWait ??= new RateWait();
         const granted = await this.rateWait.until(refusal.waitMs, () => this.rateRefusal(false)?.waitMs ?? 0);
         if (granted && this.state !== 'closed') await this.dispatch(type, message as Record<string, unknown>);

@@ -217,4 +217,25 @@ describe('hardening: limits (against a coordinator process)', function () {
       expect(proc.alive()).to.equal(true);
     });
   });
+
+  describe('a handshake delayed by the per-address rate', () => {
+    let proc: CoordinatorProcess;
+    before(async () => {
+      // Two a second, a burst of four: four upgrades take the burst, and their handshakes
+      // wait about 0.5, 1, 1.5 and 2 s for a token, longer than handshakeTimeoutMs.
+      proc = await startCoordinatorProcess({ router: { messagesPerSecond: 0, messagesPerSecondPerIp: 2, messageBurstPerIp: 4, handshakeTimeoutMs: 400 } });
+    });
+    after(() => proc?.cleanup());
+
+    it('is not closed by the handshake timeout: it came in time, only the limit held it', async () => {
+      const sockets = await Promise.all([1, 2, 3, 4].map(() => RawSocket.open(proc.wsUrl)));
+      try {
+        for (const socket of sockets) socket.send(JSON.stringify({ type: 'handshake', databaseId: DB, siteId: new TestSite().wire, protocolVersion: 1 }));
+        const replies = await Promise.all(sockets.map((socket) => socket.next(10_000)));
+        expect(replies.map((m) => m.type)).to.deep.equal(['handshake_ack', 'handshake_ack', 'handshake_ack', 'handshake_ack']);
+      } finally {
+        await Promise.all(sockets.map((socket) => socket.close()));
+      }
+    });
+  });
 });
