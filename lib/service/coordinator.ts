@@ -138,10 +138,10 @@ export interface SubmittedChanges {
   lastHlc?: Buffer;
   /**
    * The smallest HLC anywhere in the message as the client sent it (of a
-   * change set, a change or a migration; see smallestFactHlc), computed on
-   * first read: what pulls it again after a refusal.
+   * change set, a change or a migration; see smallestFactHlc): what pulls it
+   * again after a refusal.
    */
-  readonly firstHlc: Buffer | undefined;
+  firstHlc?: Buffer;
 }
 
 /** A caller's reader of its database's change log (the delivery stream's log port). */
@@ -387,8 +387,8 @@ export class Coordinator {
         throw err;
       }
       const received = factsIn(sets);
-      const sent = sets;
       const lastHlc = largestHlc(sets.map((set) => set.hlc));
+      const firstHlc = smallestFactHlc(sets);
       this.metrics.changesReceivedTotal.inc(received);
       let rejected: ApplyResult['rejected'];
       const hook = this.config.hooks.onBeforeApplyChanges;
@@ -457,11 +457,7 @@ export class Coordinator {
       this.inflight.add(done);
       const settle = (): void => { this.inflight.delete(done); };
       done.then(settle, settle);
-      let firstHlc: Buffer | undefined | null = null;
-      return {
-        done, changeCount: received, ...(lastHlc ? { lastHlc } : {}),
-        get firstHlc() { return firstHlc === null ? (firstHlc = smallestFactHlc(sent)) : firstHlc; },
-      };
+      return { done, changeCount: received, ...(lastHlc ? { lastHlc } : {}), ...(firstHlc ? { firstHlc } : {}) };
     });
   }
 
