@@ -159,7 +159,9 @@ describe('acceptance: a cluster of three node processes on one redis-server', fu
       expect(expected.isEmpty(), 'precondition: the clients wrote something').to.equal(false);
       const done = await settle(list, () => list.every((c) => c.model.sameAs(expected)), { quietMs: QUIET_MS });
       const state = await converged(cluster.procs, db);
-      expect(state.length, `${db}: a non-empty snapshot`).to.be.greaterThan(3);
+      // More than a header and a footer. Deleted rows stay deleted (allowResurrection is off), so in some
+      // interleavings every row of a database ends deleted: the snapshot is then its tombstones alone.
+      expect(state.length, `${db}: a non-empty snapshot`).to.be.greaterThan(2);
       for (const proc of cluster.procs) {
         const server = (await readServerState(proc.baseUrl, db)).model;
         expect(server.sameAs(expected), `${db} on ${proc.baseUrl} holds the merge of every commit: ${JSON.stringify(server.diff(expected))}`).to.equal(true);
