@@ -1,3 +1,5 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+
 /**
  * Frames a real client sends once per connection and never again, whatever
  * it is answered: the `handshake`, then `resume_snapshot` or `get_snapshot`,
@@ -28,34 +30,26 @@ export function delayedOverRate(type: unknown): boolean {
  * handles its frames one after another.
  */
 export class RateWait {
-  private timer?: NodeJS.Timeout;
-  private wake?: (granted: boolean) => void;
-  private cancelled = false;
+  private readonly aborter = new AbortController();
 
   /**
    * Resolves true once `take()` grants a token (it returns 0; else the ms
    * until one may be there), first waiting `waitMs`; false when cancelled.
    */
   async until(waitMs: number, take: () => number): Promise<boolean> {
+    const { signal } = this.aborter;
     for (let wait = waitMs; wait > 0; wait = take()) {
-      if (this.cancelled) return false;
-      const woken = await new Promise<boolean>((resolve) => {
-        this.wake = resolve;
-        this.timer = setTimeout(resolve, wait, true);
-      });
-      this.timer = undefined;
-      this.wake = undefined;
-      if (!woken) return false;
+      try {
+        await sleep(wait, undefined, { signal });
+      } catch {
+        return false;
+      }
     }
-    return !this.cancelled;
+    return !signal.aborted;
   }
 
   /** Ends the wait in progress (false) and any later one. */
   cancel(): void {
-    this.cancelled = true;
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    this.wake?.(false);
-    this.wake = undefined;
+    this.aborter.abort();
   }
 }

@@ -232,11 +232,8 @@ export class Session implements Subscriber, OutboundOwner {
       const message = 'message' in parsed ? parsed.message : undefined;
       const type = typeOf(message);
       if (delayedOverRate(type)) {
-        if (type === 'handshake' && this.state === 'handshake') {
-          // It came in time; only the limit holds it, so the handshake timeout no longer applies.
-          clearTimeout(this.handshakeTimer);
-          this.handshakeTimer = undefined;
-        }
+        // A handshake that came in time is held only by the limit: the handshake timeout no longer applies.
+        if (type === 'handshake' && this.state === 'handshake') this.stopHandshakeTimer();
         this.rateWait ??= new RateWait();
         const granted = await this.rateWait.until(refusal.waitMs, () => this.rateRefusal(false)?.waitMs ?? 0);
         if (granted && this.state !== 'closed') await this.dispatch(type, message as Record<string, unknown>);
@@ -301,8 +298,7 @@ export class Session implements Subscriber, OutboundOwner {
     }
     // A well-formed handshake arrived: opening the database may take a while
     // (a restore from the archive), which is not the client's delay.
-    clearTimeout(this.handshakeTimer);
-    this.handshakeTimer = undefined;
+    this.stopHandshakeTimer();
     // Every way out of this handshake either opens the session or closes the socket: nothing needs them after it.
     const headers = this.headers;
     this.headers = undefined;
@@ -329,7 +325,6 @@ export class Session implements Subscriber, OutboundOwner {
     const { caller } = connection;
     this.connection = connection;
     this.state = 'open';
-    clearTimeout(this.handshakeTimer);
     const start = coordinator.subscribe(this, connection);
     const events = new DeliveryEvents(this, this.deps.limits, config.pushHighWaterBytes, clientPaging === true);
     this.delivery = new DeliveryStream(this.out, coordinator.changeFeed(caller), events, start);
@@ -337,6 +332,12 @@ export class Session implements Subscriber, OutboundOwner {
       type: 'handshake_ack', databaseId: caller.databaseId, serverSiteId: connection.serverSiteId, connectionId: this.connectionId, protocolVersion: PROTOCOL_VERSION,
     }));
     log('session %s: %s joined %s', this.connectionId, caller.siteId, caller.databaseId);
+  }
+
+  /** The handshake came (or came in time and waits for a rate limit): the handshake timeout no longer applies. */
+  private stopHandshakeTimer(): void {
+    clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = undefined;
   }
 
   private get caller(): Caller {
